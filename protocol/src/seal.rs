@@ -65,6 +65,9 @@ pub enum SealedKind {
     AuxInfo = 2,
     /// A [`crate::primes::PrimePool`].
     PrimePool = 3,
+    /// A node's own record (job results, replay records); its name is bound
+    /// by the wrap context of its data key.
+    NodeRecord = 4,
 }
 
 /// The context a sealed blob is bound to.

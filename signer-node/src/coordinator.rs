@@ -1,0 +1,346 @@
+//! The coordinator client: what the control plane embeds to drive signer
+//! nodes. It knows the node registry, signs jobs with its Ed25519 key (the
+//! key nodes pin), sends them over libp2p, gathers results, and when a
+//! signing fails it retries with another quorum under the same request id.
+//! It never holds a share: it only ever sees public keys and signatures.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use custos_protocol::{KeyGeneration, PartyId, RequestId, WalletId};
+use ed25519_dalek::SigningKey;
+use libp2p::{identity, Multiaddr};
+
+use crate::job::{Curve, Job, JobBody, JobOutput, Scheme};
+use crate::node::JobResponse;
+use crate::transport::{Network, NetworkConfig};
+
+/// A signer node as the coordinator knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Its identity.
+    pub party: PartyId,
+    /// Where it listens.
+    pub address: Multiaddr,
+}
+
+/// Why a coordinated operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// A node could not be reached or did not answer in time.
+    #[error("node {node} unreachable: {message}")]
+    Unreachable {
+        /// The node.
+        node: PartyId,
+        /// What the transport said.
+        message: String,
+    },
+    /// A node refused the job or the protocol failed there.
+    #[error("node {node} failed the job ({reason}): {message}")]
+    Failed {
+        /// The node.
+        node: PartyId,
+        /// Stable reason label from the node.
+        reason: String,
+        /// Detail from the node.
+        message: String,
+    },
+    /// Nodes answered with different results for the same run.
+    #[error("nodes disagree on the result")]
+    Inconsistent,
+    /// Not enough nodes to form a quorum.
+    #[error("no quorum of {threshold} left among {available} nodes")]
+    NoQuorum {
+        /// Signers needed.
+        threshold: u16,
+        /// Nodes not yet excluded.
+        available: usize,
+    },
+    /// The coordinator itself could not build or sign the job.
+    #[error("coordinator error: {0}")]
+    Internal(String),
+}
+
+/// A wallet's public key as the nodes report it after a DKG.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalletKey {
+    /// Compressed SEC1 (secp256k1) or 32-byte (Ed25519) public key.
+    pub public_key: Vec<u8>,
+    /// HD chain code.
+    pub chain_code: [u8; 32],
+}
+
+/// The coordinator.
+pub struct Coordinator {
+    key: SigningKey,
+    network: Network,
+    nodes: Vec<NodeInfo>,
+    job_ttl: Duration,
+}
+
+impl Coordinator {
+    /// Starts the coordinator's libp2p client with its identity key `key`
+    /// (nodes pin its public key) and the node registry.
+    pub fn start(key: SigningKey, nodes: Vec<NodeInfo>) -> anyhow::Result<Self> {
+        let mut secret = key.to_bytes();
+        let keypair = identity::Keypair::ed25519_from_bytes(&mut secret)?;
+        let (network, _events) = Network::start(NetworkConfig {
+            keypair,
+            listen: None,
+            peers: nodes
+                .iter()
+                .map(|node| (node.party, Some(node.address.clone())))
+                .collect(),
+            job_timeout: Duration::from_secs(900),
+        })?;
+        Ok(Self {
+            key,
+            network,
+            nodes,
+            job_ttl: Duration::from_secs(120),
+        })
+    }
+
+    /// The coordinator's identity (what nodes pin).
+    pub fn party(&self) -> PartyId {
+        PartyId(self.key.verifying_key().to_bytes())
+    }
+
+    /// The registry.
+    pub fn nodes(&self) -> &[NodeInfo] {
+        &self.nodes
+    }
+
+    /// Signs `body` for `request`/`attempt` and sends it to every node of
+    /// `to` at once; returns each node's outcome in the same order.
+    pub async fn submit(
+        &self,
+        to: &[PartyId],
+        request: RequestId,
+        attempt: u32,
+        body: JobBody,
+    ) -> Result<Vec<Result<JobOutput, CoordinatorError>>, CoordinatorError> {
+        let expires_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|now| now + self.job_ttl)
+            .map_err(|error| CoordinatorError::Internal(error.to_string()))?
+            .as_secs();
+        let job = Job {
+            request,
+            attempt,
+            expires_at,
+            body,
+        };
+        let signed = job
+            .sign(&self.key)
+            .map_err(|error| CoordinatorError::Internal(error.to_string()))?;
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&signed, &mut bytes)
+            .map_err(|error| CoordinatorError::Internal(error.to_string()))?;
+        self.send_raw(to, bytes, answer_timeout(&job.body)).await
+    }
+
+    /// Sends already-encoded job bytes (tests use it to send forged jobs).
+    pub async fn send_raw(
+        &self,
+        to: &[PartyId],
+        bytes: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<Result<JobOutput, CoordinatorError>>, CoordinatorError> {
+        let answers = futures::future::join_all(to.iter().map(|node| {
+            let bytes = bytes.clone();
+            async move {
+                (
+                    *node,
+                    tokio::time::timeout(timeout, self.network.send_job(node, bytes)).await,
+                )
+            }
+        }))
+        .await;
+        Ok(answers
+            .into_iter()
+            .map(|(node, answer)| match answer {
+                Err(_elapsed) => Err(CoordinatorError::Unreachable {
+                    node,
+                    message: format!("no answer within {timeout:?}"),
+                }),
+                Ok(Err(error)) => Err(CoordinatorError::Unreachable {
+                    node,
+                    message: error.to_string(),
+                }),
+                Ok(Ok(bytes)) => match ciborium::from_reader::<JobResponse, _>(bytes.as_slice()) {
+                    Ok(JobResponse::Done(output)) => Ok(output),
+                    Ok(JobResponse::Failed { reason, message }) => Err(CoordinatorError::Failed {
+                        node,
+                        reason,
+                        message,
+                    }),
+                    Err(_) => Err(CoordinatorError::Failed {
+                        node,
+                        reason: "malformed_response".into(),
+                        message: "the node's answer does not decode".into(),
+                    }),
+                },
+            })
+            .collect())
+    }
+
+    /// Creates a wallet: a DKG among `committee`. Every node must report the
+    /// same public key.
+    pub async fn create_wallet(
+        &self,
+        request: RequestId,
+        wallet: WalletId,
+        curve: Curve,
+        committee: &[PartyId],
+        threshold: u16,
+    ) -> Result<WalletKey, CoordinatorError> {
+        let body = JobBody::Keygen {
+            wallet,
+            curve,
+            committee: committee.to_vec(),
+            threshold,
+        };
+        let outputs = self.submit(committee, request, 0, body).await?;
+        let mut key: Option<WalletKey> = None;
+        for output in outputs {
+            let JobOutput::Keygen {
+                public_key,
+                chain_code,
+            } = output?
+            else {
+                return Err(CoordinatorError::Inconsistent);
+            };
+            let this = WalletKey {
+                public_key,
+                chain_code,
+            };
+            match &key {
+                Some(first) if *first != this => return Err(CoordinatorError::Inconsistent),
+                _ => key = Some(this),
+            }
+        }
+        key.ok_or(CoordinatorError::Inconsistent)
+    }
+
+    /// Generates aux info (for ECDSA) for `committee`.
+    pub async fn aux_info(
+        &self,
+        request: RequestId,
+        committee: &[PartyId],
+    ) -> Result<(), CoordinatorError> {
+        let body = JobBody::AuxInfo {
+            committee: committee.to_vec(),
+        };
+        for output in self.submit(committee, request, 0, body).await? {
+            output?;
+        }
+        Ok(())
+    }
+
+    /// Signs with a quorum of `threshold` nodes of `committee`, trying
+    /// `preferred` nodes first. When a run fails, the nodes that failed or
+    /// did not answer are left out and the request is retried (same request
+    /// id, next attempt) with another quorum, until no quorum is left. All
+    /// signers of a successful run must return the same signature.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn sign(
+        &self,
+        request: RequestId,
+        wallet: WalletId,
+        generation: KeyGeneration,
+        scheme: Scheme,
+        committee: &[PartyId],
+        threshold: u16,
+        payload: Vec<u8>,
+        path: Vec<u32>,
+    ) -> Result<Vec<u8>, CoordinatorError> {
+        let mut excluded: Vec<PartyId> = Vec::new();
+        let mut last_error = None;
+        for attempt in 0.. {
+            let available: Vec<PartyId> = committee
+                .iter()
+                .copied()
+                .filter(|node| !excluded.contains(node))
+                .collect();
+            if available.len() < usize::from(threshold) {
+                return Err(last_error.unwrap_or(CoordinatorError::NoQuorum {
+                    threshold,
+                    available: available.len(),
+                }));
+            }
+            let quorum: Vec<PartyId> = available.into_iter().take(usize::from(threshold)).collect();
+            let body = JobBody::Sign {
+                wallet,
+                generation,
+                scheme,
+                quorum: quorum.clone(),
+                payload: payload.clone(),
+                path: path.clone(),
+            };
+            let outputs = self.submit(&quorum, request, attempt, body).await?;
+            let mut signature: Option<Vec<u8>> = None;
+            let mut failed = false;
+            for (node, output) in quorum.iter().zip(outputs) {
+                match output {
+                    Ok(JobOutput::Signature { signature: this }) => match &signature {
+                        Some(first) if *first != this => {
+                            return Err(CoordinatorError::Inconsistent)
+                        }
+                        _ => signature = Some(this),
+                    },
+                    Ok(_) => return Err(CoordinatorError::Inconsistent),
+                    Err(error) => {
+                        tracing::warn!(%node, %error, attempt, "signing failed on a node");
+                        // A node that could not be reached, or whose run
+                        // timed out waiting, is the suspect; leave it out.
+                        if matches!(error, CoordinatorError::Unreachable { .. }) {
+                            excluded.push(*node);
+                        }
+                        failed = true;
+                        last_error = Some(error);
+                    }
+                }
+            }
+            if !failed {
+                return signature.ok_or(CoordinatorError::Inconsistent);
+            }
+            if quorum.iter().all(|node| !excluded.contains(node)) {
+                // Nobody unreachable: every member answered with a failure.
+                // Rotate the quorum so the next attempt differs.
+                if let Some(first) = quorum.first() {
+                    excluded.push(*first);
+                }
+            }
+        }
+        Err(last_error.unwrap_or(CoordinatorError::Inconsistent))
+    }
+
+    /// Asks one node for its health.
+    pub async fn health(
+        &self,
+        node: PartyId,
+        request: RequestId,
+    ) -> Result<JobOutput, CoordinatorError> {
+        self.submit(&[node], request, 0, JobBody::Health)
+            .await?
+            .pop()
+            .unwrap_or(Err(CoordinatorError::Inconsistent))
+    }
+}
+
+/// How long the coordinator waits for a node's answer: the node's session
+/// deadline for that kind of job (see `config::Deadlines`) plus a margin.
+/// A node that stops answering mid-session is then given up in time to
+/// retry with another quorum.
+pub fn answer_timeout(body: &JobBody) -> Duration {
+    Duration::from_secs(match body {
+        JobBody::Health => 10,
+        JobBody::Keygen { .. } => 45,
+        JobBody::AuxInfo { .. } => 900,
+        JobBody::Sign {
+            scheme: Scheme::Ecdsa,
+            ..
+        } => 90,
+        JobBody::Sign { .. } => 20,
+    })
+}

@@ -1,0 +1,420 @@
+//! Jobs: what the coordinator asks a node to do, signed by the coordinator.
+//!
+//! A node acts only on a [`SignedJob`] that verifies under the pinned
+//! coordinator key, has not expired, and does not conflict with what the
+//! node already did for the same request ([`ReplayGuard`]). Every job is
+//! bound to its request id, attempt, expiry and its whole body (wallet, key
+//! generation, committee or quorum, digest, derivation path), because the
+//! signature covers the canonical encoding of all of it.
+
+use std::fmt;
+
+use custos_protocol::{KeyGeneration, PartyId, RequestId, WalletId};
+use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Domain separation for job signatures.
+const JOB_DOMAIN: &[u8] = b"custos/job/v1";
+
+/// The curve of a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Curve {
+    /// secp256k1: ECDSA (CGGMP21) and BIP-340/Taproot (FROST).
+    Secp256k1,
+    /// edwards25519: Ed25519 (FROST).
+    Ed25519,
+}
+
+/// The signature scheme of a signing job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheme {
+    /// CGGMP21 full signing of a 32-byte digest.
+    Ecdsa,
+    /// FROST BIP-340 with the Taproot key-path tweak, of a 32-byte sighash.
+    Taproot,
+    /// FROST Ed25519 of a message.
+    Ed25519,
+}
+
+impl Scheme {
+    /// The curve whose key signs with this scheme.
+    pub fn curve(self) -> Curve {
+        match self {
+            Scheme::Ecdsa | Scheme::Taproot => Curve::Secp256k1,
+            Scheme::Ed25519 => Curve::Ed25519,
+        }
+    }
+}
+
+/// What the coordinator asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobBody {
+    /// Answer with the node's status; no key material involved.
+    Health,
+    /// Generate aux info (Paillier keys) for a committee.
+    AuxInfo {
+        /// The committee, any order.
+        committee: Vec<PartyId>,
+    },
+    /// Distributed key generation of a new wallet.
+    Keygen {
+        /// The new wallet.
+        wallet: WalletId,
+        /// Its curve.
+        curve: Curve,
+        /// Its holders, any order.
+        committee: Vec<PartyId>,
+        /// Signers needed to sign.
+        threshold: u16,
+    },
+    /// Sign with a wallet's key.
+    Sign {
+        /// The wallet.
+        wallet: WalletId,
+        /// The key generation that signs.
+        generation: KeyGeneration,
+        /// The scheme.
+        scheme: Scheme,
+        /// The signers: exactly the threshold.
+        quorum: Vec<PartyId>,
+        /// What is signed: a 32-byte digest (ECDSA, Taproot) or the message
+        /// (Ed25519).
+        payload: Vec<u8>,
+        /// Non-hardened derivation path.
+        path: Vec<u32>,
+    },
+}
+
+impl JobBody {
+    /// A short stable name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JobBody::Health => "health",
+            JobBody::AuxInfo { .. } => "aux_info",
+            JobBody::Keygen { .. } => "keygen",
+            JobBody::Sign { .. } => "sign",
+        }
+    }
+}
+
+/// A job as the coordinator signs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// The client request; retries keep it.
+    pub request: RequestId,
+    /// The coordinator's retry counter for this request.
+    pub attempt: u32,
+    /// Unix time (seconds) after which the node refuses the job.
+    pub expires_at: u64,
+    /// What to do.
+    pub body: JobBody,
+}
+
+impl Job {
+    /// The canonical bytes the signature covers.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, JobError> {
+        let mut bytes = Vec::new();
+        ciborium::into_writer(self, &mut bytes).map_err(|_| JobError::Malformed)?;
+        Ok(bytes)
+    }
+
+    /// Signs the job with the coordinator's key.
+    pub fn sign(&self, coordinator: &SigningKey) -> Result<SignedJob, JobError> {
+        let job = self.to_bytes()?;
+        let signature = coordinator.sign(&signing_input(&job)).to_bytes();
+        Ok(SignedJob {
+            job,
+            signature: signature.to_vec(),
+        })
+    }
+
+    /// A digest of everything the request commits to, apart from the attempt
+    /// and expiry: a retry of the same request must carry the same value.
+    pub fn request_binding(&self) -> Result<[u8; 32], JobError> {
+        let mut bytes = Vec::new();
+        let what = match &self.body {
+            // A retry of a signing may change the quorum; nothing else.
+            JobBody::Sign {
+                wallet,
+                generation,
+                scheme,
+                payload,
+                path,
+                quorum: _,
+            } => (wallet, generation, scheme, payload, path),
+            _ => {
+                ciborium::into_writer(&(&self.request, &self.body), &mut bytes)
+                    .map_err(|_| JobError::Malformed)?;
+                return Ok(Sha256::digest(&bytes).into());
+            }
+        };
+        ciborium::into_writer(&(&self.request, what), &mut bytes)
+            .map_err(|_| JobError::Malformed)?;
+        Ok(Sha256::digest(&bytes).into())
+    }
+}
+
+fn signing_input(job: &[u8]) -> Vec<u8> {
+    let mut input = Vec::with_capacity(JOB_DOMAIN.len() + job.len());
+    input.extend_from_slice(JOB_DOMAIN);
+    input.extend_from_slice(job);
+    input
+}
+
+/// A job and the coordinator's Ed25519 signature over it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedJob {
+    /// The job's canonical bytes ([`Job::to_bytes`]).
+    pub job: Vec<u8>,
+    /// Ed25519 signature over the domain tag and `job`.
+    pub signature: Vec<u8>,
+}
+
+impl fmt::Debug for SignedJob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SignedJob {{ len: {} }}", self.job.len())
+    }
+}
+
+/// Why a job was refused. [`JobError::reason`] is the stable metric label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// The bytes are not a job.
+    #[error("job does not decode")]
+    Malformed,
+    /// The signature does not verify under the pinned coordinator key.
+    #[error("job is not signed by the pinned coordinator")]
+    BadSignature,
+    /// The job's expiry has passed.
+    #[error("job expired")]
+    Expired,
+    /// The request id was used before with a different body (for signing:
+    /// another wallet, generation, scheme, digest or path).
+    #[error("job conflicts with an earlier job of the same request")]
+    Mismatch,
+    /// This attempt of the request ran before.
+    #[error("job was already executed")]
+    Replayed,
+    /// The job is well-formed but cannot be run here.
+    #[error("job refused: {0}")]
+    Refused(String),
+}
+
+impl JobError {
+    /// A stable, low-cardinality label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            JobError::Malformed => "malformed",
+            JobError::BadSignature => "bad_signature",
+            JobError::Expired => "expired",
+            JobError::Mismatch => "mismatch",
+            JobError::Replayed => "replayed",
+            JobError::Refused(_) => "refused",
+        }
+    }
+}
+
+impl SignedJob {
+    /// Checks the signature under the pinned coordinator key and the expiry
+    /// against `now` (Unix seconds), and decodes the job.
+    pub fn verify(&self, coordinator: &VerifyingKey, now: u64) -> Result<Job, JobError> {
+        let signature = ed25519_dalek::Signature::from_slice(&self.signature)
+            .map_err(|_| JobError::BadSignature)?;
+        coordinator
+            .verify(&signing_input(&self.job), &signature)
+            .map_err(|_| JobError::BadSignature)?;
+        let job: Job =
+            ciborium::from_reader(self.job.as_slice()).map_err(|_| JobError::Malformed)?;
+        // The signed bytes must be the canonical encoding: one job, one
+        // encoding, so replay records keyed on content cannot be dodged.
+        if job.to_bytes()? != self.job {
+            return Err(JobError::Malformed);
+        }
+        if now > job.expires_at {
+            return Err(JobError::Expired);
+        }
+        Ok(job)
+    }
+}
+
+/// What a node remembers of a request, persisted (sealed) so that it
+/// survives a restart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayRecord {
+    /// [`Job::request_binding`] of the first job of the request.
+    pub binding: [u8; 32],
+    /// Attempts already started.
+    pub attempts: Vec<u32>,
+    /// The outcome, once one attempt succeeded.
+    pub result: Option<JobOutput>,
+}
+
+/// What a job produced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobOutput {
+    /// Health answer.
+    Health {
+        /// Wallets held.
+        wallets: usize,
+        /// Pooled primes.
+        primes: usize,
+    },
+    /// Aux info is stored for the committee.
+    AuxInfo,
+    /// The new wallet's public key (compressed SEC1 on secp256k1, 32 bytes
+    /// on edwards25519) and chain code.
+    Keygen {
+        /// Public key bytes.
+        public_key: Vec<u8>,
+        /// HD chain code.
+        chain_code: [u8; 32],
+    },
+    /// A signature: (r, s, v) 65 bytes for ECDSA, 64 bytes for Schnorr.
+    Signature {
+        /// Signature bytes.
+        signature: Vec<u8>,
+    },
+}
+
+/// What to do with a verified job, given the node's record of its request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplayDecision {
+    /// Run it; the record to persist *before* running is attached.
+    Run(ReplayRecord),
+    /// The request already succeeded: answer with the stored output and do
+    /// not run anything.
+    Answer(JobOutput),
+}
+
+/// Decides whether a verified job may run. Pure: the caller persists the
+/// returned record before it starts the protocol, so a crash cannot lead to
+/// running the same attempt twice.
+pub fn check_replay(job: &Job, record: Option<&ReplayRecord>) -> Result<ReplayDecision, JobError> {
+    let binding = job.request_binding()?;
+    let Some(record) = record else {
+        return Ok(ReplayDecision::Run(ReplayRecord {
+            binding,
+            attempts: vec![job.attempt],
+            result: None,
+        }));
+    };
+    if record.binding != binding {
+        return Err(JobError::Mismatch);
+    }
+    if let Some(output) = &record.result {
+        return Ok(ReplayDecision::Answer(output.clone()));
+    }
+    if record.attempts.contains(&job.attempt) {
+        return Err(JobError::Replayed);
+    }
+    let mut record = record.clone();
+    record.attempts.push(job.attempt);
+    Ok(ReplayDecision::Run(record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sign_job(payload: u8, attempt: u32) -> Job {
+        Job {
+            request: RequestId([1; 16]),
+            attempt,
+            expires_at: 1_000,
+            body: JobBody::Sign {
+                wallet: WalletId([2; 16]),
+                generation: KeyGeneration(0),
+                scheme: Scheme::Taproot,
+                quorum: vec![PartyId([3; 32]), PartyId([4 + attempt as u8; 32])],
+                payload: vec![payload; 32],
+                path: vec![0, 1],
+            },
+        }
+    }
+
+    fn keys() -> (SigningKey, SigningKey) {
+        (
+            SigningKey::from_bytes(&[7; 32]),
+            SigningKey::from_bytes(&[8; 32]),
+        )
+    }
+
+    #[test]
+    fn signed_job_verifies_under_the_pinned_key_only() {
+        let (coordinator, impostor) = keys();
+        let job = sign_job(1, 0);
+        let signed = job.sign(&coordinator).unwrap();
+        assert_eq!(
+            signed.verify(&coordinator.verifying_key(), 999).unwrap(),
+            job
+        );
+        let forged = job.sign(&impostor).unwrap();
+        assert_eq!(
+            forged.verify(&coordinator.verifying_key(), 999),
+            Err(JobError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn tampered_or_expired_jobs_are_refused() {
+        let (coordinator, _) = keys();
+        let signed = sign_job(1, 0).sign(&coordinator).unwrap();
+        assert_eq!(
+            signed.verify(&coordinator.verifying_key(), 1_001),
+            Err(JobError::Expired)
+        );
+        for position in 0..signed.job.len() {
+            let mut tampered = signed.clone();
+            tampered.job[position] ^= 1;
+            assert!(tampered.verify(&coordinator.verifying_key(), 0).is_err());
+        }
+        let mut truncated = signed.clone();
+        truncated.signature.truncate(10);
+        assert_eq!(
+            truncated.verify(&coordinator.verifying_key(), 0),
+            Err(JobError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn a_request_runs_once_per_attempt_and_answers_from_its_record_after_success() {
+        let first = sign_job(1, 0);
+        let ReplayDecision::Run(mut record) = check_replay(&first, None).unwrap() else {
+            panic!("a new request runs");
+        };
+        // The same attempt again: refused, whatever its state.
+        assert_eq!(check_replay(&first, Some(&record)), Err(JobError::Replayed));
+        // A retry with another quorum under the same request may run...
+        let retry = sign_job(1, 1);
+        let ReplayDecision::Run(after_retry) = check_replay(&retry, Some(&record)).unwrap() else {
+            panic!("a retry runs while no attempt succeeded");
+        };
+        assert_eq!(after_retry.attempts, vec![0, 1]);
+        // ...but once one succeeded, every later job of the request gets the
+        // stored output and nothing is signed again.
+        let output = JobOutput::Signature {
+            signature: vec![9; 64],
+        };
+        record.result = Some(output.clone());
+        assert_eq!(
+            check_replay(&sign_job(1, 2), Some(&record)),
+            Ok(ReplayDecision::Answer(output))
+        );
+    }
+
+    #[test]
+    fn same_request_with_another_digest_is_a_mismatch() {
+        let ReplayDecision::Run(record) = check_replay(&sign_job(1, 0), None).unwrap() else {
+            panic!("a new request runs");
+        };
+        assert_eq!(
+            check_replay(&sign_job(2, 1), Some(&record)),
+            Err(JobError::Mismatch)
+        );
+    }
+}

@@ -1,0 +1,741 @@
+//! The node: receives signed jobs from the pinned coordinator, runs the
+//! protocols of `custos-protocol` with its peers, keeps shares in the store.
+//!
+//! Concurrency: one task per job; sessions find their inbound frames through
+//! the [`Router`], whose mutex is held only for map updates. Frames that
+//! arrive before their session starts (a peer got its job first) wait in a
+//! bounded buffer for a short time.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use custos_protocol::driver::{self, InboundFrame, OutboundFrame, Session};
+use custos_protocol::ecdsa::{self, AuxInfoRun, SignRun};
+use custos_protocol::keygen::{self, KeygenRun};
+use custos_protocol::primes::Primes;
+use custos_protocol::schnorr;
+use custos_protocol::share::{KeyCurve, KeyShare};
+use custos_protocol::wire::{Envelope, Recipient};
+use custos_protocol::{
+    Committee, Ed25519, ExecutionId, PartyId, ProtocolKind, Quorum, RequestId, Secp256k1,
+};
+use ed25519_dalek::VerifyingKey;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::config::{Deadlines, NodeConfig};
+use crate::job::{
+    check_replay, Curve, Job, JobBody, JobError, JobOutput, ReplayDecision, ReplayRecord, Scheme,
+    SignedJob,
+};
+use crate::store::ShareStore;
+use crate::transport::{JobResponder, NetEvent, Network};
+
+/// Frames kept for a session that has not started yet.
+const EARLY_FRAMES_PER_SESSION: usize = 256;
+/// Sessions with early frames kept at once.
+const EARLY_SESSIONS: usize = 1024;
+/// How long early frames wait for their session.
+const EARLY_FRAME_TTL: Duration = Duration::from_secs(60);
+/// Inbound queue of one running session.
+const SESSION_QUEUE: usize = 1024;
+/// Replay records live in this store namespace.
+const JOB_RECORDS: &str = "jobs";
+
+/// The answer to a job, as it goes back to the coordinator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobResponse {
+    /// The job ran (now or before) and produced this.
+    Done(JobOutput),
+    /// The job was refused or failed.
+    Failed {
+        /// Stable reason label.
+        reason: String,
+        /// Human-readable detail (never secret).
+        message: String,
+    },
+}
+
+struct RunningSession {
+    participants: Vec<PartyId>,
+    inbox: mpsc::Sender<InboundFrame>,
+}
+
+/// Frames that arrived before their session started, with the arrival
+/// time of the first.
+struct EarlyFrames {
+    since: Instant,
+    frames: Vec<(PartyId, Vec<u8>)>,
+}
+
+#[derive(Default)]
+struct RouterState {
+    running: HashMap<ExecutionId, RunningSession>,
+    early: HashMap<ExecutionId, EarlyFrames>,
+}
+
+/// Routes inbound frames to running sessions by session id.
+#[derive(Clone, Default)]
+pub struct Router(Arc<Mutex<RouterState>>);
+
+fn reject(reason: &'static str) {
+    metrics::counter!("custos_signer_rejected_messages_total", "reason" => reason).increment(1);
+}
+
+impl Router {
+    fn lock(&self) -> MutexGuard<'_, RouterState> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Delivers one frame from an authenticated peer.
+    pub fn deliver(&self, from: PartyId, bytes: Vec<u8>) {
+        metrics::counter!("custos_signer_bytes_received_total").increment(bytes.len() as u64);
+        let session = match Envelope::decode(&bytes) {
+            Ok(envelope) => envelope.session,
+            Err(error) => return reject(error.reason()),
+        };
+        let mut state = self.lock();
+        if let Some(running) = state.running.get(&session) {
+            let Some(index) = running.participants.iter().position(|party| *party == from) else {
+                return reject("not_participant");
+            };
+            if running
+                .inbox
+                .try_send(InboundFrame {
+                    from: index as u16,
+                    bytes,
+                })
+                .is_err()
+            {
+                reject("queue_full");
+            }
+            return;
+        }
+        let now = Instant::now();
+        state
+            .early
+            .retain(|_, early| now.duration_since(early.since) < EARLY_FRAME_TTL);
+        if !state.early.contains_key(&session) && state.early.len() >= EARLY_SESSIONS {
+            return reject("early_buffer_full");
+        }
+        let early = state.early.entry(session).or_insert_with(|| EarlyFrames {
+            since: now,
+            frames: Vec::new(),
+        });
+        if early.frames.len() >= EARLY_FRAMES_PER_SESSION {
+            return reject("early_buffer_full");
+        }
+        early.frames.push((from, bytes));
+    }
+
+    /// Registers a session and hands it the frames that came early.
+    fn open(&self, session: &Session) -> mpsc::Receiver<InboundFrame> {
+        let (inbox, frames) = mpsc::channel(SESSION_QUEUE);
+        let mut state = self.lock();
+        let early = state
+            .early
+            .remove(&session.id)
+            .map(|early| early.frames)
+            .unwrap_or_default();
+        for (from, bytes) in early {
+            match session.participants.iter().position(|party| *party == from) {
+                Some(index) => {
+                    let _ = inbox.try_send(InboundFrame {
+                        from: index as u16,
+                        bytes,
+                    });
+                }
+                None => reject("not_participant"),
+            }
+        }
+        state.running.insert(
+            session.id,
+            RunningSession {
+                participants: session.participants.clone(),
+                inbox,
+            },
+        );
+        frames
+    }
+
+    fn close(&self, id: &ExecutionId) {
+        self.lock().running.remove(id);
+    }
+}
+
+/// Everything a job handler needs.
+pub struct Node {
+    me: PartyId,
+    coordinator: PartyId,
+    coordinator_key: VerifyingKey,
+    store: Arc<ShareStore>,
+    network: Network,
+    router: Router,
+    deadlines: Deadlines,
+    /// Requests with a job running now: a second job of the same request
+    /// waits for its replay record instead of racing it.
+    in_flight: Mutex<HashSet<RequestId>>,
+    /// Serialises read-modify-write of the persisted prime pool between the
+    /// background filler and aux-info jobs.
+    pool: tokio::sync::Mutex<()>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0)
+}
+
+impl Node {
+    /// Builds the node around a started network and an opened store.
+    pub fn new(
+        config: &NodeConfig,
+        me: PartyId,
+        store: Arc<ShareStore>,
+        network: Network,
+    ) -> anyhow::Result<Arc<Self>> {
+        let coordinator_key = VerifyingKey::from_bytes(&config.coordinator.0)
+            .map_err(|_| anyhow::anyhow!("the coordinator id is not an Ed25519 public key"))?;
+        Ok(Arc::new(Self {
+            me,
+            coordinator: config.coordinator,
+            coordinator_key,
+            store,
+            network,
+            router: Router::default(),
+            deadlines: config.deadlines.clone(),
+            in_flight: Mutex::new(HashSet::new()),
+            pool: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The node's store.
+    pub fn store(&self) -> &Arc<ShareStore> {
+        &self.store
+    }
+
+    /// Serves network events until the network stops.
+    pub async fn serve(self: Arc<Self>, mut events: mpsc::Receiver<NetEvent>) {
+        while let Some(event) = events.recv().await {
+            match event {
+                NetEvent::Frame { from, bytes } => self.router.deliver(from, bytes),
+                NetEvent::Job {
+                    from,
+                    bytes,
+                    respond,
+                } => {
+                    let node = self.clone();
+                    tokio::spawn(async move { node.answer_job(from, bytes, respond).await });
+                }
+            }
+        }
+    }
+
+    async fn answer_job(self: Arc<Self>, from: PartyId, bytes: Vec<u8>, respond: JobResponder) {
+        let started = Instant::now();
+        let (kind, response) = match self.clone().handle_job(from, &bytes).await {
+            Ok((kind, output)) => (kind, JobResponse::Done(output)),
+            Err((kind, error)) => {
+                metrics::counter!("custos_signer_jobs_refused_total", "reason" => error.reason())
+                    .increment(1);
+                tracing::warn!(kind, reason = error.reason(), %error, "job refused or failed");
+                (
+                    kind,
+                    JobResponse::Failed {
+                        reason: error.reason().to_string(),
+                        message: error.to_string(),
+                    },
+                )
+            }
+        };
+        let outcome = if matches!(response, JobResponse::Done(_)) {
+            "ok"
+        } else {
+            "error"
+        };
+        metrics::counter!("custos_signer_jobs_total", "kind" => kind, "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("custos_signer_job_seconds", "kind" => kind)
+            .record(started.elapsed().as_secs_f64());
+        let mut encoded = Vec::new();
+        if ciborium::into_writer(&response, &mut encoded).is_ok() {
+            respond.send(encoded).await;
+        }
+    }
+
+    async fn handle_job(
+        self: Arc<Self>,
+        from: PartyId,
+        bytes: &[u8],
+    ) -> Result<(&'static str, JobOutput), (&'static str, JobError)> {
+        if from != self.coordinator {
+            return Err((
+                "unknown",
+                JobError::Refused("jobs are only taken from the pinned coordinator".into()),
+            ));
+        }
+        let signed: SignedJob =
+            ciborium::from_reader(bytes).map_err(|_| ("unknown", JobError::Malformed))?;
+        let job = signed
+            .verify(&self.coordinator_key, now_unix())
+            .map_err(|error| ("unknown", error))?;
+        let kind = job.body.kind();
+        if job.body == JobBody::Health {
+            return self
+                .health()
+                .map(|output| (kind, output))
+                .map_err(|error| (kind, error));
+        }
+        let _guard = self.claim(job.request).await;
+        let key = job.request.0;
+        let record = self
+            .store
+            .record(JOB_RECORDS, &key)
+            .map_err(|error| (kind, JobError::Refused(error.to_string())))?
+            .map(|bytes| ciborium::from_reader::<ReplayRecord, _>(bytes.as_slice()))
+            .transpose()
+            .map_err(|_| {
+                (
+                    kind,
+                    JobError::Refused("replay record does not decode".into()),
+                )
+            })?;
+        let mut record = match check_replay(&job, record.as_ref()).map_err(|error| (kind, error))? {
+            ReplayDecision::Answer(output) => return Ok((kind, output)),
+            ReplayDecision::Run(record) => record,
+        };
+        // Persist the attempt before running it: after a crash the same
+        // attempt is refused instead of run twice.
+        self.save_record(&key, &record)
+            .map_err(|error| (kind, error))?;
+        let output = self.execute(&job).await.map_err(|error| (kind, error))?;
+        record.result = Some(output.clone());
+        self.save_record(&key, &record)
+            .map_err(|error| (kind, error))?;
+        Ok((kind, output))
+    }
+
+    fn save_record(&self, key: &[u8], record: &ReplayRecord) -> Result<(), JobError> {
+        let mut bytes = Vec::new();
+        ciborium::into_writer(record, &mut bytes).map_err(|_| JobError::Malformed)?;
+        self.store
+            .put_record(JOB_RECORDS, key, &bytes)
+            .map_err(|error| JobError::Refused(error.to_string()))
+    }
+
+    /// Waits until no other job of `request` runs, then marks it running.
+    async fn claim(self: &Arc<Self>, request: RequestId) -> InFlightGuard {
+        loop {
+            {
+                let mut in_flight = self
+                    .in_flight
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if in_flight.insert(request) {
+                    return InFlightGuard {
+                        node: self.clone(),
+                        request,
+                    };
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn health(&self) -> Result<JobOutput, JobError> {
+        let wallets = self
+            .store
+            .wallets()
+            .map_err(|error| JobError::Refused(error.to_string()))?
+            .len();
+        let primes = self
+            .store
+            .prime_pool()
+            .map_err(|error| JobError::Refused(error.to_string()))?
+            .len();
+        Ok(JobOutput::Health { wallets, primes })
+    }
+
+    async fn execute(&self, job: &Job) -> Result<JobOutput, JobError> {
+        let refused = |error: custos_protocol::Error| JobError::Refused(error.to_string());
+        match &job.body {
+            JobBody::Health => self.health(),
+            JobBody::Keygen {
+                wallet,
+                curve,
+                committee,
+                threshold,
+            } => {
+                let run = KeygenRun {
+                    wallet: *wallet,
+                    request: job.request,
+                    committee: Committee::new(committee.iter().copied()).map_err(refused)?,
+                    threshold: *threshold,
+                    me: self.me,
+                    attempt: job.attempt,
+                };
+                let deadline = Deadlines::get(self.deadlines.keygen_secs);
+                match curve {
+                    Curve::Secp256k1 => self.keygen::<Secp256k1>(&run, deadline).await,
+                    Curve::Ed25519 => self.keygen::<Ed25519>(&run, deadline).await,
+                }
+            }
+            JobBody::AuxInfo { committee } => {
+                let run = AuxInfoRun {
+                    request: job.request,
+                    committee: Committee::new(committee.iter().copied()).map_err(refused)?,
+                    me: self.me,
+                    attempt: job.attempt,
+                };
+                let primes = self.take_primes().await?;
+                let session = run
+                    .session(Deadlines::get(self.deadlines.aux_info_secs))
+                    .map_err(refused)?;
+                let aux = self
+                    .run_session(session, |party| async move {
+                        let mut rng = rand_core::OsRng;
+                        ecdsa::aux_info(&run, primes, party, &mut rng).await
+                    })
+                    .await
+                    .map_err(refused)?;
+                self.store
+                    .put_aux(&aux)
+                    .map_err(|error| JobError::Refused(error.to_string()))?;
+                Ok(JobOutput::AuxInfo)
+            }
+            JobBody::Sign {
+                wallet,
+                generation,
+                scheme,
+                quorum,
+                payload,
+                path,
+            } => {
+                let signature = match scheme.curve() {
+                    Curve::Secp256k1 => {
+                        let share: KeyShare<Secp256k1> = self.load_share(*wallet, *generation)?;
+                        let run = self.sign_run(&share, job, quorum)?;
+                        let digest: [u8; 32] = payload.as_slice().try_into().map_err(|_| {
+                            JobError::Refused(
+                                "a secp256k1 signing payload is a 32-byte digest".into(),
+                            )
+                        })?;
+                        if *scheme == Scheme::Ecdsa {
+                            let aux = self
+                                .store
+                                .aux(&share.committee)
+                                .map_err(|error| JobError::Refused(error.to_string()))?
+                                .ok_or_else(|| {
+                                    JobError::Refused("no aux info for this committee".into())
+                                })?;
+                            let session = run
+                                .session(
+                                    ProtocolKind::SignEcdsa,
+                                    Deadlines::get(self.deadlines.ecdsa_secs),
+                                )
+                                .map_err(refused)?;
+                            let path = path.clone();
+                            let signature = self
+                                .run_session(session, |party| async move {
+                                    let mut rng = rand_core::OsRng;
+                                    ecdsa::sign(&share, &aux, &run, &digest, &path, party, &mut rng)
+                                        .await
+                                })
+                                .await
+                                .map_err(refused)?;
+                            signature.to_rsv().to_vec()
+                        } else {
+                            let session = run
+                                .session(
+                                    ProtocolKind::SignTaproot,
+                                    Deadlines::get(self.deadlines.frost_secs),
+                                )
+                                .map_err(refused)?;
+                            let path = path.clone();
+                            self.run_session(session, |party| async move {
+                                let mut rng = rand_core::OsRng;
+                                schnorr::sign_taproot(&share, &run, &digest, &path, party, &mut rng)
+                                    .await
+                            })
+                            .await
+                            .map_err(refused)?
+                            .to_vec()
+                        }
+                    }
+                    Curve::Ed25519 => {
+                        let share: KeyShare<Ed25519> = self.load_share(*wallet, *generation)?;
+                        let run = self.sign_run(&share, job, quorum)?;
+                        let session = run
+                            .session(
+                                ProtocolKind::SignEd25519,
+                                Deadlines::get(self.deadlines.frost_secs),
+                            )
+                            .map_err(refused)?;
+                        let (payload, path) = (payload.clone(), path.clone());
+                        self.run_session(session, |party| async move {
+                            let mut rng = rand_core::OsRng;
+                            schnorr::sign_ed25519(&share, &run, &payload, &path, party, &mut rng)
+                                .await
+                        })
+                        .await
+                        .map_err(refused)?
+                        .to_vec()
+                    }
+                };
+                metrics::counter!("custos_signer_signatures_total", "scheme" => format!("{scheme:?}")).increment(1);
+                Ok(JobOutput::Signature { signature })
+            }
+        }
+    }
+
+    async fn keygen<E: KeyCurve>(
+        &self,
+        run: &KeygenRun,
+        deadline: Duration,
+    ) -> Result<JobOutput, JobError>
+    where
+        keygen::KeygenMsg<E>: Send,
+    {
+        let refused = |error: custos_protocol::Error| JobError::Refused(error.to_string());
+        if !self
+            .store
+            .generations(run.wallet)
+            .map_err(|error| JobError::Refused(error.to_string()))?
+            .is_empty()
+        {
+            return Err(JobError::Refused(
+                "this node already holds a key of that wallet".into(),
+            ));
+        }
+        let session = run.session::<E>(deadline).map_err(refused)?;
+        let run = run.clone();
+        let share: KeyShare<E> = self
+            .run_session(session, |party| async move {
+                let mut rng = rand_core::OsRng;
+                keygen::keygen::<E, _, _>(&run, party, &mut rng).await
+            })
+            .await
+            .map_err(refused)?;
+        self.store
+            .put_share(&share)
+            .map_err(|error| JobError::Refused(error.to_string()))?;
+        Ok(JobOutput::Keygen {
+            public_key: share.public_key().to_bytes(true).to_vec(),
+            chain_code: share.chain_code().unwrap_or_default(),
+        })
+    }
+
+    fn load_share<E: KeyCurve>(
+        &self,
+        wallet: custos_protocol::WalletId,
+        generation: custos_protocol::KeyGeneration,
+    ) -> Result<KeyShare<E>, JobError> {
+        self.store
+            .share::<E>(wallet, generation)
+            .map_err(|error| JobError::Refused(error.to_string()))?
+            .ok_or_else(|| {
+                JobError::Refused("no share of that wallet and generation on this node".into())
+            })
+    }
+
+    fn sign_run<E: KeyCurve>(
+        &self,
+        share: &KeyShare<E>,
+        job: &Job,
+        quorum: &[PartyId],
+    ) -> Result<SignRun, JobError> {
+        let quorum = Quorum::new(&share.committee, share.threshold(), quorum.iter().copied())
+            .map_err(|error| JobError::Refused(error.to_string()))?;
+        Ok(SignRun {
+            wallet: share.wallet,
+            request: job.request,
+            generation: share.generation,
+            quorum,
+            me: self.me,
+            attempt: job.attempt,
+        })
+    }
+
+    /// Takes a set of primes from the persisted pool (generating one now if
+    /// the pool is empty, which takes tens of seconds).
+    async fn take_primes(&self) -> Result<Primes, JobError> {
+        let _pool = self.pool.lock().await;
+        let mut pool = self
+            .store
+            .prime_pool()
+            .map_err(|error| JobError::Refused(error.to_string()))?;
+        let primes = match pool.take() {
+            Some(primes) => primes,
+            None => {
+                tracing::warn!("prime pool empty: generating primes on demand");
+                tokio::task::spawn_blocking(Primes::generate)
+                    .await
+                    .map_err(|_| JobError::Refused("prime generation failed".into()))?
+            }
+        };
+        self.store
+            .put_prime_pool(&pool)
+            .map_err(|error| JobError::Refused(error.to_string()))?;
+        Ok(primes)
+    }
+
+    /// Keeps the persisted prime pool at `target` sets, generating one set at
+    /// a time on a blocking thread (tens of seconds each) and logging
+    /// progress. Runs until the process ends.
+    pub async fn fill_prime_pool(self: Arc<Self>, target: usize) {
+        loop {
+            let pooled = match self.store.prime_pool() {
+                Ok(pool) => pool.len(),
+                Err(error) => {
+                    tracing::error!(%error, "cannot read the prime pool");
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    continue;
+                }
+            };
+            metrics::gauge!("custos_signer_prime_pool_size").set(pooled as f64);
+            if pooled >= target {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+            let started = Instant::now();
+            let Ok(primes) = tokio::task::spawn_blocking(Primes::generate).await else {
+                continue;
+            };
+            let _pool = self.pool.lock().await;
+            let stored = self.store.prime_pool().and_then(|mut pool| {
+                pool.push(primes);
+                self.store.put_prime_pool(&pool).map(|()| pool.len())
+            });
+            match stored {
+                Ok(pooled) => tracing::info!(
+                    pooled,
+                    target,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "prime pool: generated a set"
+                ),
+                Err(error) => tracing::error!(%error, "cannot store the prime pool"),
+            }
+        }
+    }
+
+    /// Runs one protocol session over the network through the driver.
+    async fn run_session<M, T, Fut>(
+        &self,
+        session: Session,
+        protocol: impl FnOnce(
+            driver::Party<
+                M,
+                tokio_stream_adapter::Inbox,
+                futures::channel::mpsc::UnboundedSender<OutboundFrame>,
+            >,
+        ) -> Fut,
+    ) -> Result<T, custos_protocol::Error>
+    where
+        M: round_based_bounds::Message,
+        Fut: std::future::Future<Output = Result<T, custos_protocol::Error>>,
+    {
+        let started = Instant::now();
+        let kind = session.kind;
+        let id = session.id;
+        let participants = session.participants.clone();
+        let inbox = tokio_stream_adapter::Inbox(self.router.open(&session));
+        let (outgoing, mut to_send) = futures::channel::mpsc::unbounded::<OutboundFrame>();
+        let network = self.network.clone();
+        let me = self.me;
+        let forwarder = tokio::spawn(async move {
+            while let Some(frame) = to_send.next().await {
+                metrics::counter!("custos_signer_bytes_sent_total")
+                    .increment(frame.bytes.len() as u64);
+                let recipients: Vec<PartyId> = match frame.to {
+                    Recipient::Broadcast => participants
+                        .iter()
+                        .copied()
+                        .filter(|party| *party != me)
+                        .collect(),
+                    Recipient::Party(index) => participants
+                        .get(usize::from(index))
+                        .copied()
+                        .into_iter()
+                        .collect(),
+                };
+                for recipient in recipients {
+                    let _ = network.send_frame(&recipient, frame.bytes.clone()).await;
+                }
+            }
+        });
+        let (result, report) = driver::run(session, inbox, outgoing, protocol).await;
+        self.router.close(&id);
+        // Frames already queued still go out: peers may need our last round.
+        let _ = tokio::time::timeout(Duration::from_secs(5), forwarder).await;
+        for (reason, count) in &report.dropped {
+            metrics::counter!("custos_signer_rejected_messages_total", "reason" => *reason)
+                .increment(*count);
+        }
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!("custos_signer_sessions_total", "protocol" => kind.name(), "outcome" => outcome).increment(1);
+        metrics::histogram!("custos_signer_session_seconds", "protocol" => kind.name())
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+}
+
+/// Releases a request's in-flight mark when its job ends.
+struct InFlightGuard {
+    node: Arc<Node>,
+    request: RequestId,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.node
+            .in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.request);
+    }
+}
+
+/// The bounds the driver puts on protocol messages, in one place.
+mod round_based_bounds {
+    /// A protocol message the driver can carry.
+    pub trait Message:
+        round_based::ProtocolMessage
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static
+    {
+    }
+    impl<T> Message for T where
+        T: round_based::ProtocolMessage
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + Send
+            + 'static
+    {
+    }
+}
+
+/// A tokio receiver as a `Stream` of inbound frames.
+mod tokio_stream_adapter {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use custos_protocol::driver::InboundFrame;
+    use tokio::sync::mpsc;
+
+    /// Inbound frames of one session.
+    pub struct Inbox(pub mpsc::Receiver<InboundFrame>);
+
+    impl futures::Stream for Inbox {
+        type Item = InboundFrame;
+        fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<InboundFrame>> {
+            self.get_mut().0.poll_recv(cx)
+        }
+    }
+}

@@ -1,0 +1,484 @@
+//! libp2p transport shared by nodes and the coordinator: TCP + Noise +
+//! Yamux, an allow-list checked after the Noise handshake, and two
+//! request-response protocols:
+//!
+//! * `/custos/frame/1`: one protocol envelope per request, acknowledged with
+//!   an empty response (node to node);
+//! * `/custos/job/1`: a signed job per request, answered with its result
+//!   (coordinator to node).
+//!
+//! One task owns the swarm; the rest of the process talks to it through a
+//! [`Network`] handle (commands in, events out, both bounded). Frames that
+//! fail to send are retried with exponential backoff (which also redials),
+//! until their per-frame budget runs out: the session deadline bounds the
+//! rest.
+
+use std::collections::HashMap;
+use std::io;
+use std::time::Duration;
+
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::StreamExt;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    allow_block_list, identity, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use custos_protocol::PartyId;
+
+/// Largest protocol frame accepted on the wire (the envelope's own limit).
+pub const MAX_FRAME_BYTES: usize = custos_protocol::wire::MAX_FRAME_LEN;
+/// Largest job or job response accepted on the wire.
+pub const MAX_JOB_BYTES: usize = 1024 * 1024;
+/// Queue bounds between the swarm task and the rest of the process.
+const QUEUE: usize = 4096;
+/// A frame is tried this many times before it is given up.
+const FRAME_SEND_ATTEMPTS: u32 = 6;
+
+/// The PeerId of a party: its Ed25519 key is the libp2p identity key.
+pub fn peer_id_of(party: &PartyId) -> Option<PeerId> {
+    let key = identity::ed25519::PublicKey::try_from_bytes(&party.0).ok()?;
+    Some(PeerId::from_public_key(&identity::PublicKey::from(key)))
+}
+
+/// The PartyId of a libp2p Ed25519 keypair.
+pub fn party_of(keypair: &identity::Keypair) -> Option<PartyId> {
+    let key = keypair.public().try_into_ed25519().ok()?;
+    Some(PartyId(key.to_bytes()))
+}
+
+/// Length-prefixed byte messages with a size cap per direction.
+#[derive(Clone)]
+pub struct BytesCodec {
+    max_request: usize,
+    max_response: usize,
+}
+
+async fn read_prefixed<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "message over the size limit",
+        ));
+    }
+    let mut buffer = vec![0u8; len];
+    io.read_exact(&mut buffer).await?;
+    Ok(buffer)
+}
+
+async fn write_prefixed<T: AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    bytes: &[u8],
+    max: usize,
+) -> io::Result<()> {
+    if bytes.len() > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "message over the size limit",
+        ));
+    }
+    io.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+    io.write_all(bytes).await?;
+    io.close().await
+}
+
+impl request_response::Codec for BytesCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        read_prefixed(io, self.max_request).await
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        read_prefixed(io, self.max_response).await
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        request: Vec<u8>,
+    ) -> io::Result<()> {
+        write_prefixed(io, &request, self.max_request).await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        response: Vec<u8>,
+    ) -> io::Result<()> {
+        write_prefixed(io, &response, self.max_response).await
+    }
+}
+
+/// The libp2p behaviours of a Custos process.
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    allowed: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
+    frames: request_response::Behaviour<BytesCodec>,
+    jobs: request_response::Behaviour<BytesCodec>,
+}
+
+/// Who this process is and whom it talks to.
+pub struct NetworkConfig {
+    /// The process's identity (a node's or the coordinator's).
+    pub keypair: identity::Keypair,
+    /// Where to listen (`None` for a coordinator that only dials).
+    pub listen: Option<Multiaddr>,
+    /// Allow-listed peers with their addresses where known.
+    pub peers: Vec<(PartyId, Option<Multiaddr>)>,
+    /// How long a job may take before the coordinator's request times out.
+    pub job_timeout: Duration,
+}
+
+/// Something that arrived from the network.
+pub enum NetEvent {
+    /// A protocol frame from an allow-listed peer (already acknowledged).
+    Frame {
+        /// The authenticated sender.
+        from: PartyId,
+        /// The envelope bytes.
+        bytes: Vec<u8>,
+    },
+    /// A job (from the coordinator, if the caller checks so).
+    Job {
+        /// The authenticated sender.
+        from: PartyId,
+        /// The signed job bytes.
+        bytes: Vec<u8>,
+        /// Where the answer goes.
+        respond: JobResponder,
+    },
+}
+
+/// Answers one inbound job, once.
+pub struct JobResponder {
+    channel: ResponseChannel<Vec<u8>>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl JobResponder {
+    /// Sends the answer. Fails silently if the requester went away: it will
+    /// retry and be answered from the replay record.
+    pub async fn send(self, bytes: Vec<u8>) {
+        let _ = self
+            .commands
+            .send(Command::RespondJob {
+                channel: self.channel,
+                bytes,
+            })
+            .await;
+    }
+}
+
+/// Why a request to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The party's key is not an Ed25519 libp2p key.
+    #[error("party id is not a valid libp2p identity")]
+    BadPartyId,
+    /// The network task is gone.
+    #[error("network task stopped")]
+    Stopped,
+    /// The request failed (dial, timeout, refused, closed).
+    #[error("request failed: {0}")]
+    Request(String),
+}
+
+enum Command {
+    SendFrame {
+        to: PeerId,
+        bytes: Vec<u8>,
+        attempt: u32,
+    },
+    SendJob {
+        to: PeerId,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
+    },
+    RespondJob {
+        channel: ResponseChannel<Vec<u8>>,
+        bytes: Vec<u8>,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    ConnectedPeers {
+        reply: oneshot::Sender<Vec<PartyId>>,
+    },
+}
+
+/// A handle on the network task.
+#[derive(Clone)]
+pub struct Network {
+    commands: mpsc::Sender<Command>,
+    me: PartyId,
+}
+
+impl Network {
+    /// Starts the swarm on the current tokio runtime. Returns the handle and
+    /// the stream of inbound events.
+    pub fn start(config: NetworkConfig) -> anyhow::Result<(Network, mpsc::Receiver<NetEvent>)> {
+        let me =
+            party_of(&config.keypair).ok_or_else(|| anyhow::anyhow!("identity must be Ed25519"))?;
+        let job_timeout = config.job_timeout;
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )?
+            .with_behaviour(|_| Behaviour {
+                allowed: allow_block_list::Behaviour::default(),
+                frames: request_response::Behaviour::with_codec(
+                    BytesCodec {
+                        max_request: MAX_FRAME_BYTES,
+                        max_response: 16,
+                    },
+                    [(
+                        StreamProtocol::new("/custos/frame/1"),
+                        ProtocolSupport::Full,
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(30))
+                        .with_max_concurrent_streams(4096),
+                ),
+                jobs: request_response::Behaviour::with_codec(
+                    BytesCodec {
+                        max_request: MAX_JOB_BYTES,
+                        max_response: MAX_JOB_BYTES,
+                    },
+                    [(StreamProtocol::new("/custos/job/1"), ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(job_timeout)
+                        .with_max_concurrent_streams(1024),
+                ),
+            })?
+            // Sessions are bursty; keep idle connections instead of redialling.
+            .with_swarm_config(|swarm| {
+                swarm.with_idle_connection_timeout(Duration::from_secs(3600))
+            })
+            .build();
+        // Configured addresses go with every request to the peer: libp2p's
+        // address books can drop an address after failed dials (a peer that
+        // was down), and a restarted peer must be redialled where it is.
+        let mut addresses: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+        for (party, address) in &config.peers {
+            let peer = peer_id_of(party).ok_or(NetError::BadPartyId)?;
+            swarm.behaviour_mut().allowed.allow_peer(peer);
+            if let Some(address) = address {
+                swarm.add_peer_address(peer, address.clone());
+                addresses.entry(peer).or_default().push(address.clone());
+            }
+        }
+        if let Some(listen) = config.listen {
+            swarm.listen_on(listen)?;
+        }
+        let (commands, command_rx) = mpsc::channel(QUEUE);
+        let (event_tx, events) = mpsc::channel(QUEUE);
+        tokio::spawn(drive(
+            swarm,
+            addresses,
+            command_rx,
+            commands.clone(),
+            event_tx,
+        ));
+        Ok((Network { commands, me }, events))
+    }
+
+    /// This process's party id.
+    pub fn me(&self) -> PartyId {
+        self.me
+    }
+
+    /// Queues a protocol frame for `to`. Returns at once; delivery is
+    /// retried in the background.
+    pub async fn send_frame(&self, to: &PartyId, bytes: Vec<u8>) -> Result<(), NetError> {
+        let to = peer_id_of(to).ok_or(NetError::BadPartyId)?;
+        self.commands
+            .send(Command::SendFrame {
+                to,
+                bytes,
+                attempt: 0,
+            })
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    /// Sends a job to `to` and waits for its answer.
+    pub async fn send_job(&self, to: &PartyId, bytes: Vec<u8>) -> Result<Vec<u8>, NetError> {
+        let to = peer_id_of(to).ok_or(NetError::BadPartyId)?;
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::SendJob { to, bytes, reply })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        answer.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// The addresses the swarm listens on.
+    pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::ListenAddrs { reply })
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
+    }
+
+    /// The parties connected right now.
+    pub async fn connected(&self) -> Vec<PartyId> {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::ConnectedPeers { reply })
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
+    }
+}
+
+/// The party behind a PeerId: Ed25519 PeerIds are identity multihashes of
+/// the public key, so the key can be read back.
+fn party_of_peer(peer: &PeerId) -> Option<PartyId> {
+    let multihash: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    let key = identity::PublicKey::try_decode_protobuf(multihash.digest()).ok()?;
+    Some(PartyId(key.try_into_ed25519().ok()?.to_bytes()))
+}
+
+/// The swarm task: the only owner of the swarm.
+async fn drive(
+    mut swarm: Swarm<Behaviour>,
+    addresses: HashMap<PeerId, Vec<Multiaddr>>,
+    mut commands: mpsc::Receiver<Command>,
+    command_tx: mpsc::Sender<Command>,
+    events: mpsc::Sender<NetEvent>,
+) {
+    let mut frames_in_flight: HashMap<OutboundRequestId, (PeerId, Vec<u8>, u32)> = HashMap::new();
+    let mut jobs_in_flight: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>> =
+        HashMap::new();
+    let mut listen_addrs: Vec<Multiaddr> = Vec::new();
+    loop {
+        tokio::select! {
+            command = commands.recv() => {
+                let Some(command) = command else { return };
+                match command {
+                    Command::SendFrame { to, bytes, attempt } => {
+                        let known = addresses.get(&to).cloned().unwrap_or_default();
+                        let id = swarm.behaviour_mut().frames.send_request_with_addresses(&to, bytes.clone(), known);
+                        frames_in_flight.insert(id, (to, bytes, attempt));
+                    }
+                    Command::SendJob { to, bytes, reply } => {
+                        let known = addresses.get(&to).cloned().unwrap_or_default();
+                        let id = swarm.behaviour_mut().jobs.send_request_with_addresses(&to, bytes, known);
+                        jobs_in_flight.insert(id, reply);
+                    }
+                    Command::RespondJob { channel, bytes } => {
+                        let _ = swarm.behaviour_mut().jobs.send_response(channel, bytes);
+                    }
+                    Command::ListenAddrs { reply } => {
+                        let _ = reply.send(listen_addrs.clone());
+                    }
+                    Command::ConnectedPeers { reply } => {
+                        let _ = reply.send(swarm.connected_peers().filter_map(party_of_peer).collect());
+                    }
+                }
+            }
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::Behaviour(BehaviourEvent::Frames(event)) => match event {
+                    request_response::Event::Message { peer, message, .. } => match message {
+                        request_response::Message::Request { request, channel, .. } => {
+                            let _ = swarm.behaviour_mut().frames.send_response(channel, Vec::new());
+                            let Some(from) = party_of_peer(&peer) else { continue };
+                            if events.try_send(NetEvent::Frame { from, bytes: request }).is_err() {
+                                metrics::counter!("custos_signer_rejected_messages_total", "reason" => "queue_full").increment(1);
+                            }
+                        }
+                        request_response::Message::Response { request_id, .. } => {
+                            frames_in_flight.remove(&request_id);
+                        }
+                    },
+                    request_response::Event::OutboundFailure { request_id, error, .. } => {
+                        let Some((to, bytes, attempt)) = frames_in_flight.remove(&request_id) else { continue };
+                        if attempt + 1 < FRAME_SEND_ATTEMPTS {
+                            let backoff = Duration::from_millis(50 << attempt);
+                            tracing::debug!(%to, %error, attempt, "frame send failed; retrying");
+                            let command_tx = command_tx.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(backoff).await;
+                                let _ = command_tx.send(Command::SendFrame { to, bytes, attempt: attempt + 1 }).await;
+                            });
+                        } else {
+                            tracing::warn!(%to, %error, "frame dropped after retries");
+                            metrics::counter!("custos_signer_frames_undeliverable_total").increment(1);
+                        }
+                    }
+                    request_response::Event::InboundFailure { error, .. } => {
+                        tracing::debug!(%error, "inbound frame failed");
+                        metrics::counter!("custos_signer_rejected_messages_total", "reason" => "wire").increment(1);
+                    }
+                    request_response::Event::ResponseSent { .. } => {}
+                },
+                SwarmEvent::Behaviour(BehaviourEvent::Jobs(event)) => match event {
+                    request_response::Event::Message { peer, message, .. } => match message {
+                        request_response::Message::Request { request, channel, .. } => {
+                            let Some(from) = party_of_peer(&peer) else { continue };
+                            let respond = JobResponder { channel, commands: command_tx.clone() };
+                            if events.send(NetEvent::Job { from, bytes: request, respond }).await.is_err() {
+                                return;
+                            }
+                        }
+                        request_response::Message::Response { request_id, response } => {
+                            if let Some(reply) = jobs_in_flight.remove(&request_id) {
+                                let _ = reply.send(Ok(response));
+                            }
+                        }
+                    },
+                    request_response::Event::OutboundFailure { request_id, error, .. } => {
+                        if let Some(reply) = jobs_in_flight.remove(&request_id) {
+                            let _ = reply.send(Err(NetError::Request(error.to_string())));
+                        }
+                    }
+                    request_response::Event::InboundFailure { error, .. } => {
+                        tracing::debug!(%error, "inbound job failed");
+                    }
+                    request_response::Event::ResponseSent { .. } => {}
+                },
+                SwarmEvent::Behaviour(BehaviourEvent::Allowed(never)) => match never {},
+                SwarmEvent::NewListenAddr { address, .. } => listen_addrs.push(address),
+                SwarmEvent::IncomingConnectionError { error, .. } => {
+                    tracing::info!(%error, "refused an incoming connection");
+                    metrics::counter!("custos_signer_refused_connections_total").increment(1);
+                }
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                    tracing::debug!(%peer_id, "connected");
+                }
+                _ => {}
+            }
+        }
+    }
+}
