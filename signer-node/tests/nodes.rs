@@ -3,284 +3,16 @@
 //! library over libp2p. Every signature is verified independently (k256
 //! BIP-340 against an output key computed here, ed25519-dalek).
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::*;
 use custos_protocol::{KeyGeneration, PartyId, RequestId, WalletId};
-use custos_signer_node::coordinator::{Coordinator, CoordinatorError, NodeInfo, WalletKey};
+use custos_signer_node::coordinator::{Coordinator, CoordinatorError};
 use custos_signer_node::job::{Curve, Job, JobBody, JobOutput, Scheme};
 use ed25519_dalek::SigningKey;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One node process and its folder.
-struct TestNode {
-    dir: tempfile::TempDir,
-    party: PartyId,
-    p2p_port: u16,
-    http: SocketAddr,
-    child: Option<Child>,
-}
-
-impl TestNode {
-    fn config_path(&self) -> PathBuf {
-        self.dir.path().join("node.toml")
-    }
-
-    fn write_config(&self, coordinator: PartyId, peers: &[(PartyId, u16)]) {
-        let mut text = format!(
-            "data_dir = \"{data}\"\nlisten = \"/ip4/127.0.0.1/tcp/{p2p}\"\nhttp_listen = \"{http}\"\n\
-             coordinator = \"{coordinator}\"\nprime_pool_target = 0\n\n\
-             [master_key]\nbackend = \"file\"\npath = \"{data}/master.key\"\n",
-            data = self.dir.path().join("data").display(),
-            p2p = self.p2p_port,
-            http = self.http,
-            coordinator = hex::encode(coordinator.0),
-        );
-        for (party, port) in peers {
-            text.push_str(&format!(
-                "\n[[peers]]\nid = \"{}\"\naddress = \"/ip4/127.0.0.1/tcp/{port}\"\n",
-                hex::encode(party.0)
-            ));
-        }
-        std::fs::write(self.config_path(), text).unwrap();
-    }
-
-    fn command(&self, subcommand: &str) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_custos-signer"));
-        command
-            .arg("--config")
-            .arg(self.config_path())
-            .arg(subcommand)
-            .env("RUST_LOG", "info,libp2p=warn");
-        command
-    }
-
-    /// `custos-signer init`: returns the node with its new party id.
-    fn init(coordinator: PartyId) -> TestNode {
-        let mut node = TestNode {
-            dir: tempfile::tempdir().unwrap(),
-            party: PartyId([0; 32]),
-            p2p_port: free_port(),
-            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            child: None,
-        };
-        node.write_config(coordinator, &[]);
-        let output = node.command("init").output().unwrap();
-        assert!(
-            output.status.success(),
-            "init failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let stdout = String::from_utf8(output.stdout).unwrap();
-        let party_hex = stdout
-            .lines()
-            .find_map(|line| line.strip_prefix("party_id "))
-            .expect("init prints the party id");
-        node.party = PartyId(hex::decode(party_hex).unwrap().try_into().unwrap());
-        node
-    }
-
-    fn start(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("node.log")).unwrap();
-        let child = self
-            .command("run")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if http_get(self.http, "/readyz").is_some_and(|(status, _)| status == 200) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("node did not become ready; log:\n{}", self.log());
-    }
-
-    /// `kill -9`.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
-    }
-
-    fn info(&self) -> NodeInfo {
-        NodeInfo {
-            party: self.party,
-            address: format!("/ip4/127.0.0.1/tcp/{}", self.p2p_port)
-                .parse()
-                .unwrap(),
-        }
-    }
-
-    fn metric(&self, line_prefix: &str) -> f64 {
-        let (_, body) = http_get(self.http, "/metrics").expect("metrics answer");
-        body.lines()
-            .filter(|line| line.starts_with(line_prefix))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-}
-
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A plain HTTP/1.1 GET: (status, body).
-fn http_get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_string();
-    Some((status, body))
-}
-
-/// Three initialised and running nodes that know each other, and a
-/// coordinator they pin.
-fn cluster(n: usize) -> (Vec<TestNode>, SigningKey) {
-    let coordinator_key = SigningKey::generate(&mut rand_core::OsRng);
-    let coordinator = PartyId(coordinator_key.verifying_key().to_bytes());
-    let mut nodes: Vec<TestNode> = (0..n).map(|_| TestNode::init(coordinator)).collect();
-    let addresses: Vec<(PartyId, u16)> = nodes
-        .iter()
-        .map(|node| (node.party, node.p2p_port))
-        .collect();
-    for node in &mut nodes {
-        let peers: Vec<_> = addresses
-            .iter()
-            .copied()
-            .filter(|(party, _)| *party != node.party)
-            .collect();
-        node.write_config(coordinator, &peers);
-        node.start();
-    }
-    (nodes, coordinator_key)
-}
-
-/// A running cluster with a coordinator the nodes pin and one 2-of-n
-/// secp256k1 wallet.
-struct Cluster {
-    nodes: Vec<TestNode>,
-    parties: Vec<PartyId>,
-    coordinator_key: SigningKey,
-    coordinator: Coordinator,
-    wallet: WalletId,
-    key: WalletKey,
-}
-
-async fn cluster_with_wallet(n: usize, wallet_byte: u8) -> Cluster {
-    let (nodes, coordinator_key) = cluster(n);
-    let parties: Vec<PartyId> = nodes.iter().map(|node| node.party).collect();
-    let coordinator = Coordinator::start(
-        coordinator_key.clone(),
-        nodes.iter().map(TestNode::info).collect(),
-    )
-    .unwrap();
-    let wallet = WalletId([wallet_byte; 16]);
-    let key = coordinator
-        .create_wallet(RequestId([1; 16]), wallet, Curve::Secp256k1, &parties, 2)
-        .await
-        .unwrap();
-    Cluster {
-        nodes,
-        parties,
-        coordinator_key,
-        coordinator,
-        wallet,
-        key,
-    }
-}
-
-/// The BIP-341 key-path output key of an internal key, computed with k256.
-fn taproot_output_key(public_key: &[u8]) -> [u8; 32] {
-    use k256::elliptic_curve::sec1::ToEncodedPoint;
-    use sha2::{Digest, Sha256};
-    let internal_x: [u8; 32] = public_key[1..].try_into().unwrap();
-    let tag = Sha256::digest(b"TapTweak");
-    let tweak = Sha256::new()
-        .chain_update(tag)
-        .chain_update(tag)
-        .chain_update(internal_x)
-        .finalize();
-    let tweak =
-        <k256::Scalar as k256::elliptic_curve::ops::Reduce<k256::U256>>::reduce_bytes(&tweak);
-    let mut even = [0u8; 33];
-    even[0] = 2;
-    even[1..].copy_from_slice(&internal_x);
-    let internal = k256::PublicKey::from_sec1_bytes(&even).unwrap();
-    let output = (internal.to_projective() + k256::ProjectivePoint::GENERATOR * tweak).to_affine();
-    output.to_encoded_point(true).as_bytes()[1..]
-        .try_into()
-        .unwrap()
-}
-
-fn verify_taproot(public_key: &[u8], message: &[u8; 32], signature: &[u8]) {
-    k256::schnorr::VerifyingKey::from_bytes(&taproot_output_key(public_key))
-        .unwrap()
-        .verify_raw(
-            message,
-            &k256::schnorr::Signature::try_from(signature).unwrap(),
-        )
-        .expect("k256 verifies the BIP-340 signature from the nodes");
-}
-
-fn signature_of(output: Result<JobOutput, CoordinatorError>) -> Vec<u8> {
-    match output.expect("signing succeeds") {
-        JobOutput::Signature { signature } => signature,
-        other => panic!("expected a signature, got {other:?}"),
-    }
-}
-
-async fn sign_with(
-    coordinator: &Coordinator,
-    quorum: &[PartyId],
-    request: u8,
-    wallet: WalletId,
-    scheme: Scheme,
-    payload: Vec<u8>,
-) -> Vec<Vec<u8>> {
-    let body = JobBody::Sign {
-        wallet,
-        generation: KeyGeneration(0),
-        scheme,
-        quorum: quorum.to_vec(),
-        payload,
-        path: vec![],
-    };
-    coordinator
-        .submit(quorum, RequestId([request; 16]), 0, body)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(signature_of)
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_processes_keygen_and_sign_with_every_quorum() {
@@ -367,6 +99,17 @@ async fn three_processes_keygen_and_sign_with_every_quorum() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_node_restarts_with_its_shares_and_signs_again() {
+    kill_restart_and_sign(MasterKeyBackend::File).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_node_with_softhsm_master_key_restarts_and_signs_again() {
+    kill_restart_and_sign(MasterKeyBackend::SoftHsm).await;
+}
+
+/// `kill -9` one node, sign with the other two; restart it, and it signs
+/// again with what it stored.
+async fn kill_restart_and_sign(backend: MasterKeyBackend) {
     let Cluster {
         mut nodes,
         parties,
@@ -374,7 +117,7 @@ async fn killed_node_restarts_with_its_shares_and_signs_again() {
         wallet,
         key,
         ..
-    } = cluster_with_wallet(3, 0x73).await;
+    } = cluster_with_wallet_on(3, 0x73, backend).await;
 
     nodes[2].kill();
     // The coordinator's retry finds the live quorum: node 2 is unreachable.
