@@ -193,6 +193,42 @@ impl<E: KeyCurve> PublicKeyInfo<E> {
     pub fn derive_public_key(&self, path: &[u32]) -> Result<NonZero<Point<E>>, Error> {
         derive_public_key(&self.key_info, path)
     }
+
+    /// Serialises the public data (CBOR). Not secret, but it must reach a new
+    /// holder from an authenticated source: a resharing checks dealings
+    /// against it.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, Error> {
+        to_secret_bytes(self).map(|bytes| bytes.to_vec())
+    }
+
+    /// Parses public data from [`PublicKeyInfo::to_bytes`] and checks that
+    /// it is consistent: public shares interpolate to the public key, the
+    /// committee has one public share per member.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        use key_share::Validate;
+        let info: Self = from_secret_bytes(bytes)?;
+        info.key_info
+            .is_valid()
+            .map_err(|_| Error::InvalidArgument("key info is inconsistent"))?;
+        if info.key_info.public_shares.len() != info.committee.members().len() {
+            return Err(Error::InvalidArgument(
+                "key info and committee disagree on the number of parties",
+            ));
+        }
+        Ok(info)
+    }
+}
+
+impl<E: KeyCurve> PartialEq for PublicKeyInfo<E> {
+    fn eq(&self, other: &Self) -> bool {
+        self.wallet == other.wallet
+            && self.generation == other.generation
+            && self.committee == other.committee
+            && self.key_info.shared_public_key == other.key_info.shared_public_key
+            && self.key_info.public_shares == other.key_info.public_shares
+            && self.key_info.vss_setup == other.key_info.vss_setup
+            && self.key_info.chain_code == other.key_info.chain_code
+    }
 }
 
 /// Derives the child public key at `path`; every index must be non-hardened

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use custos_protocol::{KeyGeneration, PartyId, RequestId, WalletId};
 use ed25519_dalek::SigningKey;
 use libp2p::{identity, Multiaddr};
+use sha2::Digest;
 
 use crate::job::{Curve, Job, JobBody, JobOutput, Scheme};
 use crate::node::JobResponse;
@@ -315,6 +316,135 @@ impl Coordinator {
         Err(last_error.unwrap_or(CoordinatorError::Inconsistent))
     }
 
+    /// Moves a wallet's key to `new_committee` with `new_threshold` (the same
+    /// committee and threshold: a proactive refresh), in two phases:
+    ///
+    /// 1. the public data of the current generation is read from every
+    ///    dealer, and all must agree (it is what new holders check dealings
+    ///    against, so it comes from the holders, never from the caller);
+    /// 2. the resharing runs among dealers and new holders; every new holder
+    ///    must report the unchanged public key;
+    /// 3. a test signature of the new generation (FROST: BIP-340 on
+    ///    secp256k1, Ed25519 on edwards25519) is made and verified here;
+    /// 4. only then are older generations deleted on every old and new
+    ///    holder (`ReshareCommit`).
+    ///
+    /// Returns the new generation. If any step before 4 fails, nothing was
+    /// deleted and the old generation still signs.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn reshare(
+        &self,
+        request: RequestId,
+        wallet: WalletId,
+        curve: Curve,
+        old_generation: KeyGeneration,
+        old_committee: &[PartyId],
+        dealers: &[PartyId],
+        new_committee: &[PartyId],
+        new_threshold: u16,
+    ) -> Result<KeyGeneration, CoordinatorError> {
+        let step = |label: &str| sub_request(request, label);
+        // 1. The old public data, from the dealers.
+        let infos = self
+            .submit(
+                dealers,
+                step("key-info"),
+                0,
+                JobBody::KeyInfo {
+                    wallet,
+                    curve,
+                    generation: old_generation,
+                },
+            )
+            .await?;
+        let mut old_info: Option<Vec<u8>> = None;
+        for info in infos {
+            let JobOutput::KeyInfo { info } = info? else {
+                return Err(CoordinatorError::Inconsistent);
+            };
+            match &old_info {
+                Some(first) if *first != info => return Err(CoordinatorError::Inconsistent),
+                _ => old_info = Some(info),
+            }
+        }
+        let old_info = old_info.ok_or(CoordinatorError::Inconsistent)?;
+
+        // 2. The resharing.
+        let mut participants: Vec<PartyId> = dealers.iter().chain(new_committee).copied().collect();
+        participants.sort();
+        participants.dedup();
+        let body = JobBody::Reshare {
+            wallet,
+            curve,
+            old_info: old_info.clone(),
+            dealers: dealers.to_vec(),
+            new_committee: new_committee.to_vec(),
+            new_threshold,
+        };
+        let mut new_key: Option<(Vec<u8>, [u8; 32])> = None;
+        for output in self.submit(&participants, request, 0, body).await? {
+            match output? {
+                JobOutput::Reshared {
+                    public_key,
+                    chain_code,
+                } => match &new_key {
+                    Some(first) if *first != (public_key.clone(), chain_code) => {
+                        return Err(CoordinatorError::Inconsistent)
+                    }
+                    _ => new_key = Some((public_key, chain_code)),
+                },
+                JobOutput::Dealt => {}
+                _ => return Err(CoordinatorError::Inconsistent),
+            }
+        }
+        let new_generation = KeyGeneration(old_generation.0 + 1);
+
+        // 3. A verified test signature of the new generation.
+        let payload: Vec<u8> = sha2::Sha256::new()
+            .chain_update(b"custos/reshare/test-signature/v1")
+            .chain_update(request.0)
+            .finalize()
+            .to_vec();
+        let scheme = match curve {
+            Curve::Secp256k1 => Scheme::Taproot,
+            Curve::Ed25519 => Scheme::Ed25519,
+        };
+        let signature = self
+            .sign(
+                step("test-signature"),
+                wallet,
+                new_generation,
+                scheme,
+                new_committee,
+                new_threshold,
+                payload.clone(),
+                vec![],
+            )
+            .await?;
+        verify_test_signature(curve, &old_info, &payload, &signature)?;
+
+        // 4. Commit: older generations go, everywhere.
+        let mut holders: Vec<PartyId> =
+            old_committee.iter().chain(&participants).copied().collect();
+        holders.sort();
+        holders.dedup();
+        for output in self
+            .submit(
+                &holders,
+                step("commit"),
+                0,
+                JobBody::ReshareCommit {
+                    wallet,
+                    generation: new_generation,
+                },
+            )
+            .await?
+        {
+            output?;
+        }
+        Ok(new_generation)
+    }
+
     /// Asks one node for its health.
     pub async fn health(
         &self,
@@ -334,8 +464,8 @@ impl Coordinator {
 /// retry with another quorum.
 pub fn answer_timeout(body: &JobBody) -> Duration {
     Duration::from_secs(match body {
-        JobBody::Health => 10,
-        JobBody::Keygen { .. } => 45,
+        JobBody::Health | JobBody::KeyInfo { .. } | JobBody::ReshareCommit { .. } => 10,
+        JobBody::Keygen { .. } | JobBody::Reshare { .. } => 45,
         JobBody::AuxInfo { .. } => 900,
         JobBody::Sign {
             scheme: Scheme::Ecdsa,
@@ -343,4 +473,57 @@ pub fn answer_timeout(body: &JobBody) -> Duration {
         } => 90,
         JobBody::Sign { .. } => 20,
     })
+}
+
+/// A request id for one step of a multi-step operation, derived from the
+/// operation's request id so that retries of the operation reuse it.
+fn sub_request(request: RequestId, label: &str) -> RequestId {
+    let digest = sha2::Sha256::new()
+        .chain_update(b"custos/coordinator/sub-request/v1")
+        .chain_update(request.0)
+        .chain_update(label.as_bytes())
+        .finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(digest.get(..16).unwrap_or(&[0; 16]));
+    RequestId(id)
+}
+
+/// Verifies the test signature of a resharing under the (unchanged) key.
+fn verify_test_signature(
+    curve: Curve,
+    old_info: &[u8],
+    payload: &[u8],
+    signature: &[u8],
+) -> Result<(), CoordinatorError> {
+    let failed =
+        |what: &str| CoordinatorError::Internal(format!("test signature after resharing: {what}"));
+    match curve {
+        Curve::Secp256k1 => {
+            let info =
+                custos_protocol::share::PublicKeyInfo::<custos_protocol::Secp256k1>::from_bytes(
+                    old_info,
+                )
+                .map_err(|error| failed(&error.to_string()))?;
+            let key = custos_protocol::schnorr::taproot_output_key(&info, &[])
+                .map_err(|error| failed(&error.to_string()))?;
+            let signature: [u8; 64] = signature.try_into().map_err(|_| failed("length"))?;
+            custos_protocol::schnorr::verify_bip340(&key, payload, &signature)
+                .map_err(|error| failed(&error.to_string()))
+        }
+        Curve::Ed25519 => {
+            let info =
+                custos_protocol::share::PublicKeyInfo::<custos_protocol::Ed25519>::from_bytes(
+                    old_info,
+                )
+                .map_err(|error| failed(&error.to_string()))?;
+            let key = custos_protocol::schnorr::ed25519_public_key(&info, &[])
+                .map_err(|error| failed(&error.to_string()))?;
+            let key =
+                ed25519_dalek::VerifyingKey::from_bytes(&key).map_err(|_| failed("public key"))?;
+            let signature =
+                ed25519_dalek::Signature::from_slice(signature).map_err(|_| failed("length"))?;
+            key.verify_strict(payload, &signature)
+                .map_err(|_| failed("does not verify"))
+        }
+    }
 }

@@ -87,6 +87,43 @@ pub enum JobBody {
         /// Non-hardened derivation path.
         path: Vec<u32>,
     },
+    /// Report the public data of a key generation this node holds.
+    KeyInfo {
+        /// The wallet.
+        wallet: WalletId,
+        /// Its curve.
+        curve: Curve,
+        /// The generation.
+        generation: KeyGeneration,
+    },
+    /// Re-deal a key to a new committee and/or threshold (same committee and
+    /// threshold: a proactive refresh). New holders store the new generation
+    /// beside the old one; nothing is deleted until [`JobBody::ReshareCommit`].
+    Reshare {
+        /// The wallet.
+        wallet: WalletId,
+        /// Its curve.
+        curve: Curve,
+        /// The current generation's public data
+        /// (`custos_protocol::share::PublicKeyInfo::to_bytes`), as the
+        /// dealers reported it; new holders check every dealing against it.
+        old_info: Vec<u8>,
+        /// Old holders that deal (at least the old threshold).
+        dealers: Vec<PartyId>,
+        /// The new holders.
+        new_committee: Vec<PartyId>,
+        /// The new threshold.
+        new_threshold: u16,
+    },
+    /// Second phase of a resharing: every new holder confirmed and a test
+    /// signature of the new generation verified, so shares of older
+    /// generations are deleted.
+    ReshareCommit {
+        /// The wallet.
+        wallet: WalletId,
+        /// The generation that stays.
+        generation: KeyGeneration,
+    },
 }
 
 impl JobBody {
@@ -97,6 +134,9 @@ impl JobBody {
             JobBody::AuxInfo { .. } => "aux_info",
             JobBody::Keygen { .. } => "keygen",
             JobBody::Sign { .. } => "sign",
+            JobBody::KeyInfo { .. } => "key_info",
+            JobBody::Reshare { .. } => "reshare",
+            JobBody::ReshareCommit { .. } => "reshare_commit",
         }
     }
 }
@@ -278,6 +318,25 @@ pub enum JobOutput {
     Signature {
         /// Signature bytes.
         signature: Vec<u8>,
+    },
+    /// Public data of a key generation.
+    KeyInfo {
+        /// `PublicKeyInfo::to_bytes`.
+        info: Vec<u8>,
+    },
+    /// This node holds a share of the new generation of the (unchanged) key.
+    Reshared {
+        /// Public key bytes (as for [`JobOutput::Keygen`]).
+        public_key: Vec<u8>,
+        /// HD chain code.
+        chain_code: [u8; 32],
+    },
+    /// This node only dealt; every new holder accepted its dealing.
+    Dealt,
+    /// Older generations are deleted.
+    Committed {
+        /// The generations this node deleted.
+        deleted: Vec<u32>,
     },
 }
 

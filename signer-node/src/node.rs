@@ -14,8 +14,9 @@ use custos_protocol::driver::{self, InboundFrame, OutboundFrame, Session};
 use custos_protocol::ecdsa::{self, AuxInfoRun, SignRun};
 use custos_protocol::keygen::{self, KeygenRun};
 use custos_protocol::primes::Primes;
+use custos_protocol::reshare::{self, ReshareOutput, ReshareRun};
 use custos_protocol::schnorr;
-use custos_protocol::share::{KeyCurve, KeyShare};
+use custos_protocol::share::{KeyCurve, KeyShare, PublicKeyInfo};
 use custos_protocol::wire::{Envelope, Recipient};
 use custos_protocol::{
     Committee, Ed25519, ExecutionId, PartyId, ProtocolKind, Quorum, RequestId, Secp256k1,
@@ -365,6 +366,74 @@ impl Node {
         let refused = |error: custos_protocol::Error| JobError::Refused(error.to_string());
         match &job.body {
             JobBody::Health => self.health(),
+            JobBody::KeyInfo {
+                wallet,
+                curve,
+                generation,
+            } => {
+                let info = match curve {
+                    Curve::Secp256k1 => self
+                        .load_share::<Secp256k1>(*wallet, *generation)?
+                        .public_info()
+                        .to_bytes(),
+                    Curve::Ed25519 => self
+                        .load_share::<Ed25519>(*wallet, *generation)?
+                        .public_info()
+                        .to_bytes(),
+                }
+                .map_err(refused)?;
+                Ok(JobOutput::KeyInfo { info })
+            }
+            JobBody::Reshare {
+                wallet,
+                curve,
+                old_info,
+                dealers,
+                new_committee,
+                new_threshold,
+            } => {
+                let new_committee =
+                    Committee::new(new_committee.iter().copied()).map_err(refused)?;
+                match curve {
+                    Curve::Secp256k1 => {
+                        self.reshare::<Secp256k1>(
+                            job,
+                            *wallet,
+                            old_info,
+                            dealers,
+                            new_committee,
+                            *new_threshold,
+                        )
+                        .await
+                    }
+                    Curve::Ed25519 => {
+                        self.reshare::<Ed25519>(
+                            job,
+                            *wallet,
+                            old_info,
+                            dealers,
+                            new_committee,
+                            *new_threshold,
+                        )
+                        .await
+                    }
+                }
+            }
+            JobBody::ReshareCommit { wallet, generation } => {
+                let store_error =
+                    |error: crate::store::StoreError| JobError::Refused(error.to_string());
+                let mut deleted = Vec::new();
+                for older in self.store.generations(*wallet).map_err(store_error)? {
+                    if older < *generation {
+                        self.store
+                            .delete_share(*wallet, older)
+                            .map_err(store_error)?;
+                        deleted.push(older.0);
+                    }
+                }
+                tracing::info!(wallet = %hex::encode(wallet.0), ?deleted, "resharing committed: older shares deleted");
+                Ok(JobOutput::Committed { deleted })
+            }
             JobBody::Keygen {
                 wallet,
                 curve,
@@ -528,6 +597,64 @@ impl Node {
             public_key: share.public_key().to_bytes(true).to_vec(),
             chain_code: share.chain_code().unwrap_or_default(),
         })
+    }
+
+    /// Runs this node's side of a resharing: deals from its current share if
+    /// it is a dealer, stores the new generation if it is a new holder. The
+    /// old share stays until the commit job.
+    async fn reshare<E: KeyCurve>(
+        &self,
+        job: &Job,
+        wallet: custos_protocol::WalletId,
+        old_info: &[u8],
+        dealers: &[PartyId],
+        new_committee: Committee,
+        new_threshold: u16,
+    ) -> Result<JobOutput, JobError>
+    where
+        reshare::ReshareMsg<E>: Send,
+    {
+        let refused = |error: custos_protocol::Error| JobError::Refused(error.to_string());
+        let old = PublicKeyInfo::<E>::from_bytes(old_info).map_err(refused)?;
+        if old.wallet != wallet {
+            return Err(JobError::Refused("key info is of another wallet".into()));
+        }
+        let share = if dealers.contains(&self.me) {
+            Some(self.load_share::<E>(wallet, old.generation)?)
+        } else {
+            None
+        };
+        let run = ReshareRun {
+            request: job.request,
+            old,
+            dealers: dealers.to_vec(),
+            new_committee,
+            new_threshold,
+            me: self.me,
+            attempt: job.attempt,
+        };
+        let session = run
+            .session(Deadlines::get(self.deadlines.keygen_secs))
+            .map_err(refused)?;
+        let output = self
+            .run_session(session, |party| async move {
+                let mut rng = rand_core::OsRng;
+                reshare::reshare(&run, share.as_ref(), party, &mut rng).await
+            })
+            .await
+            .map_err(refused)?;
+        match output {
+            ReshareOutput::NewShare(new_share) => {
+                self.store
+                    .put_share(&new_share)
+                    .map_err(|error| JobError::Refused(error.to_string()))?;
+                Ok(JobOutput::Reshared {
+                    public_key: new_share.public_key().to_bytes(true).to_vec(),
+                    chain_code: new_share.chain_code().unwrap_or_default(),
+                })
+            }
+            ReshareOutput::Dealt => Ok(JobOutput::Dealt),
+        }
     }
 
     fn load_share<E: KeyCurve>(

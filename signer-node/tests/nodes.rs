@@ -412,3 +412,106 @@ async fn node_that_stops_answering_fails_the_session_in_time_and_retry_succeeds(
     // Bounded by the coordinator's answer timeout (20 s) plus one signing.
     assert!(elapsed < Duration::from_secs(40), "took {elapsed:?}");
 }
+
+/// The generations of `wallet` a node holds, from its `/status`.
+fn generations_on(node: &TestNode, wallet: WalletId) -> Vec<u32> {
+    let (_, body) = http_get(node.http, "/status").expect("status answers");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    status["wallets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry[0] == hex::encode(wallet.0))
+        .map(|entry| {
+            entry[2]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|generation| generation.as_u64().unwrap() as u32)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reshare_2of3_to_3of4_with_a_fourth_node_keeps_address_and_deletes_old_shares() {
+    let (nodes, coordinator_key) = cluster(4);
+    let parties: Vec<PartyId> = nodes.iter().map(|node| node.party).collect();
+    let coordinator =
+        Coordinator::start(coordinator_key, nodes.iter().map(TestNode::info).collect()).unwrap();
+    let old_committee = &parties[..3];
+    let wallet = WalletId([0x77; 16]);
+    let key = coordinator
+        .create_wallet(
+            RequestId([1; 16]),
+            wallet,
+            Curve::Secp256k1,
+            old_committee,
+            2,
+        )
+        .await
+        .unwrap();
+    assert_eq!(generations_on(&nodes[3], wallet), Vec::<u32>::new());
+
+    // Holders 0 and 1 deal to all four; node 3 joins.
+    let new_generation = coordinator
+        .reshare(
+            RequestId([2; 16]),
+            wallet,
+            Curve::Secp256k1,
+            KeyGeneration(0),
+            old_committee,
+            &parties[..2],
+            &parties,
+            3,
+        )
+        .await
+        .unwrap();
+    assert_eq!(new_generation, KeyGeneration(1));
+    // Committed: every holder keeps only the new generation on disk.
+    for node in &nodes {
+        assert_eq!(generations_on(node, wallet), vec![1], "node {}", node.party);
+    }
+
+    // The new 3-of-4 set signs under the unchanged key (same address).
+    let message = [0x88; 32];
+    let body = JobBody::Sign {
+        wallet,
+        generation: new_generation,
+        scheme: Scheme::Taproot,
+        quorum: vec![parties[1], parties[2], parties[3]],
+        payload: message.to_vec(),
+        path: vec![],
+    };
+    let outputs = coordinator
+        .submit(
+            &[parties[1], parties[2], parties[3]],
+            RequestId([3; 16]),
+            0,
+            body,
+        )
+        .await
+        .unwrap();
+    for output in outputs {
+        verify_taproot(&key.public_key, &message, &signature_of(output));
+    }
+    // The old generation is gone: it cannot sign any more.
+    let body = JobBody::Sign {
+        wallet,
+        generation: KeyGeneration(0),
+        scheme: Scheme::Taproot,
+        quorum: vec![parties[0], parties[1]],
+        payload: message.to_vec(),
+        path: vec![],
+    };
+    let outputs = coordinator
+        .submit(&[parties[0], parties[1]], RequestId([4; 16]), 0, body)
+        .await
+        .unwrap();
+    for output in outputs {
+        assert!(
+            matches!(output, Err(CoordinatorError::Failed { .. })),
+            "{output:?}"
+        );
+    }
+}
