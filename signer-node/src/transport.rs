@@ -482,3 +482,35 @@ async fn drive(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn oversized_length_prefix_is_refused_before_allocating() {
+        let mut wire: &[u8] = &[0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3];
+        let error = read_prefixed(&mut wire, MAX_FRAME_BYTES).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn prefixed_messages_round_trip_and_writes_over_the_limit_fail() {
+        let mut buffer = Vec::new();
+        write_prefixed(&mut futures::io::Cursor::new(&mut buffer), b"frame", 16)
+            .await
+            .unwrap();
+        let mut wire: &[u8] = &buffer;
+        assert_eq!(read_prefixed(&mut wire, 16).await.unwrap(), b"frame");
+        let mut sink = futures::io::Cursor::new(Vec::new());
+        assert!(write_prefixed(&mut sink, &[0; 17], 16).await.is_err());
+    }
+
+    #[test]
+    fn party_and_peer_ids_map_both_ways() {
+        let keypair = identity::Keypair::generate_ed25519();
+        let party = party_of(&keypair).unwrap();
+        assert_eq!(peer_id_of(&party), Some(keypair.public().to_peer_id()));
+        assert_eq!(party_of_peer(&keypair.public().to_peer_id()), Some(party));
+    }
+}

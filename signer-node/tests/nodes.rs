@@ -515,3 +515,90 @@ async fn reshare_2of3_to_3of4_with_a_fourth_node_keeps_address_and_deletes_old_s
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_record_survives_a_restart_and_answers_without_signing_again() {
+    let Cluster {
+        mut nodes,
+        parties,
+        coordinator,
+        coordinator_key,
+        wallet,
+        ..
+    } = cluster_with_wallet(3, 0x78).await;
+    let quorum = vec![parties[0], parties[1]];
+    let job = Job {
+        request: RequestId([5; 16]),
+        attempt: 0,
+        expires_at: u64::MAX / 2,
+        body: JobBody::Sign {
+            wallet,
+            generation: KeyGeneration(0),
+            scheme: Scheme::Taproot,
+            quorum: quorum.clone(),
+            payload: vec![0x99; 32],
+            path: vec![],
+        },
+    };
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&job.sign(&coordinator_key).unwrap(), &mut bytes).unwrap();
+    let timeout = Duration::from_secs(20);
+    let first: Vec<Vec<u8>> = coordinator
+        .send_raw(&quorum, bytes.clone(), timeout)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(signature_of)
+        .collect();
+
+    nodes[0].kill();
+    nodes[0].start();
+    let again = coordinator
+        .send_raw(&[parties[0]], bytes, timeout)
+        .await
+        .unwrap();
+    assert_eq!(signature_of(again.into_iter().next().unwrap()), first[0]);
+    assert_eq!(
+        nodes[0].metric("custos_signer_sessions_total{"),
+        0.0,
+        "the restarted node answered from its record without a session"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_frames_from_an_allow_listed_peer_are_counted_and_harmless() {
+    use custos_signer_node::transport::{party_of, Network, NetworkConfig};
+    // The test acts as a peer node the cluster allow-lists.
+    let probe = libp2p::identity::Keypair::generate_ed25519();
+    let probe_party = party_of(&probe).unwrap();
+    let (nodes, _coordinator_key) =
+        cluster_with_extra_peers(2, MasterKeyBackend::File, &[probe_party]);
+    let (network, _events) = Network::start(NetworkConfig {
+        keypair: probe,
+        listen: None,
+        peers: vec![(nodes[0].party, Some(nodes[0].info().address))],
+        job_timeout: Duration::from_secs(10),
+    })
+    .unwrap();
+    let mut noise = vec![0u8; 4096];
+    for round in 0..20u8 {
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut noise);
+        noise[0] = round;
+        network
+            .send_frame(&nodes[0].party, noise.clone())
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nodes[0].metric("custos_signer_rejected_messages_total{") < 20.0 {
+        assert!(
+            Instant::now() < deadline,
+            "garbage frames were not all counted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        http_get(nodes[0].http, "/healthz").map(|(status, _)| status),
+        Some(200)
+    );
+}

@@ -232,15 +232,27 @@ pub fn cluster(n: usize) -> (Vec<TestNode>, SigningKey) {
 }
 
 pub fn cluster_on(n: usize, backend: MasterKeyBackend) -> (Vec<TestNode>, SigningKey) {
+    cluster_with_extra_peers(n, backend, &[])
+}
+
+/// Like [`cluster_on`], with `extra` parties allow-listed on every node (a
+/// test acting as a peer node).
+pub fn cluster_with_extra_peers(
+    n: usize,
+    backend: MasterKeyBackend,
+    extra: &[PartyId],
+) -> (Vec<TestNode>, SigningKey) {
     let coordinator_key = SigningKey::generate(&mut rand_core::OsRng);
     let coordinator = PartyId(coordinator_key.verifying_key().to_bytes());
     let mut nodes: Vec<TestNode> = (0..n)
         .map(|_| TestNode::init(coordinator, backend))
         .collect();
-    let addresses: Vec<(PartyId, u16)> = nodes
+    let mut addresses: Vec<(PartyId, u16)> = nodes
         .iter()
         .map(|node| (node.party, node.p2p_port))
         .collect();
+    // Extra peers dial in; the port only fills the required address.
+    addresses.extend(extra.iter().map(|party| (*party, 1)));
     for node in &mut nodes {
         let peers: Vec<_> = addresses
             .iter()
