@@ -38,6 +38,9 @@ use crate::transport::{JobResponder, NetEvent, Network};
 const EARLY_FRAMES_PER_SESSION: usize = 256;
 /// Sessions with early frames kept at once.
 const EARLY_SESSIONS: usize = 1024;
+/// Bytes of early frames held at once, across all sessions: a peer cannot
+/// make the node hold more than this for sessions that never start.
+const EARLY_BYTES: usize = 64 * 1024 * 1024;
 /// How long early frames wait for their session.
 const EARLY_FRAME_TTL: Duration = Duration::from_secs(60);
 /// Inbound queue of one running session.
@@ -75,6 +78,14 @@ struct EarlyFrames {
 struct RouterState {
     running: HashMap<ExecutionId, RunningSession>,
     early: HashMap<ExecutionId, EarlyFrames>,
+    /// Total bytes held in `early`.
+    early_bytes: usize,
+}
+
+impl RouterState {
+    fn early_frames_bytes(early: &EarlyFrames) -> usize {
+        early.frames.iter().map(|(_, bytes)| bytes.len()).sum()
+    }
 }
 
 /// Routes inbound frames to running sessions by session id.
@@ -117,12 +128,21 @@ impl Router {
             return;
         }
         let now = Instant::now();
-        state
-            .early
-            .retain(|_, early| now.duration_since(early.since) < EARLY_FRAME_TTL);
-        if !state.early.contains_key(&session) && state.early.len() >= EARLY_SESSIONS {
+        let mut expired_bytes = 0;
+        state.early.retain(|_, early| {
+            let keep = now.duration_since(early.since) < EARLY_FRAME_TTL;
+            if !keep {
+                expired_bytes += RouterState::early_frames_bytes(early);
+            }
+            keep
+        });
+        state.early_bytes -= expired_bytes;
+        let full = (!state.early.contains_key(&session) && state.early.len() >= EARLY_SESSIONS)
+            || state.early_bytes + bytes.len() > EARLY_BYTES;
+        if full {
             return reject("early_buffer_full");
         }
+        let len = bytes.len();
         let early = state.early.entry(session).or_insert_with(|| EarlyFrames {
             since: now,
             frames: Vec::new(),
@@ -131,17 +151,20 @@ impl Router {
             return reject("early_buffer_full");
         }
         early.frames.push((from, bytes));
+        state.early_bytes += len;
     }
 
     /// Registers a session and hands it the frames that came early.
     fn open(&self, session: &Session) -> mpsc::Receiver<InboundFrame> {
         let (inbox, frames) = mpsc::channel(SESSION_QUEUE);
         let mut state = self.lock();
-        let early = state
-            .early
-            .remove(&session.id)
-            .map(|early| early.frames)
-            .unwrap_or_default();
+        let early = match state.early.remove(&session.id) {
+            Some(early) => {
+                state.early_bytes -= RouterState::early_frames_bytes(&early);
+                early.frames
+            }
+            None => Vec::new(),
+        };
         for (from, bytes) in early {
             match session.participants.iter().position(|party| *party == from) {
                 Some(index) => {
@@ -864,5 +887,56 @@ mod tokio_stream_adapter {
         fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<InboundFrame>> {
             self.get_mut().0.poll_recv(cx)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custos_protocol::wire::Envelope;
+
+    fn frame(session: u8, payload_len: usize) -> Vec<u8> {
+        Envelope {
+            kind: ProtocolKind::AuxInfo,
+            session: ExecutionId([session; 32]),
+            round: 1,
+            sender: 1,
+            recipient: Recipient::Broadcast,
+            payload: vec![0; payload_len],
+        }
+        .encode()
+        .unwrap()
+    }
+
+    #[test]
+    fn early_frames_are_bounded_in_count_and_bytes_and_handed_to_their_session() {
+        let router = Router::default();
+        let peer = PartyId([1; 32]);
+        // Per session: at most EARLY_FRAMES_PER_SESSION frames.
+        for _ in 0..EARLY_FRAMES_PER_SESSION + 10 {
+            router.deliver(peer, frame(1, 10));
+        }
+        assert_eq!(
+            router.lock().early[&ExecutionId([1; 32])].frames.len(),
+            EARLY_FRAMES_PER_SESSION
+        );
+        // In bytes: large frames for many sessions stop at EARLY_BYTES.
+        for session in 2..=250u8 {
+            router.deliver(peer, frame(session, 400 * 1024));
+        }
+        assert!(router.lock().early_bytes <= EARLY_BYTES);
+        // A session that starts takes its early frames, and the budget
+        // is given back.
+        let before = router.lock().early_bytes;
+        let session = Session {
+            kind: ProtocolKind::AuxInfo,
+            id: ExecutionId([2; 32]),
+            participants: vec![PartyId([0; 32]), peer],
+            me: 0,
+            deadline: Duration::from_secs(1),
+        };
+        let mut inbox = router.open(&session);
+        assert_eq!(inbox.try_recv().unwrap().from, 1);
+        assert!(router.lock().early_bytes < before);
     }
 }
