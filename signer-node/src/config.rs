@@ -156,6 +156,8 @@ impl NodeConfig {
                     }
                     continue;
                 }
+                // Read by the command line, not by the configuration.
+                "config" => continue,
                 _ => return Err(ConfigError::Invalid(format!("unknown variable {name}"))),
             };
             document.insert(key, value);

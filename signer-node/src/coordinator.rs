@@ -255,9 +255,33 @@ impl Coordinator {
         payload: Vec<u8>,
         path: Vec<u32>,
     ) -> Result<Vec<u8>, CoordinatorError> {
+        self.sign_from_attempt(
+            request, 0, wallet, generation, scheme, committee, threshold, payload, path,
+        )
+        .await
+    }
+
+    /// [`Coordinator::sign`] with attempts numbered from `first_attempt`.
+    /// A caller that retries a request after its own restart passes a
+    /// number no earlier run used: nodes refuse an attempt they already
+    /// started, and answer a request that already succeeded with its stored
+    /// signature, so one request never yields two signatures.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn sign_from_attempt(
+        &self,
+        request: RequestId,
+        first_attempt: u32,
+        wallet: WalletId,
+        generation: KeyGeneration,
+        scheme: Scheme,
+        committee: &[PartyId],
+        threshold: u16,
+        payload: Vec<u8>,
+        path: Vec<u32>,
+    ) -> Result<Vec<u8>, CoordinatorError> {
         let mut excluded: Vec<PartyId> = Vec::new();
         let mut last_error = None;
-        for attempt in 0.. {
+        for attempt in first_attempt.. {
             let available: Vec<PartyId> = committee
                 .iter()
                 .copied()
@@ -443,6 +467,34 @@ impl Coordinator {
             output?;
         }
         Ok(new_generation)
+    }
+
+    /// Reads the public data (`PublicKeyInfo::to_bytes`) of a key
+    /// generation from every node of `holders`; all must agree.
+    pub async fn key_info(
+        &self,
+        request: RequestId,
+        holders: &[PartyId],
+        wallet: WalletId,
+        curve: Curve,
+        generation: KeyGeneration,
+    ) -> Result<Vec<u8>, CoordinatorError> {
+        let body = JobBody::KeyInfo {
+            wallet,
+            curve,
+            generation,
+        };
+        let mut agreed: Option<Vec<u8>> = None;
+        for output in self.submit(holders, request, 0, body).await? {
+            let JobOutput::KeyInfo { info } = output? else {
+                return Err(CoordinatorError::Inconsistent);
+            };
+            match &agreed {
+                Some(first) if *first != info => return Err(CoordinatorError::Inconsistent),
+                _ => agreed = Some(info),
+            }
+        }
+        agreed.ok_or(CoordinatorError::Inconsistent)
     }
 
     /// Asks one node for its health.

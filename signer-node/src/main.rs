@@ -45,6 +45,19 @@ enum Command {
     Run,
     /// Show identity, peers, wallets held, pool size and health.
     Status,
+    /// Development and tests only: add pregenerated Paillier primes from a
+    /// JSON file (a list of prime sets, as `custos-protocol`'s
+    /// `generate-fixtures` example writes) to this node's pool, so aux info
+    /// takes seconds instead of minutes. Primes from a file are known to
+    /// whoever has the file: never use this for keys that guard value.
+    DevImportPrimes {
+        /// The JSON file.
+        #[arg(long)]
+        file: std::path::PathBuf,
+        /// Import only the set at this position of the list.
+        #[arg(long)]
+        index: Option<usize>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         Command::Init => init(&config),
         Command::Run => runtime.block_on(run(config)),
         Command::Status => runtime.block_on(status(&config)),
+        Command::DevImportPrimes { file, index } => import_primes(&config, &file, index),
     }
 }
 
@@ -83,6 +97,34 @@ fn init(config: &NodeConfig) -> anyhow::Result<()> {
     println!("party_id {}", hex::encode(party.0));
     println!("peer_id {}", keypair.public().to_peer_id());
     println!("master_key {}", master.describe());
+    Ok(())
+}
+
+fn import_primes(config: &NodeConfig, file: &Path, index: Option<usize>) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut sets: Vec<custos_protocol::primes::Primes> =
+        serde_json::from_str(&text).context("the file is not a JSON list of prime sets")?;
+    if let Some(index) = index {
+        anyhow::ensure!(index < sets.len(), "the file holds {} sets", sets.len());
+        sets = vec![sets.swap_remove(index)];
+    }
+    let keypair = load_identity(config)?;
+    let me = party_of(&keypair).context("identity must be Ed25519")?;
+    let master = Arc::new(MasterKey::open(&config.master_key)?);
+    let store = ShareStore::open(&config.store_dir(), master, me)?;
+    let mut pool = store.prime_pool()?;
+    let imported = sets.len();
+    for primes in sets {
+        pool.push(primes);
+    }
+    store.put_prime_pool(&pool)?;
+    tracing::warn!(
+        imported,
+        pooled = pool.len(),
+        "imported primes from a file: development and tests only"
+    );
+    println!("pooled {}", pool.len());
     Ok(())
 }
 

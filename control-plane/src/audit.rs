@@ -1,0 +1,426 @@
+//! The audit log: one append-only hash chain per org.
+//!
+//! Every call that reads or changes something appends a record in the same
+//! transaction as its effect, so a change without its record cannot commit,
+//! and when the record cannot be written the operation fails. Records never
+//! carry secret values: only action, resource, identity, IP, approval state,
+//! outcome, request id and non-secret detail.
+//!
+//! Record `n` of an org stores `hash_n = SHA-256(domain ‖ prev_hash ‖ org ‖
+//! seq ‖ timestamp ‖ action ‖ resource ‖ identity ‖ ip ‖ approved ‖ outcome
+//! ‖ request_id ‖ detail)` with every text field length-prefixed, and
+//! `prev_hash = hash_{n-1}` (32 zero bytes for the first). The org's head row
+//! (`audit_heads`) is locked while appending, which serialises appends of one
+//! org across replicas. `verify` recomputes every chain and names the first
+//! record that does not match.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+use crate::db::{now_ms, Db, Tx};
+
+const DOMAIN: &[u8] = b"custos/audit/v1";
+
+/// One event to record.
+#[derive(Clone, Debug)]
+pub struct AuditEvent<'a> {
+    /// The org whose chain receives it.
+    pub org: &'a str,
+    /// `<kind>.<verb>`.
+    pub action: &'a str,
+    /// `<kind>:<name>`.
+    pub resource: &'a str,
+    /// The calling identity's id (or `anonymous`, `system`).
+    pub identity: &'a str,
+    /// Client IP.
+    pub ip: &'a str,
+    /// Approval state: `allowed`, `denied`, `pending`, `approved`,
+    /// `rejected`, `not_required`.
+    pub approved: &'a str,
+    /// `success`, `denied`, `failed`, `pending`.
+    pub outcome: &'a str,
+    /// The HTTP request id.
+    pub request_id: &'a str,
+    /// Non-secret detail (rule that decided, wallet id, error code).
+    pub detail: serde_json::Value,
+}
+
+/// A stored record, as the API lists it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    /// Position in the org's chain, from 1.
+    pub seq: i64,
+    /// Action.
+    pub action: String,
+    /// Resource.
+    pub resource: String,
+    /// Identity id.
+    pub identity: String,
+    /// Org id.
+    pub org: String,
+    /// Client IP.
+    pub ip: String,
+    /// Approval state.
+    pub approved: String,
+    /// Outcome.
+    pub outcome: String,
+    /// Request id.
+    pub request_id: String,
+    /// Detail.
+    pub detail: serde_json::Value,
+    /// Unix milliseconds.
+    pub timestamp: i64,
+    /// Hex of the previous record's hash.
+    pub prev_hash: String,
+    /// Hex of this record's hash.
+    pub hash: String,
+}
+
+fn put(hasher: &mut Sha256, field: &[u8]) {
+    hasher.update((field.len() as u64).to_be_bytes());
+    hasher.update(field);
+}
+
+/// The chain hash of one record.
+#[allow(clippy::too_many_arguments)]
+fn record_hash(
+    prev_hash: &[u8],
+    org: &str,
+    seq: i64,
+    timestamp: i64,
+    action: &str,
+    resource: &str,
+    identity: &str,
+    ip: &str,
+    approved: &str,
+    outcome: &str,
+    request_id: &str,
+    detail: &str,
+) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(DOMAIN);
+    put(&mut hasher, prev_hash);
+    put(&mut hasher, org.as_bytes());
+    hasher.update(seq.to_be_bytes());
+    hasher.update(timestamp.to_be_bytes());
+    for field in [
+        action, resource, identity, ip, approved, outcome, request_id, detail,
+    ] {
+        put(&mut hasher, field.as_bytes());
+    }
+    hasher.finalize().into()
+}
+
+/// Appends `event` to its org's chain inside `tx`. Returns the record's
+/// sequence number. An error here must fail the caller's operation.
+pub async fn append(db: &Db, tx: &mut Tx, event: &AuditEvent<'_>) -> Result<i64, sqlx::Error> {
+    let head = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT seq, hash FROM audit_heads WHERE org_id = $1{}",
+        db.for_update()
+    )))
+    .bind(event.org)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let (prev_seq, prev_hash): (i64, Vec<u8>) = match head {
+        Some(row) => (row.try_get("seq")?, row.try_get("hash")?),
+        None => {
+            // First record of this org: create its head. Two replicas racing
+            // here collide on the primary key and one transaction fails.
+            sqlx::query("INSERT INTO audit_heads (org_id, seq, hash) VALUES ($1, 0, $2)")
+                .bind(event.org)
+                .bind(vec![0u8; 32])
+                .execute(&mut **tx)
+                .await?;
+            (0, vec![0u8; 32])
+        }
+    };
+    let seq = prev_seq + 1;
+    let timestamp = now_ms();
+    let detail = event.detail.to_string();
+    let hash = record_hash(
+        &prev_hash,
+        event.org,
+        seq,
+        timestamp,
+        event.action,
+        event.resource,
+        event.identity,
+        event.ip,
+        event.approved,
+        event.outcome,
+        event.request_id,
+        &detail,
+    );
+    sqlx::query(
+        "INSERT INTO audit_log (org_id, seq, timestamp, action, resource, identity_id, ip, \
+         approved, outcome, request_id, detail, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(event.org)
+    .bind(seq)
+    .bind(timestamp)
+    .bind(event.action)
+    .bind(event.resource)
+    .bind(event.identity)
+    .bind(event.ip)
+    .bind(event.approved)
+    .bind(event.outcome)
+    .bind(event.request_id)
+    .bind(detail)
+    .bind(prev_hash)
+    .bind(hash.to_vec())
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE audit_heads SET seq = $1, hash = $2 WHERE org_id = $3")
+        .bind(seq)
+        .bind(hash.to_vec())
+        .bind(event.org)
+        .execute(&mut **tx)
+        .await?;
+    Ok(seq)
+}
+
+/// Appends in a transaction of its own (for events with no other effect,
+/// such as a refused request).
+pub async fn append_alone(db: &Db, event: &AuditEvent<'_>) -> Result<i64, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let seq = append(db, &mut tx, event).await?;
+    tx.commit().await?;
+    Ok(seq)
+}
+
+fn row_to_record(row: &sqlx::any::AnyRow) -> Result<AuditRecord, sqlx::Error> {
+    let detail: String = row.try_get("detail")?;
+    Ok(AuditRecord {
+        seq: row.try_get("seq")?,
+        action: row.try_get("action")?,
+        resource: row.try_get("resource")?,
+        identity: row.try_get("identity_id")?,
+        org: row.try_get("org_id")?,
+        ip: row.try_get("ip")?,
+        approved: row.try_get("approved")?,
+        outcome: row.try_get("outcome")?,
+        request_id: row.try_get("request_id")?,
+        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+        timestamp: row.try_get("timestamp")?,
+        prev_hash: hex::encode(row.try_get::<Vec<u8>, _>("prev_hash")?),
+        hash: hex::encode(row.try_get::<Vec<u8>, _>("hash")?),
+    })
+}
+
+/// Filters of `GET /api/v1/audit`.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    /// Exact action, or a prefix ending in `*`.
+    pub action: Option<String>,
+    /// Exact resource, or a prefix ending in `*`.
+    pub resource: Option<String>,
+    /// Identity id.
+    pub identity: Option<String>,
+    /// From this time (unix ms), inclusive.
+    pub from: Option<i64>,
+    /// Up to this time (unix ms), exclusive.
+    pub to: Option<i64>,
+    /// Records with seq greater than this (the cursor).
+    pub after: Option<i64>,
+    /// Page size.
+    pub limit: i64,
+}
+
+fn like_or_equal(value: &str) -> (String, String) {
+    match value.strip_suffix('*') {
+        Some(prefix) => (
+            "LIKE".into(),
+            format!(
+                "{}%",
+                prefix
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            ),
+        ),
+        None => ("=".into(), value.to_string()),
+    }
+}
+
+/// One page of an org's records, oldest first.
+pub async fn list(
+    db: &Db,
+    org: &str,
+    filter: &AuditFilter,
+) -> Result<Vec<AuditRecord>, sqlx::Error> {
+    let mut sql = String::from("SELECT * FROM audit_log WHERE org_id = $1");
+    let mut texts: Vec<String> = Vec::new();
+    let mut numbers: Vec<i64> = Vec::new();
+    let mut position = 1;
+    for (column, value) in [("action", &filter.action), ("resource", &filter.resource)] {
+        if let Some(value) = value {
+            let (operator, operand) = like_or_equal(value);
+            position += 1;
+            let escape = if operator == "LIKE" {
+                " ESCAPE '\\'"
+            } else {
+                ""
+            };
+            sql.push_str(&format!(" AND {column} {operator} ${position}{escape}"));
+            texts.push(operand);
+        }
+    }
+    if let Some(identity) = &filter.identity {
+        position += 1;
+        sql.push_str(&format!(" AND identity_id = ${position}"));
+        texts.push(identity.clone());
+    }
+    for (clause, value) in [
+        ("timestamp >=", filter.from),
+        ("timestamp <", filter.to),
+        ("seq >", filter.after),
+    ] {
+        if let Some(value) = value {
+            numbers.push(value);
+            sql.push_str(&format!(" AND {clause} ${}", position + numbers.len()));
+        }
+    }
+    sql.push_str(&format!(
+        " ORDER BY seq LIMIT {}",
+        filter.limit.clamp(1, 1000)
+    ));
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(org.to_string());
+    for text in texts {
+        query = query.bind(text);
+    }
+    for number in numbers {
+        query = query.bind(number);
+    }
+    let rows = query.fetch_all(db.pool()).await?;
+    rows.iter().map(row_to_record).collect()
+}
+
+/// The outcome of a chain verification.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyReport {
+    /// Every record matches its hash and links to its predecessor.
+    pub valid: bool,
+    /// Records checked.
+    pub entries: i64,
+    /// Hex hash of the last record (of the last org when several).
+    pub head_hash: String,
+    /// The first record that does not match: `{org, seq, reason}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_broken: Option<BrokenRecord>,
+}
+
+/// Where a chain breaks.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokenRecord {
+    /// The org.
+    pub org: String,
+    /// The record's seq.
+    pub seq: i64,
+    /// What does not match.
+    pub reason: String,
+}
+
+/// Recomputes the chain of `org` (or of every org) from the first record.
+pub async fn verify(db: &Db, org: Option<&str>) -> Result<VerifyReport, sqlx::Error> {
+    let orgs: Vec<String> = match org {
+        Some(org) => vec![org.to_string()],
+        None => sqlx::query("SELECT org_id FROM audit_heads ORDER BY org_id")
+            .fetch_all(db.pool())
+            .await?
+            .iter()
+            .map(|row| row.try_get("org_id"))
+            .collect::<Result<_, _>>()?,
+    };
+    let mut report = VerifyReport {
+        valid: true,
+        entries: 0,
+        head_hash: hex::encode([0u8; 32]),
+        first_broken: None,
+    };
+    for org in orgs {
+        let mut expected_prev = vec![0u8; 32];
+        let mut expected_seq = 1;
+        let mut after = 0i64;
+        loop {
+            let rows = sqlx::query(
+                "SELECT * FROM audit_log WHERE org_id = $1 AND seq > $2 ORDER BY seq LIMIT 1000",
+            )
+            .bind(&org)
+            .bind(after)
+            .fetch_all(db.pool())
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in &rows {
+                let seq: i64 = row.try_get("seq")?;
+                after = seq;
+                let prev_hash: Vec<u8> = row.try_get("prev_hash")?;
+                let stored: Vec<u8> = row.try_get("hash")?;
+                let recomputed = record_hash(
+                    &prev_hash,
+                    &org,
+                    seq,
+                    row.try_get("timestamp")?,
+                    &row.try_get::<String, _>("action")?,
+                    &row.try_get::<String, _>("resource")?,
+                    &row.try_get::<String, _>("identity_id")?,
+                    &row.try_get::<String, _>("ip")?,
+                    &row.try_get::<String, _>("approved")?,
+                    &row.try_get::<String, _>("outcome")?,
+                    &row.try_get::<String, _>("request_id")?,
+                    &row.try_get::<String, _>("detail")?,
+                );
+                let reason = if seq != expected_seq {
+                    Some(format!("expected seq {expected_seq}, found {seq}"))
+                } else if prev_hash != expected_prev {
+                    Some("prev_hash does not match the previous record".to_string())
+                } else if recomputed.as_slice() != stored.as_slice() {
+                    Some("the record's content does not match its hash".to_string())
+                } else {
+                    None
+                };
+                report.entries += 1;
+                if let Some(reason) = reason {
+                    report.valid = false;
+                    report.first_broken = Some(BrokenRecord {
+                        org: org.clone(),
+                        seq,
+                        reason,
+                    });
+                    return Ok(report);
+                }
+                expected_prev = stored;
+                expected_seq += 1;
+            }
+        }
+        // The head must point at the last record: a deleted tail shows here.
+        if let Some(head) = sqlx::query("SELECT seq, hash FROM audit_heads WHERE org_id = $1")
+            .bind(&org)
+            .fetch_optional(db.pool())
+            .await?
+        {
+            let head_seq: i64 = head.try_get("seq")?;
+            let head_hash: Vec<u8> = head.try_get("hash")?;
+            if head_seq != expected_seq - 1 || head_hash != expected_prev {
+                report.valid = false;
+                report.first_broken = Some(BrokenRecord {
+                    org: org.clone(),
+                    seq: expected_seq,
+                    reason: format!(
+                        "the chain head says {head_seq} records, {} were found",
+                        expected_seq - 1
+                    ),
+                });
+                return Ok(report);
+            }
+        }
+        report.head_hash = hex::encode(&expected_prev);
+    }
+    Ok(report)
+}

@@ -1,0 +1,119 @@
+//! `custos`: the control plane server and its admin commands.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use custos_control_plane::config::Config;
+
+#[derive(Parser)]
+#[command(name = "custos", version, about = "Custos control plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane.
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, env = "CUSTOS_CONFIG")]
+        config: PathBuf,
+    },
+    /// Create the coordinator key if missing and print its public key (hex):
+    /// the key signer nodes pin as `coordinator`.
+    CoordinatorKey {
+        /// The control plane's data folder.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Audit log commands.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute every org's hash chain and name the first broken record.
+    Verify {
+        /// postgres://… or sqlite://…
+        #[arg(long, env = "CUSTOS_DATABASE_URL")]
+        database_url: String,
+        /// Only this org.
+        #[arg(long)]
+        org: Option<String>,
+    },
+}
+
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .json()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn")),
+        )
+        .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve { config } => {
+            init_logging();
+            let config = Config::load(&config, std::env::vars())?;
+            let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .ok();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(config.listen).await?;
+                custos_control_plane::run(config, listener, metrics, shutdown_signal()).await
+            })
+        }
+        Command::CoordinatorKey { data_dir } => {
+            let key = custos_control_plane::load_or_create_coordinator_key(
+                &data_dir.join("coordinator.key"),
+            )?;
+            println!("{}", hex::encode(key.verifying_key().to_bytes()));
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { database_url, org },
+        } => runtime.block_on(async move {
+            let db = custos_control_plane::db::Db::connect(&database_url).await?;
+            let report = custos_control_plane::audit::verify(&db, org.as_deref()).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if report.valid {
+                Ok(())
+            } else {
+                std::process::exit(2)
+            }
+        }),
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

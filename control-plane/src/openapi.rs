@@ -1,0 +1,264 @@
+//! The OpenAPI 3.1 document served at `GET /api/v1/openapi.json`.
+//!
+//! Written from the same table as the router (`api::app`): every route
+//! appears here with its method, its request body schema and its answers. A
+//! test checks that every routed path is documented.
+
+use serde_json::{json, Map, Value};
+
+/// `(method, path, summary, request schema, success status)`.
+pub const OPERATIONS: &[(&str, &str, &str, Option<&str>, u16)] = &[
+    (
+        "get",
+        "/api/v1/sys/health",
+        "Health (answers while sealed)",
+        None,
+        200,
+    ),
+    ("get", "/api/v1/openapi.json", "This document", None, 200),
+    ("get", "/metrics", "Prometheus metrics", None, 200),
+    (
+        "post",
+        "/api/v1/auth/token",
+        "Trade client credentials for a bearer token",
+        Some("TokenRequest"),
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/orgs",
+        "Create an org (platform admin)",
+        Some("OrgRequest"),
+        201,
+    ),
+    (
+        "post",
+        "/api/v1/identities",
+        "Create a machine identity (secret shown once)",
+        Some("IdentityRequest"),
+        201,
+    ),
+    (
+        "get",
+        "/api/v1/identities",
+        "List identities of the org",
+        None,
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/identities/{id}/mfa",
+        "Enrol TOTP",
+        None,
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/policies",
+        "Create a policy",
+        Some("PolicyRequest"),
+        201,
+    ),
+    (
+        "get",
+        "/api/v1/policies",
+        "List policies in evaluation order",
+        None,
+        200,
+    ),
+    ("get", "/api/v1/policies/{id}", "Get a policy", None, 200),
+    (
+        "put",
+        "/api/v1/policies/{id}",
+        "Replace a policy's rules",
+        Some("PolicyRequest"),
+        200,
+    ),
+    (
+        "get",
+        "/api/v1/approvals",
+        "List approvals (?status=pending)",
+        None,
+        200,
+    ),
+    (
+        "get",
+        "/api/v1/approvals/{id}",
+        "Get an approval",
+        None,
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/approvals/{id}/approve",
+        "Approve (TOTP when the rule requires MFA)",
+        Some("VoteRequest"),
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/approvals/{id}/reject",
+        "Reject",
+        Some("VoteRequest"),
+        200,
+    ),
+    (
+        "get",
+        "/api/v1/audit",
+        "List audit records (filters, cursor)",
+        None,
+        200,
+    ),
+    (
+        "get",
+        "/api/v1/audit/verify",
+        "Recompute the org's audit hash chain",
+        None,
+        200,
+    ),
+    (
+        "get",
+        "/api/v1/nodes",
+        "Signer nodes and their health",
+        None,
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/nodes/committees",
+        "Prepare ECDSA aux info for a committee (minutes)",
+        Some("CommitteeRequest"),
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/wallets",
+        "Create an MPC wallet (DKG)",
+        Some("WalletRequest"),
+        201,
+    ),
+    ("get", "/api/v1/wallets", "List wallets", None, 200),
+    ("get", "/api/v1/wallets/{id}", "Get a wallet", None, 200),
+    (
+        "get",
+        "/api/v1/wallets/{id}/address",
+        "Child address (?path=m/0/5, non-hardened)",
+        None,
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/wallets/{id}/sign",
+        "Sign a transaction, message or digest under policy",
+        Some("SignRequest"),
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/wallets/{id}/reshare",
+        "Reshare to other nodes or threshold (approval)",
+        Some("ReshareRequest"),
+        202,
+    ),
+    (
+        "get",
+        "/api/v1/signing-requests/{id}",
+        "A signing request's progress",
+        None,
+        200,
+    ),
+];
+
+fn string() -> Value {
+    json!({"type": "string"})
+}
+
+fn object(required: &[&str], properties: Value) -> Value {
+    json!({"type": "object", "additionalProperties": false, "required": required, "properties": properties})
+}
+
+fn schemas() -> Value {
+    let rule = object(
+        &["action", "resource", "effect"],
+        json!({
+            "action": string(), "resource": string(),
+            "effect": {"type": "string", "enum": ["allow", "deny", "require_approval"]},
+            "approvals": object(&["count", "roles"], json!({"count": {"type": "integer", "minimum": 1}, "roles": {"type": "array", "items": string()}})),
+            "conditions": object(&[], json!({
+                "maxAmount": string(), "allowedIPs": {"type": "array", "items": string()},
+                "requireMFA": {"type": "boolean"},
+                "timeWindow": object(&["start", "end"], json!({"days": {"type": "array", "items": string()}, "start": string(), "end": string()})),
+                "destinations": {"type": "array", "items": string()},
+            })),
+        }),
+    );
+    json!({
+        "Error": object(&["error"], json!({"error": object(&["code", "message", "requestId"], json!({"code": string(), "message": string(), "requestId": string()}))})),
+        "TokenRequest": object(&["clientId", "clientSecret"], json!({"clientId": string(), "clientSecret": string()})),
+        "OrgRequest": object(&["name"], json!({"name": string()})),
+        "IdentityRequest": object(&["name", "role"], json!({"name": string(), "role": {"type": "string", "enum": ["admin", "operator", "approver", "service", "auditor"]}, "scopes": {"type": "array", "items": string()}, "orgId": string()})),
+        "PolicyRule": rule,
+        "PolicyRequest": object(&["name", "rules"], json!({"name": string(), "priority": {"type": "integer"}, "rules": {"type": "array", "items": {"$ref": "#/components/schemas/PolicyRule"}}})),
+        "VoteRequest": object(&[], json!({"totp": string(), "comment": string()})),
+        "CommitteeRequest": object(&["nodes"], json!({"nodes": {"type": "array", "items": string()}})),
+        "WalletRequest": object(&["name", "protocol", "threshold"], json!({
+            "name": string(), "protocol": {"type": "string", "enum": ["cggmp21", "frost-taproot", "frost-ed25519"]},
+            "chain": {"type": "string", "enum": ["ethereum", "polygon", "bitcoin", "bitcoin-testnet", "solana"]},
+            "threshold": {"type": "integer", "minimum": 1}, "parties": {"type": "integer", "minimum": 2},
+            "nodes": {"type": "array", "items": string()},
+        })),
+        "EvmTransaction": object(&["chainId", "nonce", "to", "value", "gasLimit", "maxFeePerGas", "maxPriorityFeePerGas"], json!({
+            "chainId": string(), "nonce": string(), "to": string(), "value": string(), "data": string(),
+            "gasLimit": string(), "maxFeePerGas": string(), "maxPriorityFeePerGas": string(),
+        })),
+        "SignRequest": object(&[], json!({
+            "transaction": {"$ref": "#/components/schemas/EvmTransaction"}, "message": string(),
+            "encoding": {"type": "string", "enum": ["utf8", "hex", "base64"]}, "digest": string(),
+            "derivationPath": string(), "idempotencyKey": string(),
+        })),
+        "ReshareRequest": object(&["threshold", "nodes"], json!({"threshold": {"type": "integer"}, "nodes": {"type": "array", "items": string()}, "idempotencyKey": string()})),
+    })
+}
+
+/// The document.
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for (method, path, summary, request, status) in OPERATIONS {
+        let mut operation = json!({
+            "summary": summary,
+            "responses": {
+                status.to_string(): {"description": "success", "content": {"application/json": {"schema": {"type": "object"}}}},
+                "default": {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+            },
+        });
+        if let Some(schema) = request {
+            operation["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
+        }
+        let public = matches!(
+            *path,
+            "/api/v1/sys/health" | "/api/v1/openapi.json" | "/metrics" | "/api/v1/auth/token"
+        );
+        if !public {
+            operation["security"] = json!([{"bearer": []}]);
+        }
+        let parameters: Vec<Value> = path
+            .split('/')
+            .filter_map(|segment| segment.strip_prefix('{').and_then(|name| name.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        if !parameters.is_empty() {
+            operation["parameters"] = Value::Array(parameters);
+        }
+        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
+        entry[*method] = operation;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Custos API", "version": env!("CARGO_PKG_VERSION")},
+        "paths": paths,
+        "components": {
+            "schemas": schemas(),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    })
+}

@@ -1,0 +1,160 @@
+//! Orgs and their policies in the store.
+//!
+//! A new org gets a visible, editable policy named `default`
+//! (`policy::default_rules`) at the lowest precedence (priority 1000); new
+//! policies default to priority 100, so they are evaluated first. Within a
+//! priority, older policies come first.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use crate::db::{new_id, now_ms, Db, Tx};
+use crate::error::{AppError, AppResult};
+use crate::policy::Rule;
+
+/// Priority of the default policy.
+pub const DEFAULT_POLICY_PRIORITY: i64 = 1000;
+
+/// Creates an org with its default policy; returns its id.
+pub async fn create_org(_db: &Db, tx: &mut Tx, name: &str) -> AppResult<String> {
+    let id = new_id("org");
+    let inserted = sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3)")
+        .bind(&id)
+        .bind(name)
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await;
+    match inserted {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+            return Err(AppError::conflict(
+                "already_exists",
+                format!("an org named {name} exists"),
+            ))
+        }
+        Err(error) => return Err(error.into()),
+    }
+    insert_policy(
+        tx,
+        &id,
+        "default",
+        DEFAULT_POLICY_PRIORITY,
+        &crate::policy::default_rules(),
+    )
+    .await?;
+    Ok(id)
+}
+
+/// A stored policy.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Policy {
+    /// Id.
+    pub id: String,
+    /// Name, unique in the org.
+    pub name: String,
+    /// Lower is evaluated first.
+    pub priority: i64,
+    /// Ordered rules.
+    pub rules: Vec<Rule>,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+/// Stores a policy (rules already validated).
+pub async fn insert_policy(
+    tx: &mut Tx,
+    org: &str,
+    name: &str,
+    priority: i64,
+    rules: &[Rule],
+) -> AppResult<Policy> {
+    let id = new_id("pol");
+    let created_at = now_ms();
+    let text =
+        serde_json::to_string(rules).map_err(|error| AppError::internal("policy json", error))?;
+    let inserted = sqlx::query(
+        "INSERT INTO policies (id, org_id, name, priority, rules, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&id)
+    .bind(org)
+    .bind(name)
+    .bind(priority)
+    .bind(text)
+    .bind(created_at)
+    .execute(&mut **tx)
+    .await;
+    match inserted {
+        Ok(_) => Ok(Policy {
+            id,
+            name: name.to_string(),
+            priority,
+            rules: rules.to_vec(),
+            created_at,
+        }),
+        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => Err(
+            AppError::conflict("already_exists", format!("a policy named {name} exists")),
+        ),
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn row_to_policy(row: &sqlx::any::AnyRow) -> AppResult<Policy> {
+    let rules: String = row.try_get("rules")?;
+    Ok(Policy {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        priority: row.try_get("priority")?,
+        rules: serde_json::from_str(&rules)
+            .map_err(|error| AppError::internal("stored policy", error))?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// The org's policies in evaluation order.
+pub async fn policies(executor: &mut sqlx::AnyConnection, org: &str) -> AppResult<Vec<Policy>> {
+    let rows =
+        sqlx::query("SELECT * FROM policies WHERE org_id = $1 ORDER BY priority, created_at, id")
+            .bind(org)
+            .fetch_all(executor)
+            .await?;
+    rows.iter().map(row_to_policy).collect()
+}
+
+/// One policy of the org.
+pub async fn policy(db: &Db, org: &str, id: &str) -> AppResult<Policy> {
+    let row = sqlx::query("SELECT * FROM policies WHERE org_id = $1 AND id = $2")
+        .bind(org)
+        .bind(id)
+        .fetch_optional(db.pool())
+        .await?
+        .ok_or_else(|| AppError::not_found("policy"))?;
+    row_to_policy(&row)
+}
+
+/// Replaces a policy's rules (and optionally priority).
+pub async fn update_policy(
+    tx: &mut Tx,
+    org: &str,
+    id: &str,
+    rules: &[Rule],
+    priority: Option<i64>,
+) -> AppResult<()> {
+    let text =
+        serde_json::to_string(rules).map_err(|error| AppError::internal("policy json", error))?;
+    let updated = sqlx::query(
+        "UPDATE policies SET rules = $1, priority = COALESCE($2, priority) \
+         WHERE org_id = $3 AND id = $4",
+    )
+    .bind(text)
+    .bind(priority)
+    .bind(org)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Err(AppError::not_found("policy"));
+    }
+    Ok(())
+}

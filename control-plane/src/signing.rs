@@ -1,0 +1,1358 @@
+//! Policy-gated signing: requests, approvals, execution and the worker.
+//!
+//! A request's life (the `status` column):
+//!
+//! ```text
+//! pending_approval ──approve×N──▶ queued ──claim──▶ signing ──▶ signed
+//!        │                          ▲                 │
+//!        └─reject / expire─▶ rejected └──retryable────┘──▶ failed
+//! ```
+//!
+//! * What is signed is built here (`plan`): for an EVM transaction the
+//!   control plane encodes the EIP-1559 payload and hashes it itself, so the
+//!   policy sees the real `to` and `value`; a bare digest has an unknown
+//!   amount.
+//! * A request is stored (with its audit record) before anything is signed.
+//!   Executing it starts with a *claim*: a conditional update that moves it
+//!   to `signing` with a lease, in the same transaction that re-checks its
+//!   approval under a row lock. Only the claimant calls the nodes.
+//! * The nodes key their replay records by request id: a retry (after a
+//!   node failure, or after this process crashed) uses attempt numbers no
+//!   earlier run used (`attempts` × `ATTEMPTS_PER_CLAIM`), and a request
+//!   that already succeeded on the nodes is answered with its stored
+//!   signature. So one request never yields two signatures.
+//! * The worker (every replica runs one) expires approvals, takes queued
+//!   requests and requests whose lease ran out; on start a replica takes
+//!   back its own leases, since it cannot be running them any more.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use custos_protocol::{KeyGeneration, RequestId, WalletId};
+use custos_signer_node::coordinator::CoordinatorError;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+use crate::audit::{self, AuditEvent};
+use crate::auth::{Caller, Role};
+use crate::chain::{self, Eip1559Transaction, EvmTransactionInput};
+use crate::db::{id_bytes, new_id, now_ms, Tx};
+use crate::error::{AppError, AppResult};
+use crate::policy::{self, Decision, RequestFacts};
+use crate::state::AppState;
+use crate::wallets::{self, Protocol, Wallet};
+
+/// Attempt numbers reserved per claim of a request.
+pub const ATTEMPTS_PER_CLAIM: i64 = 64;
+/// How long a claim holds a request before another replica may take it.
+pub const LEASE_MS: i64 = 90_000;
+/// Claims of one request before it is marked failed.
+pub const MAX_CLAIMS: i64 = 5;
+
+/// The body of `POST /api/v1/wallets/{id}/sign`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SignInput {
+    /// An EVM EIP-1559 transaction.
+    #[serde(default)]
+    pub transaction: Option<EvmTransactionInput>,
+    /// A message: UTF-8 text unless `encoding` says hex or base64.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// `utf8` (default), `hex` or `base64`.
+    #[serde(default)]
+    pub encoding: Option<String>,
+    /// A bare 32-byte digest, 0x-hex.
+    #[serde(default)]
+    pub digest: Option<String>,
+    /// Non-hardened HD path, `m/0/5`.
+    #[serde(default)]
+    pub derivation_path: Option<String>,
+    /// Same key, same request: the first result is returned.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// What will be signed, and what the policy sees of it.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The node-level payload: a 32-byte digest, or the Ed25519 message.
+    pub payload: Vec<u8>,
+    /// HD path.
+    pub path: Vec<u32>,
+    /// Base units moved (EVM `value`), when known.
+    pub amount: Option<String>,
+    /// Destination (EVM `to`, lowercase 0x-hex), when known.
+    pub destination: Option<String>,
+    /// The normalised request, stored and hashed.
+    pub body: Value,
+}
+
+fn decode_message(text: &str, encoding: Option<&str>) -> AppResult<Vec<u8>> {
+    let invalid = |why: &str| AppError::invalid("invalid_message", why.to_string());
+    match encoding.unwrap_or("utf8") {
+        "utf8" | "utf-8" | "text" => Ok(text.as_bytes().to_vec()),
+        "hex" => hex::decode(text.strip_prefix("0x").unwrap_or(text))
+            .map_err(|_| invalid("message is not valid hex")),
+        "base64" => {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|_| invalid("message is not valid base64"))
+        }
+        _ => Err(AppError::invalid(
+            "invalid_encoding",
+            "encoding must be utf8, hex or base64",
+        )),
+    }
+}
+
+fn parse_digest(text: &str) -> AppResult<[u8; 32]> {
+    let hex_part = text.strip_prefix("0x").unwrap_or(text);
+    hex::decode(hex_part)
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(|| AppError::invalid("invalid_digest", "digest must be 0x-hex of 32 bytes"))
+}
+
+/// Largest message accepted for signing.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Builds the plan of a signing request for `wallet`.
+pub fn plan(wallet: &Wallet, input: &SignInput) -> AppResult<Plan> {
+    let given = [
+        input.transaction.is_some(),
+        input.message.is_some(),
+        input.digest.is_some(),
+    ]
+    .iter()
+    .filter(|given| **given)
+    .count();
+    if given != 1 {
+        return Err(AppError::invalid(
+            "invalid_request",
+            "give exactly one of transaction, message or digest",
+        ));
+    }
+    let path = wallets::parse_path(input.derivation_path.as_deref().unwrap_or(""))?;
+    let chain_error = |error: chain::ChainError| AppError::invalid(error.code(), error.to_string());
+    if let Some(transaction) = &input.transaction {
+        if wallet.protocol != Protocol::Cggmp21 || !wallet.chain.is_evm() {
+            return Err(AppError::invalid(
+                "unsupported_payload",
+                "transactions are signed by cggmp21 wallets on an EVM chain",
+            ));
+        }
+        let parsed = Eip1559Transaction::from_input(transaction).map_err(chain_error)?;
+        let normalized = normalized_input(&parsed);
+        return Ok(Plan {
+            payload: parsed.signing_digest().to_vec(),
+            path: path.clone(),
+            amount: Some(parsed.value.to_decimal()),
+            destination: Some(format!("0x{}", hex::encode(parsed.to))),
+            body: json!({"type": "transaction", "transaction": normalized, "path": path}),
+        });
+    }
+    if let Some(message) = &input.message {
+        let bytes = decode_message(message, input.encoding.as_deref())?;
+        if bytes.len() > MAX_MESSAGE_BYTES {
+            return Err(AppError::invalid(
+                "message_too_large",
+                "message over 64 KiB",
+            ));
+        }
+        let payload = match wallet.protocol {
+            Protocol::Cggmp21 => chain::eip191_digest(&bytes).to_vec(),
+            Protocol::FrostTaproot => {
+                if bytes.len() != 32 {
+                    return Err(AppError::invalid(
+                        "invalid_message",
+                        "a BIP-340 message for a Taproot wallet is 32 bytes (give it as hex)",
+                    ));
+                }
+                bytes.clone()
+            }
+            Protocol::FrostEd25519 => bytes.clone(),
+        };
+        return Ok(Plan {
+            payload,
+            path: path.clone(),
+            amount: None,
+            destination: None,
+            body: json!({"type": "message", "message": hex::encode(&bytes), "path": path}),
+        });
+    }
+    let digest = parse_digest(input.digest.as_deref().unwrap_or_default())?;
+    Ok(Plan {
+        payload: digest.to_vec(),
+        path: path.clone(),
+        amount: None,
+        destination: None,
+        body: json!({"type": "digest", "digest": hex::encode(digest), "path": path}),
+    })
+}
+
+fn normalized_input(transaction: &Eip1559Transaction) -> EvmTransactionInput {
+    EvmTransactionInput {
+        chain_id: transaction.chain_id.to_decimal(),
+        nonce: transaction.nonce.to_decimal(),
+        to: chain::to_checksum_address(&transaction.to),
+        value: transaction.value.to_decimal(),
+        data: Some(format!("0x{}", hex::encode(&transaction.data))),
+        gas_limit: transaction.gas_limit.to_decimal(),
+        max_fee_per_gas: transaction.max_fee_per_gas.to_decimal(),
+        max_priority_fee_per_gas: transaction.max_priority_fee_per_gas.to_decimal(),
+    }
+}
+
+/// The hash an approval binds to: org, wallet, requester and the
+/// normalised request.
+pub fn request_hash(
+    org: &str,
+    wallet: &str,
+    requested_by: &str,
+    kind: &str,
+    body: &Value,
+) -> String {
+    let mut hasher = Sha256::new();
+    for field in [org, wallet, requested_by, kind, &body.to_string()] {
+        hasher.update((field.len() as u64).to_be_bytes());
+        hasher.update(field.as_bytes());
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// A request as `GET /api/v1/signing-requests/{id}` shows it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestView {
+    /// Id.
+    pub request_id: String,
+    /// `sign` or `reshare`.
+    pub kind: String,
+    /// Wallet id.
+    pub wallet_id: String,
+    /// Status.
+    pub status: String,
+    /// The approval, when one is needed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+    /// The signed result's fields (signature, digest, rawTransaction…).
+    #[serde(flatten)]
+    pub result: Option<serde_json::Map<String, Value>>,
+    /// Why it failed or was rejected: `{code, message}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub updated_at: i64,
+}
+
+fn row_to_view(row: &sqlx::any::AnyRow) -> AppResult<RequestView> {
+    let result: Option<String> = row.try_get("result")?;
+    let error: Option<String> = row.try_get("error")?;
+    Ok(RequestView {
+        request_id: row.try_get("id")?,
+        kind: row.try_get("kind")?,
+        wallet_id: row.try_get("wallet_id")?,
+        status: row.try_get("status")?,
+        approval_id: row.try_get("approval_id")?,
+        result: result
+            .and_then(|text| serde_json::from_str::<serde_json::Map<String, Value>>(&text).ok()),
+        error: error.and_then(|text| serde_json::from_str(&text).ok()),
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// Reads a request of `org`.
+pub async fn view(
+    executor: impl sqlx::Executor<'_, Database = sqlx::Any>,
+    org: &str,
+    id: &str,
+) -> AppResult<RequestView> {
+    let row = sqlx::query("SELECT * FROM signing_requests WHERE org_id = $1 AND id = $2")
+        .bind(org)
+        .bind(id)
+        .fetch_optional(executor)
+        .await?
+        .ok_or_else(|| AppError::not_found("signing request"))?;
+    row_to_view(&row)
+}
+
+/// What `submit` answered: the request, and whether it waits for approval.
+#[derive(Debug)]
+pub struct Submitted {
+    /// The request as stored.
+    pub view: RequestView,
+    /// `true` when an existing request was returned for an idempotency key.
+    pub replayed: bool,
+}
+
+/// An approval rule's requirement, as stored with the approval.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Requirement {
+    count: u32,
+    roles: Vec<String>,
+    require_mfa: bool,
+}
+
+/// Evaluates the org's policy for `facts` inside `tx`.
+pub async fn decide(tx: &mut Tx, org: &str, facts: &RequestFacts) -> AppResult<Decision> {
+    let policies = crate::orgs::policies(&mut *tx, org).await?;
+    let rules: Vec<(String, Vec<policy::Rule>)> = policies
+        .into_iter()
+        .map(|policy| (policy.id, policy.rules))
+        .collect();
+    Ok(policy::evaluate(&rules, facts))
+}
+
+/// Facts of a request for the policy.
+pub fn facts(
+    caller: &Caller,
+    action: &str,
+    resource: String,
+    plan_amount: Option<String>,
+    destination: Option<String>,
+) -> RequestFacts {
+    RequestFacts {
+        action: action.to_string(),
+        resource,
+        ip: Some(caller.ip),
+        amount: plan_amount,
+        destination,
+        unix_seconds: now_ms() / 1000,
+    }
+}
+
+/// Checks the caller's TOTP code (from the `x-custos-totp` header or an
+/// approval body), refusing reuse of a code's time step.
+pub async fn check_totp(tx: &mut Tx, identity: &str, code: Option<&str>) -> AppResult<()> {
+    let Some(code) = code else {
+        return Err(AppError::forbidden(
+            "mfa_required",
+            "this action requires a TOTP code",
+        ));
+    };
+    let row = sqlx::query(sqlx::AssertSqlSafe(
+        "SELECT totp_secret, totp_last_step FROM identities WHERE id = $1".to_string(),
+    ))
+    .bind(identity)
+    .fetch_one(&mut **tx)
+    .await?;
+    let secret: Option<Vec<u8>> = row.try_get("totp_secret")?;
+    let Some(secret) = secret else {
+        return Err(AppError::forbidden(
+            "mfa_not_enrolled",
+            "this identity has no TOTP enrolled",
+        ));
+    };
+    let last_step: i64 = row.try_get("totp_last_step")?;
+    let secret = crate::totp::TotpSecret::from_bytes(secret);
+    match secret.verify(code, now_ms() / 1000) {
+        Some(step) if step > last_step => {
+            sqlx::query("UPDATE identities SET totp_last_step = $1 WHERE id = $2")
+                .bind(step)
+                .bind(identity)
+                .execute(&mut **tx)
+                .await?;
+            Ok(())
+        }
+        _ => Err(AppError::forbidden(
+            "invalid_totp",
+            "the TOTP code is not valid (or was already used)",
+        )),
+    }
+}
+
+/// The common part of signing and resharing requests: idempotency, policy,
+/// storing the request and its approval, and the audit record. Returns the
+/// stored request; the caller executes it when it is `queued`.
+#[allow(clippy::too_many_arguments)]
+pub async fn submit(
+    state: &AppState,
+    caller: &Caller,
+    wallet: &Wallet,
+    kind: &str,
+    action: &str,
+    plan_payload: Vec<u8>,
+    body: Value,
+    amount: Option<String>,
+    destination: Option<String>,
+    idempotency_key: Option<&str>,
+    totp: Option<&str>,
+) -> AppResult<Submitted> {
+    if let Some(key) = idempotency_key {
+        if key.is_empty() || key.len() > 200 {
+            return Err(AppError::invalid(
+                "invalid_idempotency_key",
+                "idempotencyKey is 1 to 200 characters",
+            ));
+        }
+    }
+    let db = &state.db;
+    let hash = request_hash(&caller.org, &wallet.id, &caller.identity, kind, &body);
+    let resource = format!("wallet:{}", wallet.name);
+    let mut tx = db.begin().await?;
+    if let Some(key) = idempotency_key {
+        let existing = sqlx::query(
+            "SELECT id, request_hash FROM signing_requests \
+             WHERE org_id = $1 AND requested_by = $2 AND idempotency_key = $3",
+        )
+        .bind(&caller.org)
+        .bind(&caller.identity)
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(existing) = existing {
+            let existing_hash: String = existing.try_get("request_hash")?;
+            if existing_hash != hash {
+                return Err(AppError::conflict(
+                    "idempotency_conflict",
+                    "this idempotencyKey was used for a different request",
+                ));
+            }
+            let id: String = existing.try_get("id")?;
+            let view = view(&mut *tx, &caller.org, &id).await?;
+            audit::append(
+                db,
+                &mut tx,
+                &AuditEvent {
+                    org: &caller.org,
+                    action: "signing.read",
+                    resource: &resource,
+                    identity: &caller.identity,
+                    ip: &caller.ip.to_string(),
+                    approved: "not_required",
+                    outcome: "success",
+                    request_id: &caller.request_id,
+                    detail: json!({"signingRequest": id, "idempotentReplay": true}),
+                },
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(Submitted {
+                view,
+                replayed: true,
+            });
+        }
+    }
+    let facts = facts(
+        caller,
+        action,
+        resource.clone(),
+        amount.clone(),
+        destination.clone(),
+    );
+    let decision = decide(&mut tx, &caller.org, &facts).await?;
+    let rule = decision.rule().cloned();
+    let ip = caller.ip.to_string();
+    let event = |approved: &'static str, outcome: &'static str, detail: Value| AuditEvent {
+        org: &caller.org,
+        action,
+        resource: &resource,
+        identity: &caller.identity,
+        ip: &ip,
+        approved,
+        outcome,
+        request_id: &caller.request_id,
+        detail,
+    };
+    let (status, requirement) = match &decision {
+        Decision::Deny { rule, reason } => {
+            audit::append(
+                db,
+                &mut tx,
+                &event(
+                    "denied",
+                    "denied",
+                    json!({"rule": rule, "reason": reason, "wallet": wallet.id}),
+                ),
+            )
+            .await?;
+            tx.commit().await?;
+            let named = rule
+                .as_ref()
+                .map(|rule| format!(" (policy {} rule {})", rule.policy_id, rule.rule_index))
+                .unwrap_or_default();
+            return Err(AppError::forbidden(
+                "policy_denied",
+                format!("denied by policy: {reason}{named}"),
+            ));
+        }
+        Decision::Allow { require_mfa, .. } => {
+            if *require_mfa {
+                if let Err(error) = check_totp(&mut tx, &caller.identity, totp).await {
+                    tx.rollback().await?;
+                    return Err(error);
+                }
+            }
+            ("queued", None)
+        }
+        Decision::RequireApproval {
+            count,
+            roles,
+            require_mfa,
+            ..
+        } => (
+            "pending_approval",
+            Some(Requirement {
+                count: *count,
+                roles: roles.clone(),
+                require_mfa: *require_mfa,
+            }),
+        ),
+    };
+    let id = new_id("req");
+    let now = now_ms();
+    let approval_id = match &requirement {
+        Some(requirement) => {
+            let approval_id = new_id("apr");
+            sqlx::query(
+                "INSERT INTO approvals (id, org_id, request_id, action, resource, request_hash, \
+                 required, roles, require_mfa, rule, requested_by, status, expires_at, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', $12, $13)",
+            )
+            .bind(&approval_id)
+            .bind(&caller.org)
+            .bind(&id)
+            .bind(action)
+            .bind(&resource)
+            .bind(&hash)
+            .bind(i64::from(requirement.count))
+            .bind(serde_json::to_string(&requirement.roles).unwrap_or_default())
+            .bind(i64::from(requirement.require_mfa))
+            .bind(serde_json::to_string(&rule).unwrap_or_default())
+            .bind(&caller.identity)
+            .bind(now + i64::try_from(state.config.approval_ttl_secs).unwrap_or(86_400) * 1000)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            Some(approval_id)
+        }
+        None => None,
+    };
+    sqlx::query(
+        "INSERT INTO signing_requests (id, org_id, wallet_id, kind, requested_by, body, \
+         request_hash, payload, status, approval_id, idempotency_key, result, error, attempts, \
+         lease_owner, lease_until, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, NULL, 0, NULL, 0, $12, $12)",
+    )
+    .bind(&id)
+    .bind(&caller.org)
+    .bind(&wallet.id)
+    .bind(kind)
+    .bind(&caller.identity)
+    .bind(body.to_string())
+    .bind(&hash)
+    .bind(plan_payload)
+    .bind(status)
+    .bind(approval_id.clone())
+    .bind(idempotency_key.map(str::to_string))
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    audit::append(
+        db,
+        &mut tx,
+        &event(
+            if requirement.is_some() { "pending" } else { "allowed" },
+            if requirement.is_some() { "pending" } else { "accepted" },
+            json!({"rule": rule, "signingRequest": id, "approval": approval_id, "wallet": wallet.id, "requestHash": hash}),
+        ),
+    )
+    .await?;
+    tx.commit().await?;
+    metrics::counter!("custos_signing_requests_total", "kind" => kind.to_string(), "status" => status).increment(1);
+    let view = view(db.pool(), &caller.org, &id).await?;
+    Ok(Submitted {
+        view,
+        replayed: false,
+    })
+}
+
+/// A claimed request, ready to run on the nodes.
+struct Claimed {
+    id: String,
+    org: String,
+    wallet: Wallet,
+    kind: String,
+    body: Value,
+    payload: Vec<u8>,
+    first_attempt: u32,
+    claims: i64,
+}
+
+fn error_json(code: &str, message: &str) -> String {
+    json!({"code": code, "message": message}).to_string()
+}
+
+/// Moves `id` to `signing` for this replica, re-checking its approval
+/// under a lock. `None`: someone else has it, or it is not runnable.
+async fn claim(state: &AppState, id: &str) -> AppResult<Option<Claimed>> {
+    let db = &state.db;
+    let now = now_ms();
+    let mut tx = db.begin().await?;
+    let claimed = sqlx::query(
+        "UPDATE signing_requests SET status = 'signing', lease_owner = $1, lease_until = $2, \
+         attempts = attempts + 1, updated_at = $3 \
+         WHERE id = $4 AND ((status = 'queued' AND lease_until <= $3) \
+                            OR (status = 'signing' AND lease_until < $3))",
+    )
+    .bind(&state.replica)
+    .bind(now + LEASE_MS)
+    .bind(now)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if claimed == 0 {
+        tx.rollback().await?;
+        return Ok(None);
+    }
+    let row = sqlx::query("SELECT * FROM signing_requests WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let org: String = row.try_get("org_id")?;
+    let wallet_id: String = row.try_get("wallet_id")?;
+    let kind: String = row.try_get("kind")?;
+    let requested_by: String = row.try_get("requested_by")?;
+    let body_text: String = row.try_get("body")?;
+    let stored_hash: String = row.try_get("request_hash")?;
+    let approval_id: Option<String> = row.try_get("approval_id")?;
+    let claims: i64 = row.try_get("attempts")?;
+    let body: Value = serde_json::from_str(&body_text)
+        .map_err(|error| AppError::internal("stored request", error))?;
+    // Re-check, under the lock, that what runs is what was approved.
+    let recomputed = request_hash(&org, &wallet_id, &requested_by, &kind, &body);
+    let mut refusal: Option<(&str, String)> = None;
+    if recomputed != stored_hash {
+        refusal = Some((
+            "request_tampered",
+            "the stored request does not match its hash".into(),
+        ));
+    } else if let Some(approval_id) = &approval_id {
+        if let Err(why) =
+            recheck_approval(state, &mut tx, approval_id, &stored_hash, &requested_by).await?
+        {
+            refusal = Some(("approval_invalid", why));
+        }
+    }
+    if let Some((code, message)) = refusal {
+        sqlx::query(
+            "UPDATE signing_requests SET status = 'rejected', error = $1, lease_owner = NULL, \
+             updated_at = $2 WHERE id = $3",
+        )
+        .bind(error_json(code, &message))
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        audit::append(
+            db,
+            &mut tx,
+            &AuditEvent {
+                org: &org,
+                action: "wallet.sign.execute",
+                resource: &format!("signing-request:{id}"),
+                identity: "system",
+                ip: "",
+                approved: "rejected",
+                outcome: "denied",
+                request_id: id,
+                detail: json!({"code": code, "message": message}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        return Ok(None);
+    }
+    let wallet = wallets::load(&mut *tx, &org, &wallet_id).await?;
+    let payload: Vec<u8> = row.try_get("payload")?;
+    tx.commit().await?;
+    let first_attempt =
+        u32::try_from((claims - 1).max(0) * ATTEMPTS_PER_CLAIM).unwrap_or(u32::MAX - 64);
+    Ok(Some(Claimed {
+        id: id.to_string(),
+        org,
+        wallet,
+        kind,
+        body,
+        payload,
+        first_attempt,
+        claims,
+    }))
+}
+
+/// `Ok(Err(why))` when the approval does not allow execution.
+async fn recheck_approval(
+    state: &AppState,
+    tx: &mut Tx,
+    approval_id: &str,
+    request_hash: &str,
+    requested_by: &str,
+) -> AppResult<Result<(), String>> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT * FROM approvals WHERE id = $1{}",
+        state.db.for_update()
+    )))
+    .bind(approval_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(Err("the approval is missing".into()));
+    };
+    let status: String = row.try_get("status")?;
+    if status != "approved" {
+        return Ok(Err(format!("the approval is {status}")));
+    }
+    if row.try_get::<String, _>("request_hash")? != request_hash {
+        return Ok(Err("the approval was given for another request".into()));
+    }
+    let required: i64 = row.try_get("required")?;
+    let roles: Vec<String> =
+        serde_json::from_str(&row.try_get::<String, _>("roles")?).unwrap_or_default();
+    let require_mfa = row.try_get::<i64, _>("require_mfa")? == 1;
+    let votes = sqlx::query(
+        "SELECT v.identity_id, v.mfa, i.role FROM approval_votes v \
+         JOIN identities i ON i.id = v.identity_id \
+         WHERE v.approval_id = $1 AND v.decision = 'approve'",
+    )
+    .bind(approval_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut valid = 0;
+    for vote in votes {
+        let voter: String = vote.try_get("identity_id")?;
+        let role: String = vote.try_get("role")?;
+        let mfa = vote.try_get::<i64, _>("mfa")? == 1;
+        if voter != requested_by && roles.contains(&role) && (!require_mfa || mfa) {
+            valid += 1;
+        }
+    }
+    if valid < required {
+        return Ok(Err(format!(
+            "{valid} valid approvals of {required} required"
+        )));
+    }
+    Ok(Ok(()))
+}
+
+/// Extends this replica's lease while a long run is in progress.
+fn keep_lease(state: &AppState, id: &str) -> tokio::task::JoinHandle<()> {
+    let db = state.db.clone();
+    let replica = state.replica.clone();
+    let id = id.to_string();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(
+                u64::try_from(LEASE_MS / 3).unwrap_or(30_000),
+            ))
+            .await;
+            let renewed = sqlx::query(
+                "UPDATE signing_requests SET lease_until = $1 \
+                 WHERE id = $2 AND lease_owner = $3 AND status = 'signing'",
+            )
+            .bind(now_ms() + LEASE_MS)
+            .bind(&id)
+            .bind(&replica)
+            .execute(db.pool())
+            .await;
+            if !matches!(renewed, Ok(result) if result.rows_affected() == 1) {
+                return;
+            }
+        }
+    })
+}
+
+/// Claims and runs request `id` if it is runnable. Returns its view
+/// afterwards (or `None` when another replica had it).
+pub async fn execute(state: &AppState, id: &str) -> AppResult<Option<()>> {
+    let Some(claimed) = claim(state, id).await? else {
+        return Ok(None);
+    };
+    let lease = keep_lease(state, id);
+    let outcome = run_on_nodes(state, &claimed).await;
+    lease.abort();
+    finish(state, &claimed, outcome).await?;
+    Ok(Some(()))
+}
+
+/// A node-level outcome.
+enum RunOutcome {
+    Signed(Value),
+    Reshared {
+        generation: u32,
+        committee: Vec<custos_protocol::PartyId>,
+        threshold: u16,
+    },
+    Retry(String),
+    Failed(&'static str, String),
+}
+
+async fn run_on_nodes(state: &AppState, claimed: &Claimed) -> RunOutcome {
+    let wallet = &claimed.wallet;
+    let Some(request) = id_bytes(&claimed.id) else {
+        return RunOutcome::Failed("internal", "request id".into());
+    };
+    let Some(wallet_id) = id_bytes(&wallet.id) else {
+        return RunOutcome::Failed("internal", "wallet id".into());
+    };
+    if claimed.kind == "reshare" {
+        return reshare_on_nodes(state, claimed, RequestId(request), WalletId(wallet_id)).await;
+    }
+    let path: Vec<u32> = serde_json::from_value(claimed.body["path"].clone()).unwrap_or_default();
+    let committee = state.registry.healthy_first(&wallet.committee).await;
+    let started = std::time::Instant::now();
+    let signed = state
+        .coordinator
+        .sign_from_attempt(
+            RequestId(request),
+            claimed.first_attempt,
+            WalletId(wallet_id),
+            KeyGeneration(wallet.generation),
+            wallet.protocol.scheme(),
+            &committee,
+            wallet.threshold,
+            claimed.payload.clone(),
+            path.clone(),
+        )
+        .await;
+    metrics::histogram!("custos_signing_seconds", "protocol" => wallet.protocol.name())
+        .record(started.elapsed().as_secs_f64());
+    match signed {
+        Ok(signature) => match crate::signatures::result(
+            wallet,
+            &claimed.body,
+            &claimed.payload,
+            &path,
+            &signature,
+        ) {
+            Ok(result) => RunOutcome::Signed(result),
+            Err(error) => RunOutcome::Failed("invalid_signature", error.message),
+        },
+        Err(error @ (CoordinatorError::NoQuorum { .. } | CoordinatorError::Unreachable { .. })) => {
+            RunOutcome::Retry(error.to_string())
+        }
+        Err(error) => RunOutcome::Retry(error.to_string()),
+    }
+}
+
+async fn reshare_on_nodes(
+    state: &AppState,
+    claimed: &Claimed,
+    request: RequestId,
+    wallet_id: WalletId,
+) -> RunOutcome {
+    let wallet = &claimed.wallet;
+    let parse = || -> Option<(Vec<custos_protocol::PartyId>, u16)> {
+        let nodes: Vec<String> = serde_json::from_value(claimed.body["nodes"].clone()).ok()?;
+        let threshold: u16 = serde_json::from_value(claimed.body["threshold"].clone()).ok()?;
+        let committee = nodes
+            .iter()
+            .map(|party| crate::nodes::parse_party(party))
+            .collect::<Option<Vec<_>>>()?;
+        Some((committee, threshold))
+    };
+    let Some((new_committee, new_threshold)) = parse() else {
+        return RunOutcome::Failed("internal", "stored reshare request".into());
+    };
+    let committee = state.registry.healthy_first(&wallet.committee).await;
+    let dealers: Vec<_> = committee
+        .iter()
+        .copied()
+        .take(usize::from(wallet.threshold))
+        .collect();
+    let outcome = state
+        .coordinator
+        .reshare(
+            request,
+            wallet_id,
+            wallet.protocol.curve(),
+            KeyGeneration(wallet.generation),
+            &wallet.committee,
+            &dealers,
+            &new_committee,
+            new_threshold,
+        )
+        .await;
+    match outcome {
+        Ok(generation) => RunOutcome::Reshared {
+            generation: generation.0,
+            committee: new_committee,
+            threshold: new_threshold,
+        },
+        Err(error) => RunOutcome::Failed("reshare_failed", error.to_string()),
+    }
+}
+
+async fn finish(state: &AppState, claimed: &Claimed, outcome: RunOutcome) -> AppResult<()> {
+    let db = &state.db;
+    let now = now_ms();
+    let mut tx = db.begin().await?;
+    let (status, result, error, outcome_label, detail, retry_at) = match &outcome {
+        RunOutcome::Signed(result) => (
+            "signed",
+            Some(result.to_string()),
+            None,
+            "success",
+            json!({}),
+            0,
+        ),
+        RunOutcome::Reshared {
+            generation,
+            committee,
+            threshold,
+        } => {
+            sqlx::query(
+                "UPDATE wallets SET generation = $1, committee = $2, threshold = $3 \
+                 WHERE id = $4 AND org_id = $5",
+            )
+            .bind(i64::from(*generation))
+            .bind(wallets::committee_json(committee)?)
+            .bind(i64::from(*threshold))
+            .bind(&claimed.wallet.id)
+            .bind(&claimed.org)
+            .execute(&mut *tx)
+            .await?;
+            (
+                "signed",
+                Some(json!({"generation": generation, "threshold": threshold}).to_string()),
+                None,
+                "success",
+                json!({"generation": generation}),
+                0,
+            )
+        }
+        RunOutcome::Retry(message) if claimed.claims < MAX_CLAIMS => {
+            tracing::warn!(request = %claimed.id, %message, "signing failed; will retry");
+            (
+                "queued",
+                None,
+                Some(error_json("retrying", message)),
+                "retry",
+                json!({"message": message}),
+                now + 2_000 * claimed.claims,
+            )
+        }
+        RunOutcome::Retry(message) => (
+            "failed",
+            None,
+            Some(error_json("signing_failed", message)),
+            "failed",
+            json!({"message": message}),
+            0,
+        ),
+        RunOutcome::Failed(code, message) => (
+            "failed",
+            None,
+            Some(error_json(code, message)),
+            "failed",
+            json!({"code": code, "message": message}),
+            0,
+        ),
+    };
+    let updated = sqlx::query(
+        "UPDATE signing_requests SET status = $1, result = $2, error = $3, lease_owner = NULL, \
+         lease_until = $4, updated_at = $5 \
+         WHERE id = $6 AND status = 'signing' AND lease_owner = $7",
+    )
+    .bind(status)
+    .bind(result)
+    .bind(error)
+    .bind(retry_at)
+    .bind(now)
+    .bind(&claimed.id)
+    .bind(&state.replica)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        // The lease was lost (this replica stalled past it); whoever holds
+        // it now finishes the request, with the same nodes' answer.
+        tx.rollback().await?;
+        tracing::warn!(request = %claimed.id, "lease lost before finishing");
+        return Ok(());
+    }
+    let action = if claimed.kind == "reshare" {
+        "wallet.reshare.execute"
+    } else {
+        "wallet.sign.execute"
+    };
+    audit::append(
+        db,
+        &mut tx,
+        &AuditEvent {
+            org: &claimed.org,
+            action,
+            resource: &format!("wallet:{}", claimed.wallet.name),
+            identity: "system",
+            ip: "",
+            approved: "approved",
+            outcome: outcome_label,
+            request_id: &claimed.id,
+            detail,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    metrics::counter!("custos_signing_outcomes_total", "status" => status).increment(1);
+    Ok(())
+}
+
+/// Approves or rejects an approval. Returns the approval afterwards.
+pub async fn vote(
+    state: &AppState,
+    caller: &Caller,
+    approval_id: &str,
+    approve: bool,
+    totp: Option<&str>,
+) -> AppResult<Value> {
+    let db = &state.db;
+    let now = now_ms();
+    let mut tx = db.begin().await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT * FROM approvals WHERE id = $1 AND org_id = $2{}",
+        db.for_update()
+    )))
+    .bind(approval_id)
+    .bind(&caller.org)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| AppError::not_found("approval"))?;
+    let status: String = row.try_get("status")?;
+    let requested_by: String = row.try_get("requested_by")?;
+    let request_id: String = row.try_get("request_id")?;
+    let resource: String = row.try_get("resource")?;
+    let expires_at: i64 = row.try_get("expires_at")?;
+    let roles: Vec<String> =
+        serde_json::from_str(&row.try_get::<String, _>("roles")?).unwrap_or_default();
+    let require_mfa = row.try_get::<i64, _>("require_mfa")? == 1;
+    let required: i64 = row.try_get("required")?;
+    let refuse = |error: AppError| Err::<Value, AppError>(error);
+    if status != "pending" {
+        return refuse(AppError::conflict(
+            "approval_not_pending",
+            format!("the approval is {status}"),
+        ));
+    }
+    if expires_at <= now {
+        expire_one(state, &mut tx, approval_id).await?;
+        tx.commit().await?;
+        return refuse(AppError::conflict(
+            "approval_expired",
+            "the approval has expired",
+        ));
+    }
+    if caller.identity == requested_by {
+        return refuse(AppError::forbidden(
+            "self_approval",
+            "the requester cannot approve or reject their own request",
+        ));
+    }
+    if !roles
+        .iter()
+        .any(|role| Role::parse(role) == Some(caller.role))
+    {
+        return refuse(AppError::forbidden(
+            "role_not_allowed",
+            format!("this approval needs one of the roles {}", roles.join(", ")),
+        ));
+    }
+    let mut mfa = false;
+    if require_mfa && approve {
+        check_totp(&mut tx, &caller.identity, totp).await?;
+        mfa = true;
+    } else if let Some(code) = totp {
+        check_totp(&mut tx, &caller.identity, Some(code)).await?;
+        mfa = true;
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO approval_votes (approval_id, identity_id, decision, mfa, created_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(approval_id)
+    .bind(&caller.identity)
+    .bind(if approve { "approve" } else { "reject" })
+    .bind(i64::from(mfa))
+    .bind(now)
+    .execute(&mut *tx)
+    .await;
+    match inserted {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+            return refuse(AppError::conflict(
+                "already_voted",
+                "this identity already voted",
+            ))
+        }
+        Err(error) => return Err(error.into()),
+    }
+    let approvals: i64 = sqlx::query(
+        "SELECT COUNT(*) AS n FROM approval_votes WHERE approval_id = $1 AND decision = 'approve'",
+    )
+    .bind(approval_id)
+    .fetch_one(&mut *tx)
+    .await?
+    .try_get("n")?;
+    let new_status = if !approve {
+        "rejected"
+    } else if approvals >= required {
+        "approved"
+    } else {
+        "pending"
+    };
+    if new_status != "pending" {
+        sqlx::query("UPDATE approvals SET status = $1 WHERE id = $2")
+            .bind(new_status)
+            .bind(approval_id)
+            .execute(&mut *tx)
+            .await?;
+        let (request_status, error) = if new_status == "approved" {
+            ("queued", None)
+        } else {
+            (
+                "rejected",
+                Some(error_json("rejected", "an approver rejected the request")),
+            )
+        };
+        sqlx::query(
+            "UPDATE signing_requests SET status = $1, error = $2, updated_at = $3 \
+             WHERE id = $4 AND org_id = $5 AND status = 'pending_approval'",
+        )
+        .bind(request_status)
+        .bind(error)
+        .bind(now)
+        .bind(&request_id)
+        .bind(&caller.org)
+        .execute(&mut *tx)
+        .await?;
+    }
+    audit::append(
+        db,
+        &mut tx,
+        &AuditEvent {
+            org: &caller.org,
+            action: if approve { "approval.approve" } else { "approval.reject" },
+            resource: &format!("approval:{approval_id}"),
+            identity: &caller.identity,
+            ip: &caller.ip.to_string(),
+            approved: new_status,
+            outcome: "success",
+            request_id: &caller.request_id,
+            detail: json!({"signingRequest": request_id, "resource": resource, "mfa": mfa, "approvals": approvals}),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    if new_status == "approved" {
+        state.wake_worker();
+    }
+    approval_view(db, &caller.org, approval_id).await
+}
+
+async fn expire_one(state: &AppState, tx: &mut Tx, approval_id: &str) -> AppResult<()> {
+    let now = now_ms();
+    let row = sqlx::query("SELECT org_id, request_id FROM approvals WHERE id = $1")
+        .bind(approval_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    let org: String = row.try_get("org_id")?;
+    let request_id: String = row.try_get("request_id")?;
+    let updated =
+        sqlx::query("UPDATE approvals SET status = 'expired' WHERE id = $1 AND status = 'pending'")
+            .bind(approval_id)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+    if updated == 0 {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE signing_requests SET status = 'rejected', error = $1, updated_at = $2 \
+         WHERE id = $3 AND status = 'pending_approval'",
+    )
+    .bind(error_json(
+        "approval_expired",
+        "the approval expired before enough approvers approved",
+    ))
+    .bind(now)
+    .bind(&request_id)
+    .execute(&mut **tx)
+    .await?;
+    audit::append(
+        &state.db,
+        tx,
+        &AuditEvent {
+            org: &org,
+            action: "approval.expire",
+            resource: &format!("approval:{approval_id}"),
+            identity: "system",
+            ip: "",
+            approved: "expired",
+            outcome: "success",
+            request_id: &request_id,
+            detail: json!({}),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// An approval as the API shows it.
+pub async fn approval_view(db: &crate::db::Db, org: &str, id: &str) -> AppResult<Value> {
+    let row = sqlx::query("SELECT * FROM approvals WHERE id = $1 AND org_id = $2")
+        .bind(id)
+        .bind(org)
+        .fetch_optional(db.pool())
+        .await?
+        .ok_or_else(|| AppError::not_found("approval"))?;
+    approval_json(db, &row).await
+}
+
+async fn approval_json(db: &crate::db::Db, row: &sqlx::any::AnyRow) -> AppResult<Value> {
+    let id: String = row.try_get("id")?;
+    let votes = sqlx::query(
+        "SELECT identity_id, decision, mfa, created_at FROM approval_votes \
+         WHERE approval_id = $1 ORDER BY created_at",
+    )
+    .bind(&id)
+    .fetch_all(db.pool())
+    .await?;
+    let mut approvals = Vec::new();
+    for vote in votes {
+        approvals.push(json!({
+            "identity": vote.try_get::<String, _>("identity_id")?,
+            "decision": vote.try_get::<String, _>("decision")?,
+            "mfa": vote.try_get::<i64, _>("mfa")? == 1,
+            "at": vote.try_get::<i64, _>("created_at")?,
+        }));
+    }
+    let roles: Vec<String> =
+        serde_json::from_str(&row.try_get::<String, _>("roles")?).unwrap_or_default();
+    let rule: Value =
+        serde_json::from_str(&row.try_get::<String, _>("rule")?).unwrap_or(Value::Null);
+    Ok(json!({
+        "id": id,
+        "signingRequestId": row.try_get::<String, _>("request_id")?,
+        "action": row.try_get::<String, _>("action")?,
+        "resource": row.try_get::<String, _>("resource")?,
+        "requestedBy": row.try_get::<String, _>("requested_by")?,
+        "requestHash": row.try_get::<String, _>("request_hash")?,
+        "required": {"count": row.try_get::<i64, _>("required")?, "roles": roles, "requireMFA": row.try_get::<i64, _>("require_mfa")? == 1},
+        "rule": rule,
+        "approvals": approvals,
+        "status": row.try_get::<String, _>("status")?,
+        "expiresAt": row.try_get::<i64, _>("expires_at")?,
+        "createdAt": row.try_get::<i64, _>("created_at")?,
+    }))
+}
+
+/// Approvals of `org`, optionally by status.
+pub async fn list_approvals(
+    db: &crate::db::Db,
+    org: &str,
+    status: Option<&str>,
+) -> AppResult<Vec<Value>> {
+    let rows = match status {
+        Some(status) => {
+            sqlx::query(
+                "SELECT * FROM approvals WHERE org_id = $1 AND status = $2 ORDER BY created_at",
+            )
+            .bind(org)
+            .bind(status)
+            .fetch_all(db.pool())
+            .await?
+        }
+        None => {
+            sqlx::query("SELECT * FROM approvals WHERE org_id = $1 ORDER BY created_at")
+                .bind(org)
+                .fetch_all(db.pool())
+                .await?
+        }
+    };
+    let mut items = Vec::new();
+    for row in rows {
+        items.push(approval_json(db, &row).await?);
+    }
+    Ok(items)
+}
+
+/// Takes back the leases this replica held before it restarted.
+pub async fn recover_own_leases(state: &AppState) -> AppResult<u64> {
+    let recovered = sqlx::query(
+        "UPDATE signing_requests SET status = 'queued', lease_owner = NULL, lease_until = 0 \
+         WHERE status = 'signing' AND lease_owner = $1",
+    )
+    .bind(&state.replica)
+    .execute(state.db.pool())
+    .await?
+    .rows_affected();
+    if recovered > 0 {
+        tracing::info!(
+            recovered,
+            "took back requests this replica was signing before it stopped"
+        );
+    }
+    Ok(recovered)
+}
+
+/// One pass of the background worker: expire approvals, then run what is
+/// runnable (at most `limit` requests, concurrently).
+pub async fn work_once(state: &Arc<AppState>, limit: i64) -> AppResult<usize> {
+    let now = now_ms();
+    let expired = sqlx::query(
+        "SELECT id FROM approvals WHERE status = 'pending' AND expires_at <= $1 LIMIT 100",
+    )
+    .bind(now)
+    .fetch_all(state.db.pool())
+    .await?;
+    for row in expired {
+        let id: String = row.try_get("id")?;
+        let mut tx = state.db.begin().await?;
+        expire_one(state, &mut tx, &id).await?;
+        tx.commit().await?;
+    }
+    let runnable = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT id FROM signing_requests \
+         WHERE (status = 'queued' AND lease_until <= $1) OR (status = 'signing' AND lease_until < $1) \
+         ORDER BY created_at LIMIT {}",
+        limit.clamp(1, 256)
+    )))
+    .bind(now)
+    .fetch_all(state.db.pool())
+    .await?;
+    let ids: Vec<String> = runnable
+        .iter()
+        .map(|row| row.try_get("id"))
+        .collect::<Result<_, _>>()?;
+    let count = ids.len();
+    let runs = ids.into_iter().map(|id| {
+        let state = state.clone();
+        tokio::spawn(async move {
+            if let Err(error) = execute(&state, &id).await {
+                tracing::warn!(request = %id, %error, "executing a request failed");
+            }
+        })
+    });
+    futures::future::join_all(runs).await;
+    Ok(count)
+}
+
+/// The worker loop: wakes every second or when notified.
+pub async fn worker(state: Arc<AppState>) {
+    loop {
+        if let Err(error) = work_once(&state, 64).await {
+            tracing::warn!(%error, "signing worker pass failed");
+        }
+        tokio::select! {
+            _ = state.worker_wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}

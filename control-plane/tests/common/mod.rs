@@ -1,0 +1,254 @@
+//! Shared test support: a control plane started in-process with `run` on a
+//! real socket (port 0), over SQLite (a temporary file) or PostgreSQL (a
+//! fresh database on the server named by `CUSTOS_TEST_POSTGRES_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`), and a small HTTP client.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The backends every test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+
+pub fn postgres_admin_url() -> String {
+    std::env::var("CUSTOS_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh PostgreSQL database; returns its URL.
+pub async fn fresh_postgres_database() -> String {
+    use sqlx::Executor;
+    sqlx::any::install_default_drivers();
+    let admin = postgres_admin_url();
+    let mut bytes = [0u8; 8];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+    let name = format!("custos_test_{}", hex::encode(bytes));
+    let pool = sqlx::AnyPool::connect(&admin)
+        .await
+        .unwrap_or_else(|error| panic!("PostgreSQL at {admin}: {error} (scripts/test starts one)"));
+    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap();
+    pool.close().await;
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
+/// A running control plane.
+pub struct Server {
+    pub address: SocketAddr,
+    pub database_url: String,
+    pub root_client_id: String,
+    pub root_client_secret: String,
+    pub dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Server {
+    pub async fn start(backend: Backend) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let database_url = match backend {
+            Backend::Sqlite => format!("sqlite://{}", dir.path().join("custos.db").display()),
+            Backend::Postgres => fresh_postgres_database().await,
+        };
+        Self::start_on(dir, database_url).await
+    }
+
+    pub async fn start_on(dir: tempfile::TempDir, database_url: String) -> Server {
+        let config = custos_control_plane::config::Config::parse(
+            &format!(
+                "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ndatabase_url = \"{database_url}\"\n\
+                 rate_limit_per_sec = 1000\n",
+                dir.path().display()
+            ),
+            [],
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (sender, receiver) = tokio::sync::oneshot::channel::<()>();
+        // Root credentials are printed on stdout; in-process, read them back
+        // by bootstrapping first (run() then finds the store bootstrapped).
+        let db = custos_control_plane::db::Db::connect(&database_url)
+            .await
+            .unwrap();
+        let credentials = custos_control_plane::auth::bootstrap(&db)
+            .await
+            .unwrap()
+            .expect("fresh store");
+        db.close().await;
+        let task = tokio::spawn(custos_control_plane::run(
+            config,
+            listener,
+            None,
+            async move {
+                let _ = receiver.await;
+            },
+        ));
+        let server = Server {
+            address,
+            database_url,
+            root_client_id: credentials.client_id,
+            root_client_secret: credentials.client_secret,
+            dir,
+            shutdown: Some(sender),
+            task: Some(task),
+        };
+        for _ in 0..200 {
+            if server
+                .request("GET", "/api/v1/sys/health", None, None)
+                .await
+                .0
+                == 200
+            {
+                return server;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("control plane did not start");
+    }
+
+    pub async fn stop(mut self) -> (tempfile::TempDir, String) {
+        if let Some(sender) = self.shutdown.take() {
+            let _ = sender.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        (dir, self.database_url.clone())
+    }
+
+    /// Sends one request; answers (status, JSON body or Null, headers text).
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, Value, String) {
+        self.raw(method, path, token, body, "application/json")
+            .await
+    }
+
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+        content_type: &str,
+    ) -> (u16, Value, String) {
+        let mut stream = tokio::net::TcpStream::connect(self.address).await.unwrap();
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+        if let Some(token) = token {
+            request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        let body = body.unwrap_or("");
+        if !body.is_empty() || method == "POST" || method == "PUT" {
+            request.push_str(&format!(
+                "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        stream.write_all(body.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        let text = String::from_utf8_lossy(&answer).to_string();
+        let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0);
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(rest)
+        } else {
+            rest.to_string()
+        };
+        let value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+        (status, value, head.to_string())
+    }
+
+    pub async fn token(&self, client_id: &str, client_secret: &str) -> String {
+        let (status, body, _) = self
+            .request(
+                "POST",
+                "/api/v1/auth/token",
+                None,
+                Some(&json!({"clientId": client_id, "clientSecret": client_secret}).to_string()),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["accessToken"].as_str().unwrap().to_string()
+    }
+
+    pub async fn root_token(&self) -> String {
+        self.token(
+            &self.root_client_id.clone(),
+            &self.root_client_secret.clone(),
+        )
+        .await
+    }
+
+    /// Creates an identity in the caller's org (or `org`), answers (id, token).
+    pub async fn identity(
+        &self,
+        token: &str,
+        name: &str,
+        role: &str,
+        org: Option<&str>,
+    ) -> (String, String) {
+        let mut body = json!({"name": name, "role": role});
+        if let Some(org) = org {
+            body["orgId"] = json!(org);
+        }
+        let (status, created, _) = self
+            .request(
+                "POST",
+                "/api/v1/identities",
+                Some(token),
+                Some(&body.to_string()),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        let token = self
+            .token(
+                created["clientId"].as_str().unwrap(),
+                created["clientSecret"].as_str().unwrap(),
+            )
+            .await;
+        (created["id"].as_str().unwrap().to_string(), token)
+    }
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || tail.len() < size {
+            break;
+        }
+        out.push_str(&tail[..size]);
+        rest = tail[size..].trim_start_matches("\r\n");
+    }
+    out
+}
