@@ -48,8 +48,15 @@ use crate::wallets::{self, Protocol, Wallet};
 pub const ATTEMPTS_PER_CLAIM: i64 = 64;
 /// How long a claim holds a request before another replica may take it.
 pub const LEASE_MS: i64 = 90_000;
-/// Claims of one request before it is marked failed.
-pub const MAX_CLAIMS: i64 = 5;
+/// Claims of one request before it is marked failed (with the backoff of
+/// `retry_delay_ms`, about three minutes of retrying).
+pub const MAX_CLAIMS: i64 = 8;
+
+/// How long a request waits before its next claim: 2^claims seconds,
+/// at most a minute.
+pub fn retry_delay_ms(claims: i64) -> i64 {
+    1000 * (1i64 << claims.clamp(1, 6)).min(60)
+}
 
 /// The body of `POST /api/v1/wallets/{id}/sign`.
 #[derive(Clone, Debug, Deserialize)]
@@ -937,7 +944,7 @@ async fn finish(state: &AppState, claimed: &Claimed, outcome: RunOutcome) -> App
                 Some(error_json("retrying", message)),
                 "retry",
                 json!({"message": message}),
-                now + 2_000 * claimed.claims,
+                now + retry_delay_ms(claimed.claims),
             )
         }
         RunOutcome::Retry(message) => (

@@ -120,7 +120,15 @@ async fn check(
 }
 
 /// (token, method, path, body, content type, status, code).
-type Case<'a> = (Option<&'a str>, &'a str, &'a str, Option<String>, &'a str, u16, &'a str);
+type Case<'a> = (
+    Option<&'a str>,
+    &'a str,
+    &'a str,
+    Option<String>,
+    &'a str,
+    u16,
+    &'a str,
+);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_answers_its_documented_code() {

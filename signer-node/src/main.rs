@@ -2,7 +2,8 @@
 //!
 //! * `custos-signer init --config node.toml` creates the node's Ed25519
 //!   identity and its master key, and prints the party id to register;
-//! * `custos-signer run --config node.toml` runs the node;
+//! * `custos-signer run --config node.toml` runs the node until SIGINT
+//!   (Ctrl-C) or SIGTERM;
 //! * `custos-signer status --config node.toml` asks the running node (or,
 //!   when it is down, reads the store) and prints identity, peers, wallets
 //!   and pool size.
@@ -180,9 +181,12 @@ async fn run(config: NodeConfig) -> anyhow::Result<()> {
         }
     });
     tracing::info!(party_id = %hex::encode(me.0), listen = %config.listen, "signer node running");
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     tokio::select! {
         () = node.serve(events) => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
     }
     Ok(())
 }

@@ -16,8 +16,8 @@ use crate::layout::{
     Credentials, Layout, NodeEntry, PortPicker, State, CONTROL_PLANE,
 };
 use crate::process::{
-    coordinator_key, init_node, is_testnet_up, node_party_id, process_matches, runs_with_config,
-    stop_pid, Binaries, Supervisor, STOP_GRACE,
+    coordinator_key, import_dev_primes, init_node, is_testnet_up, node_party_id, process_matches,
+    runs_with_config, stop_pid, Binaries, Supervisor, STOP_GRACE,
 };
 
 /// The control plane's port unless taken.
@@ -48,6 +48,44 @@ pub struct UpOptions {
     pub no_ecdsa: bool,
     /// The control plane's port (default 8200, or a free one when taken).
     pub port: Option<u16>,
+    /// Prime sets each node keeps ready (`prime_pool_target` in each
+    /// node.toml; [`crate::layout::PRIME_POOL_TARGET`] by default).
+    pub prime_pool_target: usize,
+    /// Development and tests only: a JSON list of pregenerated Paillier
+    /// prime sets; node N, when this run initialises it, gets the set at
+    /// position N-1 (`custos-signer dev-import-primes`) before it starts.
+    pub dev_primes: Option<PathBuf>,
+    /// Extra environment variables for the control plane (`custos serve`).
+    pub control_plane_env: Vec<(String, String)>,
+}
+
+/// A `--dev-primes` file: where it is and how many prime sets it holds.
+#[derive(Debug, Clone)]
+struct DevPrimes {
+    file: PathBuf,
+    sets: usize,
+}
+
+impl DevPrimes {
+    /// Reads `file` (a JSON list of prime sets) to count its sets, so a
+    /// bad file fails before any node is initialised.
+    fn open(file: &Path) -> anyhow::Result<Self> {
+        let file = file
+            .canonicalize()
+            .with_context(|| format!("--dev-primes {}", file.display()))?;
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading --dev-primes {}", file.display()))?;
+        let sets: Vec<Value> = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "--dev-primes {} is not a JSON list of prime sets",
+                file.display()
+            )
+        })?;
+        Ok(Self {
+            file,
+            sets: sets.len(),
+        })
+    }
 }
 
 /// `custos-testnet up`: prepares what is missing in the folder, starts the
@@ -135,6 +173,19 @@ fn prepare(
         (2..=MAX_NODES).contains(&count),
         "--nodes must be between 2 and {MAX_NODES}"
     );
+    let dev_primes = options
+        .dev_primes
+        .as_deref()
+        .map(DevPrimes::open)
+        .transpose()?;
+    if let Some(dev_primes) = &dev_primes {
+        eprintln!(
+            "warning: --dev-primes {}: pregenerated Paillier primes are for development and \
+             tests only; whoever has the file knows them, so keys made with them must never \
+             guard value",
+            dev_primes.file.display()
+        );
+    }
 
     let mut ports = PortPicker::default();
     let control_plane_port = match options.port {
@@ -178,6 +229,8 @@ fn prepare(
     }
 
     state.coordinator = coordinator_key(&binaries.custos, &layout.control_plane_dir())?;
+    let mut initialised_now = 0;
+    let mut without_primes = Vec::new();
     for index in 0..state.nodes.len() {
         let node = state.nodes[index].clone();
         let config = layout.node_config(&node.name);
@@ -187,8 +240,14 @@ fn prepare(
         if initialised && is_hex_key(&node.id) {
             continue;
         }
-        // `init` and `status` need no peers.
-        let text = node_config_text(layout, &node, &state.coordinator, &[])?;
+        // `init`, `status` and `dev-import-primes` need no peers.
+        let text = node_config_text(
+            layout,
+            &node,
+            &state.coordinator,
+            &[],
+            options.prime_pool_target,
+        )?;
         write_atomically(&config, &text, 0o644)?;
         let id = if initialised {
             node_party_id(&binaries.signer, &config)?
@@ -198,9 +257,58 @@ fn prepare(
         };
         state.nodes[index].id = id;
         layout.save_state(state)?;
+        if initialised {
+            continue;
+        }
+        initialised_now += 1;
+        let Some(dev_primes) = &dev_primes else {
+            continue;
+        };
+        // Node N (`state.nodes[N-1]`) gets the set at position N-1.
+        if index >= dev_primes.sets {
+            without_primes.push(node.name.clone());
+            continue;
+        }
+        let pooled = import_dev_primes(&binaries.signer, &config, &dev_primes.file, index)
+            .with_context(|| {
+                format!(
+                    "importing dev primes into {name} (it is initialised now, so a rerun will \
+                     not import them: run the command by hand, or delete {dir} to start afresh)",
+                    name = node.name,
+                    dir = layout.dir.display()
+                )
+            })?;
+        eprintln!(
+            "{}: imported dev prime set {index} ({})",
+            node.name,
+            pooled.trim()
+        );
+        state.dev_primes = true;
+        layout.save_state(state)?;
+    }
+    if let Some(dev_primes) = &dev_primes {
+        if initialised_now == 0 {
+            eprintln!(
+                "note: --dev-primes: every node was initialised by an earlier run; no primes \
+                 imported (dev primes go only into nodes initialised by the same run)"
+            );
+        } else if !without_primes.is_empty() {
+            eprintln!(
+                "note: {} holds {} prime sets; {} got none (only primes they generate themselves)",
+                dev_primes.file.display(),
+                dev_primes.sets,
+                without_primes.join(", ")
+            );
+        }
     }
     for node in &state.nodes {
-        let text = node_config_text(layout, node, &state.coordinator, &state.nodes)?;
+        let text = node_config_text(
+            layout,
+            node,
+            &state.coordinator,
+            &state.nodes,
+            options.prime_pool_target,
+        )?;
         write_atomically(&layout.node_config(&node.name), &text, 0o644)?;
     }
     let listen = http::address_of(&state.url)?;
@@ -223,7 +331,7 @@ fn run(
     for node in &state.nodes {
         supervisor.spawn_node(&binaries.signer, layout, &node.name)?;
     }
-    supervisor.spawn_control_plane(&binaries.custos, layout)?;
+    supervisor.spawn_control_plane(&binaries.custos, layout, &options.control_plane_env)?;
     state.pids = supervisor.pids();
     state.supervisor_pid = Some(std::process::id());
     layout.save_state(state)?;
@@ -653,6 +761,9 @@ pub fn status(dir: &Path) -> anyhow::Result<()> {
             "not prepared"
         }
     );
+    if state.dev_primes {
+        println!("dev primes       imported from a file: development and tests only");
+    }
     if let (Ok(address), Some(credentials)) = (control_plane, state.credentials()) {
         let listing = login(address, &credentials).and_then(|token| {
             http::get(address, "/api/v1/nodes", Some(&token))?
@@ -737,6 +848,11 @@ fn walkthrough(layout: &Layout, state: &State, credentials: &Credentials) -> Str
         .iter()
         .map(|node| format!("  {:<14} {}  http://{}", node.name, node.address, node.http))
         .collect();
+    let dev_primes_note = if state.dev_primes {
+        "  dev primes     imported from a file: development and tests only\n"
+    } else {
+        ""
+    };
     let ecdsa_note = if state.ecdsa_committee {
         ""
     } else {
@@ -747,6 +863,7 @@ fn walkthrough(layout: &Layout, state: &State, credentials: &Credentials) -> Str
          \x20 control plane  {url}\n\
          \x20 state          {state_file}  (URL, root credentials, nodes, pids)\n\
          \x20 logs           {logs}/<name>.log\n\
+         {dev_primes_note}\
          {nodes}\n\n\
          Try it (jq is optional: without it, copy accessToken and id from the JSON answers):\n\n\
          \x20 URL={url}\n\
@@ -827,6 +944,25 @@ mod tests {
     }
 
     #[test]
+    fn dev_primes_files_are_counted_or_refused() {
+        let dir = std::env::temp_dir().join(format!(
+            "custos-testnet-devprimes-{}-{:?}",
+            std::process::id(),
+            thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("primes.json");
+        std::fs::write(&file, r#"[{"p":"1","q":"2"},{"p":"3","q":"4"}]"#).unwrap();
+        let dev_primes = DevPrimes::open(&file).unwrap();
+        assert_eq!(dev_primes.sets, 2);
+        assert!(dev_primes.file.is_absolute());
+        std::fs::write(&file, r#"{"p":"1"}"#).unwrap();
+        assert!(DevPrimes::open(&file).is_err());
+        assert!(DevPrimes::open(&dir.join("missing.json")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn shell_quoting() {
         assert_eq!(shell_quote("/tmp/custos-testnet"), "/tmp/custos-testnet");
         assert_eq!(shell_quote("a b"), "'a b'");
@@ -862,5 +998,14 @@ mod tests {
         assert!(text.contains("custos-testnet down --dir /tmp/tn\n"));
         assert!(text.contains("/tmp/tn/testnet.json"));
         assert!(text.contains("without --no-ecdsa"));
+        assert!(!text.contains("dev primes"));
+        let state = State {
+            dev_primes: true,
+            ..state
+        };
+        let text = walkthrough(&layout, &state, &credentials);
+        assert!(
+            text.contains("\n  dev primes     imported from a file: development and tests only\n")
+        );
     }
 }

@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 pub const CONTROL_PLANE: &str = "control-plane";
 /// The state file in the testnet folder.
 pub const STATE_FILE: &str = "testnet.json";
-/// Prime sets each node keeps ready for aux-info generation.
+/// Prime sets each node keeps ready for aux-info generation, unless `up`
+/// is told otherwise (`--prime-pool-target`).
 pub const PRIME_POOL_TARGET: usize = 2;
 
 /// The name of node `index` (1-based).
@@ -192,6 +193,11 @@ pub struct State {
     pub database_url: Option<String>,
     /// The coordinator's Ed25519 public key (hex) the nodes pin.
     pub coordinator: String,
+    /// Whether nodes were given pregenerated Paillier primes from a file
+    /// (`up --dev-primes`): development and tests only. Written only when
+    /// true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dev_primes: bool,
 }
 
 impl State {
@@ -321,13 +327,14 @@ fn path_text(path: &Path) -> anyhow::Result<&str> {
 }
 
 /// The `node.toml` of `node` (see `signer-node/src/config.rs`): file
-/// master key in its data folder, and every other node in `nodes` with a
-/// known id as a peer.
+/// master key in its data folder, `prime_pool_target` prime sets kept
+/// ready, and every other node in `nodes` with a known id as a peer.
 pub fn node_config_text(
     layout: &Layout,
     node: &NodeEntry,
     coordinator: &str,
     nodes: &[NodeEntry],
+    prime_pool_target: usize,
 ) -> anyhow::Result<String> {
     let mut text = format!(
         "# Written by custos-testnet; rewritten on every `custos-testnet up`.\n\
@@ -335,7 +342,7 @@ pub fn node_config_text(
          listen = {listen}\n\
          http_listen = {http}\n\
          coordinator = {coordinator}\n\
-         prime_pool_target = {PRIME_POOL_TARGET}\n\
+         prime_pool_target = {prime_pool_target}\n\
          \n\
          [master_key]\n\
          backend = \"file\"\n\
@@ -416,7 +423,14 @@ mod tests {
     fn node_config_is_valid_toml_with_peers() {
         let layout = temp_layout("node");
         let nodes = nodes();
-        let text = node_config_text(&layout, &nodes[0], &"cc".repeat(32), &nodes).unwrap();
+        let text = node_config_text(
+            &layout,
+            &nodes[0],
+            &"cc".repeat(32),
+            &nodes,
+            PRIME_POOL_TARGET,
+        )
+        .unwrap();
         let config: toml::Table = toml::from_str(&text).unwrap();
         let data_dir = layout.dir.join("node-1").join("data");
         assert_eq!(config["data_dir"].as_str(), data_dir.to_str());
@@ -453,6 +467,9 @@ mod tests {
                 "prime_pool_target"
             ]
         );
+        let text = node_config_text(&layout, &nodes[1], &"cc".repeat(32), &nodes, 0).unwrap();
+        let config: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(config["prime_pool_target"].as_integer(), Some(0));
         std::fs::remove_dir_all(&layout.dir).unwrap();
     }
 
@@ -512,6 +529,14 @@ mod tests {
         assert_eq!(json["nodes"][0]["id"], "aa".repeat(32));
         assert_eq!(json["nodes"][0]["address"], "/ip4/127.0.0.1/tcp/7101");
         assert_eq!(json["nodes"][0]["http"], "127.0.0.1:7181");
+        // Only a testnet with dev primes says so.
+        assert!(json.get("devPrimes").is_none());
+        state.dev_primes = true;
+        layout.save_state(&state).unwrap();
+        assert_eq!(layout.load_state().unwrap(), Some(state.clone()));
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(layout.state_path()).unwrap()).unwrap();
+        assert_eq!(json["devPrimes"], true);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(layout.state_path())
             .unwrap()
@@ -530,6 +555,7 @@ mod tests {
         let old = layout.load_state().unwrap().unwrap();
         assert_eq!(old.credentials(), None);
         assert!(old.nodes.is_empty());
+        assert!(!old.dev_primes);
         std::fs::remove_dir_all(&layout.dir).unwrap();
     }
 

@@ -175,6 +175,32 @@ fn parse_party_id(stdout: &str) -> Option<String> {
     })
 }
 
+/// `custos-signer --config CONFIG dev-import-primes --file FILE --index
+/// INDEX`: adds the prime set at position `index` of `file` to a stopped
+/// node's prime pool (development and tests only). Returns the command's
+/// stdout (`pooled N`).
+pub fn import_dev_primes(
+    signer: &Path,
+    config: &Path,
+    file: &Path,
+    index: usize,
+) -> anyhow::Result<String> {
+    let mut command = signer_command(signer, config, "dev-import-primes");
+    command
+        .arg("--file")
+        .arg(file)
+        .arg("--index")
+        .arg(index.to_string());
+    run_output(
+        command,
+        &format!(
+            "`custos-signer --config {} dev-import-primes --file {} --index {index}`",
+            config.display(),
+            file.display()
+        ),
+    )
+}
+
 /// The credentials in a `CUSTOS_ROOT_CREDENTIALS {json}` line.
 pub fn parse_credentials_line(line: &str) -> Option<Credentials> {
     let (_, rest) = line.split_once(CREDENTIALS_MARKER)?;
@@ -365,11 +391,17 @@ impl Supervisor {
         Ok(self.add(name, log_path, child))
     }
 
-    /// Starts `custos serve --config DIR/control-plane/custos.toml`: stderr
-    /// appended to its log; stdout read line by line by a thread that
-    /// copies each line to the log and hands on the root credentials (see
-    /// [`Supervisor::take_credentials`]).
-    pub fn spawn_control_plane(&mut self, custos: &Path, layout: &Layout) -> anyhow::Result<u32> {
+    /// Starts `custos serve --config DIR/control-plane/custos.toml`, with
+    /// the extra environment variables `env` (set last: they override
+    /// `RUST_LOG`): stderr appended to its log; stdout read line by line by
+    /// a thread that copies each line to the log and hands on the root
+    /// credentials (see [`Supervisor::take_credentials`]).
+    pub fn spawn_control_plane(
+        &mut self,
+        custos: &Path,
+        layout: &Layout,
+        env: &[(String, String)],
+    ) -> anyhow::Result<u32> {
         let log_path = layout.log_path(CONTROL_PLANE);
         let log = open_log(&log_path, CONTROL_PLANE)?;
         let mut copy = log.try_clone()?;
@@ -378,6 +410,7 @@ impl Supervisor {
             .arg("--config")
             .arg(layout.control_plane_config())
             .env("RUST_LOG", rust_log())
+            .envs(env.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -405,11 +438,19 @@ impl Supervisor {
                     if !line.ends_with(b"\n") {
                         line.push(b'\n');
                     }
-                    let _ = copy.write_all(&line);
-                    if let Some(credentials) =
-                        parse_credentials_line(&String::from_utf8_lossy(&line))
-                    {
-                        let _ = sender.send(credentials);
+                    // The credentials line goes to testnet.json (0600), never
+                    // into the log.
+                    match parse_credentials_line(&String::from_utf8_lossy(&line)) {
+                        Some(credentials) => {
+                            let _ = copy.write_all(
+                                format!("{CREDENTIALS_MARKER} <captured into testnet.json>\n")
+                                    .as_bytes(),
+                            );
+                            let _ = sender.send(credentials);
+                        }
+                        None => {
+                            let _ = copy.write_all(&line);
+                        }
                     }
                 }
             })
