@@ -362,8 +362,30 @@ async fn audit_event(
     outcome: &str,
     detail: Value,
 ) -> AppResult<()> {
-    audit::append_alone(
+    let mut tx = state.db.begin().await?;
+    record(
+        state, &mut tx, caller, action, resource, approved, outcome, detail,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Appends the caller's audit record inside `tx`.
+#[allow(clippy::too_many_arguments)]
+async fn record(
+    state: &AppState,
+    tx: &mut crate::db::Tx,
+    caller: &Caller,
+    action: &str,
+    resource: &str,
+    approved: &str,
+    outcome: &str,
+    detail: Value,
+) -> AppResult<()> {
+    audit::append(
         &state.db,
+        tx,
         &AuditEvent {
             org: &caller.org,
             action,
@@ -376,8 +398,7 @@ async fn audit_event(
             detail,
         },
     )
-    .await
-    .map_err(|error| AppError::internal("audit", error))?;
+    .await?;
     Ok(())
 }
 
@@ -653,20 +674,15 @@ async fn enroll_mfa(
     .bind(&caller.org)
     .execute(&mut *tx)
     .await?;
-    audit::append(
-        &state.db,
+    record(
+        &state,
         &mut tx,
-        &AuditEvent {
-            org: &caller.org,
-            action: "identity.mfa",
-            resource: &format!("identity:{name}"),
-            identity: &caller.identity,
-            ip: &caller.ip.to_string(),
-            approved: "allowed",
-            outcome: "success",
-            request_id: &caller.request_id,
-            detail: json!({"identityId": id}),
-        },
+        &caller,
+        "identity.mfa",
+        &format!("identity:{name}"),
+        "allowed",
+        "success",
+        json!({"identityId": id}),
     )
     .await?;
     tx.commit().await?;
@@ -703,20 +719,15 @@ async fn create_policy(
         &body.rules,
     )
     .await?;
-    audit::append(
-        &state.db,
+    record(
+        &state,
         &mut tx,
-        &AuditEvent {
-            org: &caller.org,
-            action: "policy.create",
-            resource: &resource,
-            identity: &caller.identity,
-            ip: &caller.ip.to_string(),
-            approved: "allowed",
-            outcome: "success",
-            request_id: &caller.request_id,
-            detail: json!({"policyId": created.id, "rules": body.rules.len()}),
-        },
+        &caller,
+        "policy.create",
+        &resource,
+        "allowed",
+        "success",
+        json!({"policyId": created.id, "rules": body.rules.len()}),
     )
     .await?;
     tx.commit().await?;
@@ -736,20 +747,15 @@ async fn update_policy(
     authorize(&state, &caller, "policy.update", &resource).await?;
     let mut tx = state.db.begin().await?;
     crate::orgs::update_policy(&mut tx, &caller.org, &id, &body.rules, body.priority).await?;
-    audit::append(
-        &state.db,
+    record(
+        &state,
         &mut tx,
-        &AuditEvent {
-            org: &caller.org,
-            action: "policy.update",
-            resource: &resource,
-            identity: &caller.identity,
-            ip: &caller.ip.to_string(),
-            approved: "allowed",
-            outcome: "success",
-            request_id: &caller.request_id,
-            detail: json!({"policyId": id}),
-        },
+        &caller,
+        "policy.update",
+        &resource,
+        "allowed",
+        "success",
+        json!({"policyId": id}),
     )
     .await?;
     tx.commit().await?;
@@ -990,6 +996,13 @@ async fn prepare_committee(
             "a committee has at least 2 nodes",
         ));
     }
+    // Aux info costs every node minutes of CPU: platform admins only.
+    if !caller.platform_admin {
+        return Err(AppError::forbidden(
+            "forbidden",
+            "only a platform admin prepares committees",
+        ));
+    }
     authorize(&state, &caller, "node.committee", "node:*").await?;
     crate::nodes::prepare_committee(&state.db, &state.coordinator, &committee).await?;
     audit_event(
@@ -1218,22 +1231,7 @@ async fn create_wallet(
         }
         Err(error) => return Err(error.into()),
     }
-    audit::append(
-        &state.db,
-        &mut tx,
-        &AuditEvent {
-            org: &caller.org,
-            action: "wallet.create",
-            resource: &resource,
-            identity: &caller.identity,
-            ip: &caller.ip.to_string(),
-            approved: "allowed",
-            outcome: "success",
-            request_id: &caller.request_id,
-            detail: json!({"walletId": id, "protocol": protocol.name(), "threshold": body.threshold, "parties": committee.len(), "publicKey": view.public_key}),
-        },
-    )
-    .await?;
+    record(&state, &mut tx, &caller, "wallet.create", &resource, "allowed", "success", json!({"walletId": id, "protocol": protocol.name(), "threshold": body.threshold, "parties": committee.len(), "publicKey": view.public_key})).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -1350,7 +1348,7 @@ async fn finish_request(
 ) -> AppResult<(StatusCode, Json<Value>)> {
     let id = submitted.view.request_id.clone();
     if !submitted.replayed && submitted.view.status == "queued" {
-        signing::execute(state, &id).await?;
+        signing::execute_reserved(state, &id).await?;
     }
     let view = signing::view(state.db.pool(), &caller.org, &id).await?;
     if view.status == "failed" {

@@ -48,6 +48,10 @@ use crate::wallets::{self, Protocol, Wallet};
 pub const ATTEMPTS_PER_CLAIM: i64 = 64;
 /// How long a claim holds a request before another replica may take it.
 pub const LEASE_MS: i64 = 90_000;
+/// How long a request allowed at once is left to the handler that accepted
+/// it before workers may take it.
+pub const HANDLER_RESERVATION_MS: i64 = 5_000;
+
 /// Claims of one request before it is marked failed (with the backoff of
 /// `retry_delay_ms`, about three minutes of retrying).
 pub const MAX_CLAIMS: i64 = 8;
@@ -547,7 +551,7 @@ pub async fn submit(
         "INSERT INTO signing_requests (id, org_id, wallet_id, kind, requested_by, body, \
          request_hash, payload, status, approval_id, idempotency_key, result, error, attempts, \
          lease_owner, lease_until, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, NULL, 0, NULL, 0, $12, $12)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, NULL, 0, NULL, $12, $13, $13)",
     )
     .bind(&id)
     .bind(&caller.org)
@@ -560,6 +564,14 @@ pub async fn submit(
     .bind(status)
     .bind(approval_id.clone())
     .bind(idempotency_key.map(str::to_string))
+    // A request allowed at once is reserved for the handler that answers
+    // it (it runs it right after the commit); workers take it only if that
+    // handler has not claimed it within the reservation.
+    .bind(if status == "queued" {
+        now + HANDLER_RESERVATION_MS
+    } else {
+        0
+    })
     .bind(now)
     .execute(&mut *tx)
     .await?;
@@ -600,20 +612,21 @@ fn error_json(code: &str, message: &str) -> String {
 
 /// Moves `id` to `signing` for this replica, re-checking its approval
 /// under a lock. `None`: someone else has it, or it is not runnable.
-async fn claim(state: &AppState, id: &str) -> AppResult<Option<Claimed>> {
+async fn claim(state: &AppState, id: &str, reserved: bool) -> AppResult<Option<Claimed>> {
     let db = &state.db;
     let now = now_ms();
     let mut tx = db.begin().await?;
     let claimed = sqlx::query(
         "UPDATE signing_requests SET status = 'signing', lease_owner = $1, lease_until = $2, \
          attempts = attempts + 1, updated_at = $3 \
-         WHERE id = $4 AND ((status = 'queued' AND lease_until <= $3) \
+         WHERE id = $4 AND ((status = 'queued' AND (lease_until <= $3 OR $5 = 1)) \
                             OR (status = 'signing' AND lease_until < $3))",
     )
     .bind(&state.replica)
     .bind(now + LEASE_MS)
     .bind(now)
     .bind(id)
+    .bind(i64::from(reserved))
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -777,10 +790,20 @@ fn keep_lease(state: &AppState, id: &str) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Claims and runs request `id` if it is runnable. Returns its view
-/// afterwards (or `None` when another replica had it).
+/// Claims and runs request `id` if it is runnable (`None` when it was
+/// not: another replica has it, or it is not due).
 pub async fn execute(state: &AppState, id: &str) -> AppResult<Option<()>> {
-    let Some(claimed) = claim(state, id).await? else {
+    execute_claimed(state, id, false).await
+}
+
+/// [`execute`] by the handler that accepted the request, within its
+/// reservation.
+pub async fn execute_reserved(state: &AppState, id: &str) -> AppResult<Option<()>> {
+    execute_claimed(state, id, true).await
+}
+
+async fn execute_claimed(state: &AppState, id: &str, reserved: bool) -> AppResult<Option<()>> {
+    let Some(claimed) = claim(state, id, reserved).await? else {
         return Ok(None);
     };
     let lease = keep_lease(state, id);
@@ -1003,13 +1026,21 @@ async fn finish(state: &AppState, claimed: &Claimed, outcome: RunOutcome) -> App
             approved: "approved",
             outcome: outcome_label,
             request_id: &claimed.id,
-            detail,
+            detail: with_replica(detail, &state.replica),
         },
     )
     .await?;
     tx.commit().await?;
     metrics::counter!("custos_signing_outcomes_total", "status" => status).increment(1);
     Ok(())
+}
+
+/// Adds the executing replica to an audit detail.
+fn with_replica(mut detail: Value, replica: &str) -> Value {
+    if let Value::Object(map) = &mut detail {
+        map.insert("replica".into(), json!(replica));
+    }
+    detail
 }
 
 /// Approves or rejects an approval. Returns the approval afterwards.

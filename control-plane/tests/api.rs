@@ -506,3 +506,38 @@ async fn mfa_enrolment_answers_an_otpauth_uri_for_the_identity_itself() {
     assert_eq!(status, 403, "another approver cannot enrol someone else");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_identity_over_its_rate_limit_gets_429_and_others_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("custos.db").display());
+    let server = Server::start_with(dir, url, "rate_limit_per_sec = 1\n").await;
+    let root = server.root_token().await;
+    let (_, other) = server.identity(&root, "other", "auditor", None).await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(
+            server
+                .request("GET", "/api/v1/policies", Some(&root), None)
+                .await
+                .0,
+        );
+    }
+    // A burst of 4 (4 × the rate), then refusals.
+    assert!(
+        statuses.iter().filter(|status| **status == 200).count() <= 5,
+        "{statuses:?}"
+    );
+    let (status, body, _) = server
+        .request("GET", "/api/v1/policies", Some(&root), None)
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("rate_limited"))
+    );
+    let (status, _, _) = server
+        .request("GET", "/api/v1/audit", Some(&other), None)
+        .await;
+    assert_eq!(status, 200, "another identity has its own budget");
+    server.stop().await;
+}

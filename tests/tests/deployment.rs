@@ -14,11 +14,13 @@ use support::*;
 
 #[test]
 fn on_sqlite_wallets_sign_under_policy_and_orgs_are_isolated() {
+    let _serial = serial();
     run_all(Backend::Sqlite);
 }
 
 #[test]
 fn on_postgres_wallets_sign_under_policy_and_orgs_are_isolated() {
+    let _serial = serial();
     run_all(Backend::Postgres);
 }
 

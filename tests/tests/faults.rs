@@ -13,14 +13,100 @@ use support::*;
 
 #[test]
 fn on_sqlite_node_and_control_plane_crashes_lose_nothing() {
+    let _serial = serial();
     node_killed_during_concurrent_signing(Backend::Sqlite);
     control_plane_killed_with_pending_and_queued_requests(Backend::Sqlite);
 }
 
 #[test]
 fn on_postgres_node_and_control_plane_crashes_lose_nothing() {
+    let _serial = serial();
     node_killed_during_concurrent_signing(Backend::Postgres);
     control_plane_killed_with_pending_and_queued_requests(Backend::Postgres);
+}
+
+/// Several replicas on one PostgreSQL database run the same background
+/// work: every approved request is executed by exactly one of them.
+#[test]
+fn on_postgres_two_replicas_execute_each_request_once() {
+    let _serial = serial();
+    eprintln!("== Postgres: two control-plane replicas share the queue");
+    let net = Testnet::start(Backend::Postgres, false);
+    let root = net.root.token.clone();
+    let approver = net.identity(&root, "approver", "approver", None);
+    net.ok("POST", "/api/v1/policies", &root, Some(json!({
+        "name": "hold", "priority": 10,
+        "rules": [{"action": "wallet.sign", "resource": "wallet:shared-*", "effect": "require_approval", "approvals": {"count": 1, "roles": ["approver"]}}],
+    })));
+    let wallet = net.wallet(&root, "shared-1", "frost-taproot", None);
+    let id = wallet["id"].as_str().unwrap().to_string();
+    let public_key = wallet["publicKey"].as_str().unwrap().to_string();
+    let (replica, mut replica_process) = net.start_replica("replica-b");
+    let mut requests = Vec::new();
+    for index in 0..12u8 {
+        let message = [0x50 + index; 32];
+        let (status, answer) = net.call(
+            "POST",
+            &format!("/api/v1/wallets/{id}/sign"),
+            Some(&root),
+            Some(json!({"digest": hex::encode(message)})),
+        );
+        assert_eq!(status, 202, "{answer}");
+        requests.push((
+            answer["requestId"].as_str().unwrap().to_string(),
+            answer["approvalId"].as_str().unwrap().to_string(),
+            message,
+        ));
+    }
+    // Approvals arrive through both replicas; both workers pick up work.
+    for (index, (_, approval, _)) in requests.iter().enumerate() {
+        let path = format!("/api/v1/approvals/{approval}/approve");
+        let response = if index % 2 == 0 {
+            net.call("POST", &path, Some(&approver.token), Some(json!({})))
+        } else {
+            let answer = custos_testnet::http::send(
+                replica,
+                "POST",
+                &path,
+                Some(&approver.token),
+                Some("{}"),
+                std::time::Duration::from_secs(60),
+            )
+            .unwrap();
+            (answer.status, serde_json::from_str(&answer.body).unwrap())
+        };
+        assert_eq!(response.0, 200, "{}", response.1);
+    }
+    for (request, _, message) in &requests {
+        let done = net.wait_for(&root, request, &["signed", "failed", "rejected"]);
+        assert_eq!(done["status"], "signed", "{done}");
+        verify_taproot(&public_key, message, done["signature"].as_str().unwrap());
+    }
+    let audit = net.ok(
+        "GET",
+        "/api/v1/audit?action=wallet.sign.execute&limit=1000",
+        &root,
+        None,
+    );
+    let mut executions: HashMap<String, usize> = HashMap::new();
+    let mut by_replica: HashMap<String, usize> = HashMap::new();
+    for item in audit["items"].as_array().unwrap() {
+        *executions
+            .entry(item["requestId"].as_str().unwrap().to_string())
+            .or_default() += 1;
+        let replica = item["detail"]["replica"].as_str().unwrap_or_default();
+        *by_replica.entry(replica.to_string()).or_default() += 1;
+    }
+    eprintln!("executions by replica: {by_replica:?}");
+    for (request, _, _) in &requests {
+        assert_eq!(
+            executions.get(request),
+            Some(&1),
+            "{request} executed once: {executions:?}"
+        );
+    }
+    let _ = replica_process.kill();
+    let _ = replica_process.wait();
 }
 
 fn verify_taproot(public_key: &str, message: &[u8; 32], signature: &str) {

@@ -64,10 +64,14 @@ impl Server {
     }
 
     pub async fn start_on(dir: tempfile::TempDir, database_url: String) -> Server {
+        Self::start_with(dir, database_url, "rate_limit_per_sec = 1000\n").await
+    }
+
+    /// Starts with extra configuration lines (TOML).
+    pub async fn start_with(dir: tempfile::TempDir, database_url: String, extra: &str) -> Server {
         let config = custos_control_plane::config::Config::parse(
             &format!(
-                "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ndatabase_url = \"{database_url}\"\n\
-                 rate_limit_per_sec = 1000\n",
+                "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ndatabase_url = \"{database_url}\"\n{extra}",
                 dir.path().display()
             ),
             [],
@@ -123,6 +127,20 @@ impl Server {
         }
         if let Some(task) = self.task.take() {
             task.await.unwrap().unwrap();
+        }
+        if let Some(name) = self
+            .database_url
+            .strip_prefix("postgres://")
+            .and_then(|rest| rest.rsplit('/').next())
+        {
+            let pool = sqlx::AnyPool::connect(&postgres_admin_url()).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
         }
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         (dir, self.database_url.clone())

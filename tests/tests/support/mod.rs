@@ -15,6 +15,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+/// Tests of one binary take turns: two cores run one deployment's
+/// protocol sessions within their deadlines, not three at once.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -272,6 +279,65 @@ impl Testnet {
         }
     }
 
+    /// Starts a second control-plane replica on the same database, nodes
+    /// and coordinator key (what a production deployment of several
+    /// replicas behind a load balancer does). Answers its address and
+    /// process; the caller kills it.
+    pub fn start_replica(&self, name: &str) -> (SocketAddr, Child) {
+        let source = self.dir.path().join("control-plane");
+        let data_dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&data_dir).unwrap();
+        std::fs::copy(
+            source.join("coordinator.key"),
+            data_dir.join("coordinator.key"),
+        )
+        .unwrap();
+        let port = free_port();
+        let config = std::fs::read_to_string(source.join("custos.toml")).unwrap();
+        let mut lines: Vec<String> = config
+            .lines()
+            .filter(|line| {
+                !line.starts_with("listen =")
+                    && !line.starts_with("data_dir =")
+                    && !line.starts_with("database_url =")
+                    && !line.starts_with("replica_id =")
+            })
+            .map(str::to_string)
+            .collect();
+        lines.insert(
+            0,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\ndatabase_url = \"{}\"\nreplica_id = \"{name}\"",
+                data_dir.display(),
+                self.database_url
+            ),
+        );
+        let path = data_dir.join("custos.toml");
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let log = std::fs::File::create(self.dir.path().join("logs").join(format!("{name}.log")))
+            .unwrap();
+        let child = Command::new(bin_dir().join("custos"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info,libp2p=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let started = Instant::now();
+        while custos_testnet::http::get(address, "/api/v1/sys/health", None).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "replica {name} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (address, child)
+    }
+
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join("logs").join(format!("{name}.log")))
             .unwrap_or_default()
@@ -357,8 +423,9 @@ impl Testnet {
                 return answer;
             }
             assert!(
-                started.elapsed() < Duration::from_secs(240),
-                "request {request} stuck: {answer}"
+                started.elapsed() < Duration::from_secs(600),
+                "request {request} stuck: {answer}\n{}",
+                tail(&self.log("control-plane"), 60)
             );
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -385,6 +452,12 @@ impl Drop for Testnet {
             });
         }
     }
+}
+
+/// The last `lines` lines of a log.
+pub fn tail(log: &str, lines: usize) -> String {
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// The current RFC 6238 code of an `otpauth://` URI (written here, apart
