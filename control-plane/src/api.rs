@@ -650,11 +650,12 @@ async fn enroll_mfa(
     caller: Caller,
     Path(id): Path<String>,
 ) -> AppResult<Json<Value>> {
-    // An identity enrols itself; an admin may (re-)enrol one of its org.
-    if id != caller.identity && caller.role != Role::Admin {
+    // Only the identity itself enrols: whoever sees the otpauth URI can
+    // produce its codes, so not even an admin may see another's.
+    if id != caller.identity {
         return Err(AppError::forbidden(
             "forbidden",
-            "only the identity itself or an admin enrols MFA",
+            "an identity enrols its own MFA",
         ));
     }
     let row = sqlx::query("SELECT name FROM identities WHERE id = $1 AND org_id = $2")
