@@ -289,6 +289,15 @@ impl AuxInfo {
             .map_err(|_| Error::InvalidArgument("aux info is inconsistent with the key share"))
     }
 
+    /// Whether [`AuxInfo::precompute`] has run: every party's multiexp table
+    /// is present.
+    pub fn is_precomputed(&self) -> bool {
+        self.aux
+            .parties
+            .iter()
+            .all(|party| party.multiexp.is_some())
+    }
+
     /// Precomputes multi-exponentiation tables and CRT parameters: faster
     /// signing for a much larger share (see ARCHITECTURE.md for the figures).
     pub fn precompute(&mut self) -> Result<(), Error> {

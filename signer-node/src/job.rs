@@ -303,6 +303,10 @@ pub enum JobOutput {
         wallets: usize,
         /// Pooled primes.
         primes: usize,
+        /// Committees whose aux info is precomputed in memory (absent from
+        /// nodes older than this field: zero).
+        #[serde(default)]
+        aux_precomputed: usize,
     },
     /// Aux info is stored for the committee.
     AuxInfo,

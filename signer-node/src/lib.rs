@@ -17,6 +17,7 @@
 
 pub mod config;
 pub mod coordinator;
+pub mod decoded;
 pub mod http;
 pub mod job;
 pub mod master_key;

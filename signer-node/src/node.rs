@@ -16,7 +16,7 @@ use custos_protocol::keygen::{self, KeygenRun};
 use custos_protocol::primes::Primes;
 use custos_protocol::reshare::{self, ReshareOutput, ReshareRun};
 use custos_protocol::schnorr;
-use custos_protocol::share::{KeyCurve, KeyShare, PublicKeyInfo};
+use custos_protocol::share::{AuxInfo, KeyCurve, KeyShare, PublicKeyInfo};
 use custos_protocol::wire::{Envelope, Recipient};
 use custos_protocol::{
     Committee, Ed25519, ExecutionId, PartyId, ProtocolKind, Quorum, RequestId, Secp256k1,
@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::config::{Deadlines, NodeConfig};
+use crate::decoded::Decoded;
 use crate::job::{
     check_replay, Curve, Job, JobBody, JobError, JobOutput, ReplayDecision, ReplayRecord, Scheme,
     SignedJob,
@@ -206,6 +207,12 @@ pub struct Node {
     /// Serialises read-modify-write of the persisted prime pool between the
     /// background filler and aux-info jobs.
     pool: tokio::sync::Mutex<()>,
+    /// Decoded shares and aux info: the signing path reads these, not the
+    /// store (see `decoded`).
+    decoded: Decoded,
+    /// Held while aux info is written to the store and swapped in memory,
+    /// so the store and memory agree on one value per committee.
+    aux_writes: Mutex<()>,
 }
 
 fn now_unix() -> u64 {
@@ -235,6 +242,8 @@ impl Node {
             deadlines: config.deadlines.clone(),
             in_flight: Mutex::new(HashSet::new()),
             pool: tokio::sync::Mutex::new(()),
+            decoded: Decoded::default(),
+            aux_writes: Mutex::new(()),
         }))
     }
 
@@ -382,10 +391,14 @@ impl Node {
             .prime_pool()
             .map_err(|error| JobError::Refused(error.to_string()))?
             .len();
-        Ok(JobOutput::Health { wallets, primes })
+        Ok(JobOutput::Health {
+            wallets,
+            primes,
+            aux_precomputed: self.decoded.aux_precomputed(),
+        })
     }
 
-    async fn execute(&self, job: &Job) -> Result<JobOutput, JobError> {
+    async fn execute(self: &Arc<Self>, job: &Job) -> Result<JobOutput, JobError> {
         let refused = |error: custos_protocol::Error| JobError::Refused(error.to_string());
         match &job.body {
             JobBody::Health => self.health(),
@@ -454,6 +467,7 @@ impl Node {
                         deleted.push(older.0);
                     }
                 }
+                self.decoded.retire_below(*wallet, *generation);
                 tracing::info!(wallet = %hex::encode(wallet.0), ?deleted, "resharing committed: older shares deleted");
                 Ok(JobOutput::Committed { deleted })
             }
@@ -489,15 +503,24 @@ impl Node {
                     .session(Deadlines::get(self.deadlines.aux_info_secs))
                     .map_err(refused)?;
                 let aux = self
-                    .run_session(session, |party| async move {
+                    .run_session(session, move |party| async move {
                         let mut rng = rand_core::OsRng;
                         ecdsa::aux_info(&run, primes, party, &mut rng).await
                     })
                     .await
                     .map_err(refused)?;
-                self.store
-                    .put_aux(&aux)
-                    .map_err(|error| JobError::Refused(error.to_string()))?;
+                let aux = Arc::new(aux);
+                {
+                    let _writes = self
+                        .aux_writes
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    self.store
+                        .put_aux(&aux)
+                        .map_err(|error| JobError::Refused(error.to_string()))?;
+                    self.decoded.install_aux(aux.clone());
+                }
+                self.clone().precompute_aux(aux);
                 Ok(JobOutput::AuxInfo)
             }
             JobBody::Sign {
@@ -510,7 +533,7 @@ impl Node {
             } => {
                 let signature = match scheme.curve() {
                     Curve::Secp256k1 => {
-                        let share: KeyShare<Secp256k1> = self.load_share(*wallet, *generation)?;
+                        let share = self.load_share::<Secp256k1>(*wallet, *generation)?;
                         let run = self.sign_run(&share, job, quorum)?;
                         let digest: [u8; 32] = payload.as_slice().try_into().map_err(|_| {
                             JobError::Refused(
@@ -518,13 +541,7 @@ impl Node {
                             )
                         })?;
                         if *scheme == Scheme::Ecdsa {
-                            let aux = self
-                                .store
-                                .aux(&share.committee)
-                                .map_err(|error| JobError::Refused(error.to_string()))?
-                                .ok_or_else(|| {
-                                    JobError::Refused("no aux info for this committee".into())
-                                })?;
+                            let aux = self.load_aux(&share.committee)?;
                             let session = run
                                 .session(
                                     ProtocolKind::SignEcdsa,
@@ -533,7 +550,7 @@ impl Node {
                                 .map_err(refused)?;
                             let path = path.clone();
                             let signature = self
-                                .run_session(session, |party| async move {
+                                .run_session(session, move |party| async move {
                                     let mut rng = rand_core::OsRng;
                                     ecdsa::sign(&share, &aux, &run, &digest, &path, party, &mut rng)
                                         .await
@@ -549,7 +566,7 @@ impl Node {
                                 )
                                 .map_err(refused)?;
                             let path = path.clone();
-                            self.run_session(session, |party| async move {
+                            self.run_session(session, move |party| async move {
                                 let mut rng = rand_core::OsRng;
                                 schnorr::sign_taproot(&share, &run, &digest, &path, party, &mut rng)
                                     .await
@@ -560,7 +577,7 @@ impl Node {
                         }
                     }
                     Curve::Ed25519 => {
-                        let share: KeyShare<Ed25519> = self.load_share(*wallet, *generation)?;
+                        let share = self.load_share::<Ed25519>(*wallet, *generation)?;
                         let run = self.sign_run(&share, job, quorum)?;
                         let session = run
                             .session(
@@ -569,7 +586,7 @@ impl Node {
                             )
                             .map_err(refused)?;
                         let (payload, path) = (payload.clone(), path.clone());
-                        self.run_session(session, |party| async move {
+                        self.run_session(session, move |party| async move {
                             let mut rng = rand_core::OsRng;
                             schnorr::sign_ed25519(&share, &run, &payload, &path, party, &mut rng)
                                 .await
@@ -607,15 +624,13 @@ impl Node {
         let session = run.session::<E>(deadline).map_err(refused)?;
         let run = run.clone();
         let share: KeyShare<E> = self
-            .run_session(session, |party| async move {
+            .run_session(session, move |party| async move {
                 let mut rng = rand_core::OsRng;
                 keygen::keygen::<E, _, _>(&run, party, &mut rng).await
             })
             .await
             .map_err(refused)?;
-        self.store
-            .put_share(&share)
-            .map_err(|error| JobError::Refused(error.to_string()))?;
+        let share = self.keep_share(share)?;
         Ok(JobOutput::Keygen {
             public_key: share.public_key().to_bytes(true).to_vec(),
             chain_code: share.chain_code().unwrap_or_default(),
@@ -660,17 +675,15 @@ impl Node {
             .session(Deadlines::get(self.deadlines.keygen_secs))
             .map_err(refused)?;
         let output = self
-            .run_session(session, |party| async move {
+            .run_session(session, move |party| async move {
                 let mut rng = rand_core::OsRng;
-                reshare::reshare(&run, share.as_ref(), party, &mut rng).await
+                reshare::reshare(&run, share.as_deref(), party, &mut rng).await
             })
             .await
             .map_err(refused)?;
         match output {
             ReshareOutput::NewShare(new_share) => {
-                self.store
-                    .put_share(&new_share)
-                    .map_err(|error| JobError::Refused(error.to_string()))?;
+                let new_share = self.keep_share(new_share)?;
                 Ok(JobOutput::Reshared {
                     public_key: new_share.public_key().to_bytes(true).to_vec(),
                     chain_code: new_share.chain_code().unwrap_or_default(),
@@ -680,17 +693,111 @@ impl Node {
         }
     }
 
+    /// The share of `wallet` at `generation`: decoded from memory, or read
+    /// from the store once and kept.
     fn load_share<E: KeyCurve>(
         &self,
         wallet: custos_protocol::WalletId,
         generation: custos_protocol::KeyGeneration,
-    ) -> Result<KeyShare<E>, JobError> {
+    ) -> Result<Arc<KeyShare<E>>, JobError> {
+        if let Some(share) = self.decoded.share::<E>(wallet, generation) {
+            return Ok(share);
+        }
+        let share = Arc::new(
+            self.store
+                .share::<E>(wallet, generation)
+                .map_err(|error| JobError::Refused(error.to_string()))?
+                .ok_or_else(|| {
+                    JobError::Refused("no share of that wallet and generation on this node".into())
+                })?,
+        );
+        self.decoded.put_share(share.clone());
+        Ok(share)
+    }
+
+    /// Stores a new share and keeps it decoded.
+    fn keep_share<E: KeyCurve>(&self, share: KeyShare<E>) -> Result<Arc<KeyShare<E>>, JobError> {
         self.store
-            .share::<E>(wallet, generation)
-            .map_err(|error| JobError::Refused(error.to_string()))?
-            .ok_or_else(|| {
-                JobError::Refused("no share of that wallet and generation on this node".into())
+            .put_share(&share)
+            .map_err(|error| JobError::Refused(error.to_string()))?;
+        let share = Arc::new(share);
+        self.decoded.put_share(share.clone());
+        Ok(share)
+    }
+
+    /// This node's aux info for `committee`: from memory, or read from the
+    /// store once and kept. Starts the background precomputation when the
+    /// value is plain.
+    fn load_aux(self: &Arc<Self>, committee: &Committee) -> Result<Arc<AuxInfo>, JobError> {
+        let aux = match self.decoded.aux(committee) {
+            Some(aux) => aux,
+            None => {
+                let aux = Arc::new(
+                    self.store
+                        .aux(committee)
+                        .map_err(|error| JobError::Refused(error.to_string()))?
+                        .ok_or_else(|| {
+                            JobError::Refused("no aux info for this committee".into())
+                        })?,
+                );
+                self.decoded.insert_aux_if_absent(aux)
+            }
+        };
+        if !aux.is_precomputed() {
+            self.clone().precompute_aux(aux.clone());
+        }
+        Ok(aux)
+    }
+
+    /// Precomputes `aux` (about 8 s of CPU, see ARCHITECTURE.md) on a
+    /// blocking thread, stores the result sealed and swaps it into memory.
+    /// Signing meanwhile uses the plain value; at most one run per committee.
+    fn precompute_aux(self: Arc<Self>, aux: Arc<AuxInfo>) {
+        if !self.decoded.start_precompute(&aux.committee) {
+            return;
+        }
+        tokio::spawn(async move {
+            let committee = aux.committee.clone();
+            let started = Instant::now();
+            let node = self.clone();
+            let outcome = tokio::task::spawn_blocking(move || {
+                let mut precomputed = (*aux).clone();
+                precomputed
+                    .precompute()
+                    .map_err(|error| error.to_string())?;
+                // Only the value still in use is replaced: a newer aux-info
+                // run of the committee wins over this precomputation.
+                let _writes = node
+                    .aux_writes
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if !node.decoded.is_current_aux(&aux) {
+                    return Ok(false);
+                }
+                node.store
+                    .put_aux(&precomputed)
+                    .map_err(|error| error.to_string())?;
+                node.decoded.install_aux(Arc::new(precomputed));
+                Ok::<_, String>(true)
             })
+            .await;
+            match outcome {
+                Ok(Ok(true)) => {
+                    metrics::gauge!("custos_signer_aux_precomputed")
+                        .set(self.decoded.aux_precomputed() as f64);
+                    tracing::info!(
+                        seconds = started.elapsed().as_secs_f64(),
+                        "aux info precomputed and stored"
+                    );
+                }
+                Ok(Ok(false)) => {
+                    tracing::info!("aux info precomputation superseded by a newer run")
+                }
+                Ok(Err(error)) => tracing::error!(%error, "aux info precomputation failed"),
+                Err(error) => tracing::error!(%error, "aux info precomputation panicked"),
+            }
+            self.decoded.finish_precompute(&committee);
+        });
     }
 
     fn sign_run<E: KeyCurve>(
@@ -774,20 +881,30 @@ impl Node {
     }
 
     /// Runs one protocol session over the network through the driver.
+    ///
+    /// CGGMP21 sessions (aux info, ECDSA signing) compute for hundreds of
+    /// milliseconds between awaits. They run on a blocking-pool thread of
+    /// their own, so the runtime's worker threads stay free for the swarm
+    /// and for every other session's frames: a node computing never stalls
+    /// its peers. The cheap protocols (keygen, FROST, resharing) stay on the
+    /// runtime, where a thread hand-off would cost more than the work.
     async fn run_session<M, T, Fut>(
         &self,
         session: Session,
         protocol: impl FnOnce(
-            driver::Party<
-                M,
-                tokio_stream_adapter::Inbox,
-                futures::channel::mpsc::UnboundedSender<OutboundFrame>,
-            >,
-        ) -> Fut,
+                driver::Party<
+                    M,
+                    tokio_stream_adapter::Inbox,
+                    futures::channel::mpsc::UnboundedSender<OutboundFrame>,
+                >,
+            ) -> Fut
+            + Send
+            + 'static,
     ) -> Result<T, custos_protocol::Error>
     where
-        M: round_based_bounds::Message,
-        Fut: std::future::Future<Output = Result<T, custos_protocol::Error>>,
+        M: round_based_bounds::Message + 'static,
+        T: Send + 'static,
+        Fut: std::future::Future<Output = Result<T, custos_protocol::Error>> + Send + 'static,
     {
         let started = Instant::now();
         let kind = session.kind;
@@ -818,7 +935,21 @@ impl Node {
                 }
             }
         });
-        let (result, report) = driver::run(session, inbox, outgoing, protocol).await;
+        let drive = driver::run(session, inbox, outgoing, protocol);
+        let (result, report) = if matches!(kind, ProtocolKind::SignEcdsa | ProtocolKind::AuxInfo) {
+            let runtime = tokio::runtime::Handle::current();
+            match tokio::task::spawn_blocking(move || runtime.block_on(drive)).await {
+                Ok(outcome) => outcome,
+                Err(_) => (
+                    Err(custos_protocol::Error::OutputCheck(
+                        "session thread panicked",
+                    )),
+                    driver::SessionReport::default(),
+                ),
+            }
+        } else {
+            drive.await
+        };
         self.router.close(&id);
         // Frames already queued still go out: peers may need our last round.
         let _ = tokio::time::timeout(Duration::from_secs(5), forwarder).await;

@@ -31,6 +31,7 @@ use custos_protocol::{
     driver, Committee, Ed25519, KeyGeneration, PartyId, ProtocolKind, Quorum, RequestId, Secp256k1,
     WalletId,
 };
+use custos_signer_node::decoded::Decoded;
 use custos_signer_node::master_key::{MasterKey, MasterKeyConfig, MasterKeyError, Pin};
 use custos_signer_node::store::{ShareStore, StoreError, StoredWallet};
 
@@ -1303,4 +1304,61 @@ fn store_refuses_values_of_other_parties_and_bad_namespaces() {
         assert!(store.records(namespace).is_err());
     }
     assert!(files_under(&dir.path().join("store").join("shares")).is_empty());
+}
+
+// ---- the node's in-memory cache of decoded values -------------------------
+
+#[test]
+fn decoded_cache_never_brings_back_a_generation_retired_by_a_commit() {
+    let decoded = Decoded::default();
+    let shares = keygen::<Secp256k1>(WALLET_A, 3, 2);
+    let old = Arc::new(shares[0].clone());
+    let new = Arc::new(as_generation(&shares[0], 1));
+    decoded.put_share(old.clone());
+    decoded.put_share(new.clone());
+    assert!(decoded
+        .share::<Secp256k1>(WALLET_A, KeyGeneration(0))
+        .is_some());
+    // A share of another curve under the same key is not served from memory.
+    assert!(decoded
+        .share::<Ed25519>(WALLET_A, KeyGeneration(0))
+        .is_none());
+
+    decoded.retire_below(WALLET_A, KeyGeneration(1));
+    assert!(decoded
+        .share::<Secp256k1>(WALLET_A, KeyGeneration(0))
+        .is_none());
+    assert!(decoded
+        .share::<Secp256k1>(WALLET_A, KeyGeneration(1))
+        .is_some());
+    // A reader that loaded generation 0 before the deletion and caches it
+    // afterwards must not resurrect it.
+    decoded.put_share(old);
+    assert!(decoded
+        .share::<Secp256k1>(WALLET_A, KeyGeneration(0))
+        .is_none());
+    assert_eq!(decoded.shares_len(), 1);
+}
+
+#[test]
+fn decoded_cache_keeps_the_newest_aux_info_of_a_committee() {
+    let decoded = Decoded::default();
+    let plain = Arc::new(aux_info(3).remove(0));
+    assert!(!plain.is_precomputed());
+    decoded.install_aux(plain.clone());
+    assert!(decoded.is_current_aux(&plain));
+    // A value read from the store does not replace one installed meanwhile.
+    let read_later = Arc::new((*plain).clone());
+    let kept = decoded.insert_aux_if_absent(read_later.clone());
+    assert!(Arc::ptr_eq(&kept, &plain));
+    assert!(!decoded.is_current_aux(&read_later));
+    // A new aux-info run replaces it: a precomputation of the old value then
+    // sees that it is no longer current and is discarded by the node.
+    decoded.install_aux(read_later.clone());
+    assert!(!decoded.is_current_aux(&plain));
+    assert_eq!(decoded.aux_precomputed(), 0);
+    assert!(decoded.start_precompute(&plain.committee));
+    assert!(!decoded.start_precompute(&plain.committee));
+    decoded.finish_precompute(&plain.committee);
+    assert!(decoded.start_precompute(&plain.committee));
 }
