@@ -38,11 +38,12 @@ use crate::signing::{self, SignInput};
 use crate::state::AppState;
 use crate::wallets::{self, Protocol, Wallet};
 
+mod sys;
+
 /// The router over `state`.
 pub fn app(state: Arc<AppState>) -> Router {
     let body_limit = state.config.body_limit_bytes;
     let timed = Router::new()
-        .route("/api/v1/sys/health", get(health))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics_text))
         .route("/api/v1/auth/token", post(token))
@@ -75,7 +76,12 @@ pub fn app(state: Arc<AppState>) -> Router {
     let slow = Router::new().route("/api/v1/nodes/committees", post(prepare_committee));
     timed
         .merge(slow)
+        .merge(sys::routes())
         .fallback(|| async { AppError::not_found("route") })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            sys::sealed_gate,
+        ))
         .layer(RequestBodyLimitLayer::new(body_limit))
         .layer(middleware::from_fn(record_metrics))
         .layer(CatchPanicLayer::custom(|_panic| {
@@ -425,10 +431,6 @@ async fn audited_read(
 
 // ---- System ----
 
-async fn health() -> Json<Value> {
-    Json(json!({"status": "ok", "sealed": false, "version": env!("CARGO_PKG_VERSION")}))
-}
-
 async fn openapi() -> Json<Value> {
     Json(crate::openapi::document())
 }
@@ -667,10 +669,20 @@ async fn enroll_mfa(
     let name: String = row.try_get("name")?;
     let secret = crate::totp::TotpSecret::generate();
     let mut tx = state.db.begin().await?;
+    let sealed = state
+        .keyring
+        .seal_record(
+            &mut tx,
+            &caller.org,
+            signing::TOTP_RECORD,
+            &id,
+            secret.as_bytes(),
+        )
+        .await?;
     sqlx::query(
         "UPDATE identities SET totp_secret = $1, totp_last_step = 0 WHERE id = $2 AND org_id = $3",
     )
-    .bind(secret.as_bytes().to_vec())
+    .bind(sealed)
     .bind(&id)
     .bind(&caller.org)
     .execute(&mut *tx)

@@ -136,7 +136,7 @@ impl Caller {
 }
 
 /// A new identity's credentials (the secret exists only in this answer).
-#[derive(Clone, Serialize)]
+#[derive(Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NewCredentials {
     /// Identity id.

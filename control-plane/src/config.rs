@@ -7,17 +7,30 @@
 //! database_url = "postgres://custos@db/custos"   # default: SQLite in data_dir
 //! replica_id = "cp-1"                            # default: derived from data_dir
 //!
+//! [seal]
+//! mode = "shamir"        # shamir (default) | hsm | env (development)
+//!
+//! [seal.pkcs11]          # mode = "hsm"
+//! module = "/usr/lib/softhsm/libsofthsm2.so"
+//! token_label = "custos"
+//! pin = "…"              # or CUSTOS_SEAL_PIN
+//! key_label = "custos-control-plane-master"
+//!
 //! [[nodes]]
 //! name = "node-1"
 //! id = "<64 hex: the node's party id>"
 //! address = "/ip4/10.0.0.2/tcp/7100"
 //! http = "10.0.0.2:7180"
 //! ```
+//!
+//! The `env` seal mode reads the master key (64 hex characters) from
+//! `CUSTOS_MASTER_KEY`; it is for development and warns at start unless
+//! `dev_mode = true`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A signer node in the registry.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -32,6 +45,72 @@ pub struct NodeEntry {
     /// The node's operator HTTP endpoint (`/healthz`).
     #[serde(default)]
     pub http: Option<String>,
+}
+
+/// Where the master key of the keyring comes from (see `keyring`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SealMode {
+    /// Split into Shamir shares at `sys/init`; operators unseal.
+    #[default]
+    Shamir,
+    /// A non-extractable key in a PKCS#11 token; unseals itself at start.
+    Hsm,
+    /// From the `CUSTOS_MASTER_KEY` environment variable: development only.
+    Env,
+}
+
+/// A secret setting: never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct SecretSetting(String);
+
+impl SecretSetting {
+    /// The secret text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretSetting(redacted)")
+    }
+}
+
+/// The PKCS#11 token of the `hsm` seal mode.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Settings {
+    /// The PKCS#11 module (shared library).
+    pub module: PathBuf,
+    /// The token's label.
+    pub token_label: String,
+    /// The token's user PIN (`CUSTOS_SEAL_PIN` overrides).
+    pub pin: SecretSetting,
+    /// The label of the master key in the token.
+    #[serde(default = "default_key_label")]
+    pub key_label: String,
+}
+
+fn default_key_label() -> String {
+    "custos-control-plane-master".into()
+}
+
+/// The `[seal]` section.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealSettings {
+    /// Where the master key comes from.
+    #[serde(default)]
+    pub mode: SealMode,
+    /// `env` mode: the master key, 64 hex characters
+    /// (`CUSTOS_MASTER_KEY`).
+    #[serde(default)]
+    pub master_key: Option<SecretSetting>,
+    /// `hsm` mode: the token.
+    #[serde(default)]
+    pub pkcs11: Option<Pkcs11Settings>,
 }
 
 /// The control plane's settings.
@@ -61,6 +140,13 @@ pub struct Config {
     /// How long a pending approval lives, seconds.
     #[serde(default = "default_approval_ttl")]
     pub approval_ttl_secs: u64,
+    /// Development deployment (the testnet): the `env` seal mode does not
+    /// warn.
+    #[serde(default)]
+    pub dev_mode: bool,
+    /// The keyring's master key.
+    #[serde(default)]
+    pub seal: SealSettings,
     /// Signer nodes.
     #[serde(default)]
     pub nodes: Vec<NodeEntry>,
@@ -98,6 +184,30 @@ impl Config {
     ) -> anyhow::Result<Config> {
         let mut document: toml::Table = toml::from_str(text)?;
         for (name, value) in environment {
+            // Settings of the [seal] section.
+            let seal_path: Option<&[&str]> = match name.as_str() {
+                "CUSTOS_MASTER_KEY" => Some(&["master_key"]),
+                "CUSTOS_SEAL_PIN" => Some(&["pkcs11", "pin"]),
+                _ => None,
+            };
+            if let Some(path) = seal_path {
+                let mut table = document
+                    .entry("seal")
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                for (depth, key) in path.iter().enumerate() {
+                    let Some(inner) = table.as_table_mut() else {
+                        break;
+                    };
+                    if depth + 1 == path.len() {
+                        inner.insert((*key).into(), toml::Value::String(value.clone()));
+                        break;
+                    }
+                    table = inner
+                        .entry(*key)
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                }
+                continue;
+            }
             let key = match name.as_str() {
                 "CUSTOS_LISTEN" => "listen",
                 "CUSTOS_DATA_DIR" => "data_dir",
@@ -116,6 +226,17 @@ impl Config {
         self.database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("custos.db").display()))
+    }
+
+    /// The PKCS#11 master key of the `hsm` seal mode, if configured.
+    pub fn pkcs11_master_key(&self) -> Option<custos_signer_node::master_key::MasterKeyConfig> {
+        let settings = self.seal.pkcs11.as_ref()?;
+        Some(custos_signer_node::master_key::MasterKeyConfig::Pkcs11 {
+            module: settings.module.clone(),
+            token_label: settings.token_label.clone(),
+            pin: custos_signer_node::master_key::Pin::new(settings.pin.expose()),
+            key_label: settings.key_label.clone(),
+        })
     }
 
     /// The coordinator's key file.

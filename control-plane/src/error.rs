@@ -106,6 +106,29 @@ impl From<sqlx::Error> for AppError {
     }
 }
 
+impl From<crate::keyring::KeyringError> for AppError {
+    fn from(error: crate::keyring::KeyringError) -> Self {
+        use crate::keyring::KeyringError as K;
+        match &error {
+            K::Sealed => AppError::unavailable("sealed", error.to_string()),
+            K::NotInitialized => AppError::conflict("not_initialized", error.to_string()),
+            K::AlreadyInitialized => AppError::conflict("already_initialized", error.to_string()),
+            K::ModeMismatch { .. } => {
+                AppError::bad_request("seal_mode_mismatch", error.to_string())
+            }
+            K::InvalidParameters(_) => {
+                AppError::invalid("invalid_seal_parameters", error.to_string())
+            }
+            K::InvalidShare(_) => AppError::bad_request("invalid_unseal_share", error.to_string()),
+            K::DuplicateShare => AppError::conflict("duplicate_unseal_share", error.to_string()),
+            K::UnsealFailed => AppError::bad_request("unseal_failed", error.to_string()),
+            K::Corrupt(_) | K::MasterKey(_) | K::Database(_) => {
+                AppError::internal("keyring", &error)
+            }
+        }
+    }
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let mut response = self.status.into_response();

@@ -19,6 +19,7 @@ pub mod chain;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod keyring;
 pub mod nodes;
 pub mod openapi;
 pub mod orgs;
@@ -27,6 +28,7 @@ pub mod signatures;
 pub mod signing;
 pub mod state;
 pub mod totp;
+pub mod transit;
 pub mod wallets;
 
 use std::future::Future;
@@ -37,8 +39,9 @@ use std::time::Duration;
 use custos_signer_node::coordinator::Coordinator;
 use ed25519_dalek::SigningKey;
 
-use crate::config::Config;
+use crate::config::{Config, SealMode};
 use crate::db::Db;
+use crate::keyring::Keyring;
 use crate::nodes::Registry;
 use crate::state::{AppState, RateLimiter};
 
@@ -76,6 +79,68 @@ pub fn load_or_create_coordinator_key(path: &std::path::Path) -> anyhow::Result<
     Ok(key)
 }
 
+/// Loads the keyring and, for the backends that can, unseals it: `env`
+/// (initializing it on the first start) and `hsm` (once initialized).
+/// Shamir starts sealed (or uninitialized) and waits for the operators.
+async fn open_keyring(config: &Config, db: &Db) -> anyhow::Result<Keyring> {
+    let mut conn = db.pool().acquire().await?;
+    let keyring = Keyring::load(&mut conn, config.seal.mode).await?;
+    match config.seal.mode {
+        SealMode::Env => {
+            if !config.dev_mode {
+                tracing::warn!(
+                    "seal mode `env` keeps the master key in an environment variable: \
+                     for development only; use shamir or hsm in production"
+                );
+            }
+            let key = config
+                .seal
+                .master_key
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("seal mode env needs CUSTOS_MASTER_KEY"))?;
+            let key = parse_master_key(key.expose())?;
+            if keyring.is_initialized() {
+                keyring.unseal_env(key)?;
+            } else {
+                keyring.init_env(&mut conn, key).await?;
+            }
+        }
+        SealMode::Hsm => {
+            let master = config
+                .pkcs11_master_key()
+                .ok_or_else(|| anyhow::anyhow!("seal mode hsm needs a [seal.pkcs11] section"))?;
+            if keyring.is_initialized() {
+                keyring.unseal_hsm(&master)?;
+            } else {
+                tracing::warn!("not initialized: POST /api/v1/sys/init with {{\"hsm\": true}}");
+            }
+        }
+        SealMode::Shamir => {
+            if keyring.is_initialized() {
+                tracing::warn!(
+                    "sealed: unseal with the operators' shares (POST /api/v1/sys/unseal)"
+                );
+            } else {
+                tracing::warn!("not initialized: POST /api/v1/sys/init");
+            }
+        }
+    }
+    Ok(keyring)
+}
+
+/// A 32-byte master key from 64 hex characters.
+fn parse_master_key(text: &str) -> anyhow::Result<custos_protocol::seal::SealingKey> {
+    let bytes = zeroize::Zeroizing::new(
+        hex::decode(text.trim())
+            .map_err(|_| anyhow::anyhow!("CUSTOS_MASTER_KEY must be 64 hex characters"))?,
+    );
+    let key: [u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("CUSTOS_MASTER_KEY must be 64 hex characters"))?;
+    Ok(custos_protocol::seal::SealingKey::from_bytes(key))
+}
+
 /// What `run` reports once it listens.
 #[derive(Clone, Debug)]
 pub struct Started {
@@ -97,14 +162,21 @@ pub async fn run(
         std::fs::create_dir_all(&config.data_dir)?;
     }
     let db = Db::connect(&database_url).await?;
+    let keyring = Arc::new(open_keyring(&config, &db).await?);
     let key = load_or_create_coordinator_key(&config.coordinator_key_path())?;
     let registry = Arc::new(Registry::from_config(&config.nodes)?);
     let coordinator = Arc::new(Coordinator::start(key, registry.node_infos()?)?);
     tracing::info!(coordinator = %hex::encode(coordinator.party().0), nodes = registry.nodes().len(), "coordinator started");
-    if let Some(credentials) = auth::bootstrap(&db)
-        .await
-        .map_err(|error| anyhow::anyhow!("{error}"))?
-    {
+    // With Shamir or HSM seal the root credentials come from `sys/init`;
+    // the development backend initializes itself, so they come from here.
+    let bootstrapped = if config.seal.mode == SealMode::Env {
+        auth::bootstrap(&db)
+            .await
+            .map_err(|error| anyhow::anyhow!("{error}"))?
+    } else {
+        None
+    };
+    if let Some(credentials) = bootstrapped {
         let line = serde_json::json!({"clientId": credentials.client_id, "clientSecret": credentials.client_secret});
         println!("CUSTOS_ROOT_CREDENTIALS {line}");
         use std::io::Write;
@@ -129,6 +201,7 @@ pub async fn run(
         registry: registry.clone(),
         worker_wake: tokio::sync::Notify::new(),
         metrics,
+        keyring,
     });
     signing::recover_own_leases(&state)
         .await

@@ -340,9 +340,18 @@ pub fn facts(
     }
 }
 
+/// The keyring record kind of TOTP secrets.
+pub const TOTP_RECORD: &str = "totp";
+
 /// Checks the caller's TOTP code (from the `x-custos-totp` header or an
-/// approval body), refusing reuse of a code's time step.
-pub async fn check_totp(tx: &mut Tx, identity: &str, code: Option<&str>) -> AppResult<()> {
+/// approval body), refusing reuse of a code's time step. The TOTP secret is
+/// stored sealed under the org's keyring (kind `totp`, the identity's id).
+pub async fn check_totp(
+    state: &AppState,
+    tx: &mut Tx,
+    identity: &str,
+    code: Option<&str>,
+) -> AppResult<()> {
     let Some(code) = code else {
         return Err(AppError::forbidden(
             "mfa_required",
@@ -350,20 +359,25 @@ pub async fn check_totp(tx: &mut Tx, identity: &str, code: Option<&str>) -> AppR
         ));
     };
     let row = sqlx::query(sqlx::AssertSqlSafe(
-        "SELECT totp_secret, totp_last_step FROM identities WHERE id = $1".to_string(),
+        "SELECT org_id, totp_secret, totp_last_step FROM identities WHERE id = $1".to_string(),
     ))
     .bind(identity)
     .fetch_one(&mut **tx)
     .await?;
-    let secret: Option<Vec<u8>> = row.try_get("totp_secret")?;
-    let Some(secret) = secret else {
+    let org: String = row.try_get("org_id")?;
+    let sealed: Option<Vec<u8>> = row.try_get("totp_secret")?;
+    let Some(sealed) = sealed else {
         return Err(AppError::forbidden(
             "mfa_not_enrolled",
             "this identity has no TOTP enrolled",
         ));
     };
     let last_step: i64 = row.try_get("totp_last_step")?;
-    let secret = crate::totp::TotpSecret::from_bytes(secret);
+    let secret = state
+        .keyring
+        .open_record(tx, &org, TOTP_RECORD, identity, &sealed)
+        .await?;
+    let secret = crate::totp::TotpSecret::from_bytes(secret.to_vec());
     match secret.verify(code, now_ms() / 1000) {
         Some(step) if step > last_step => {
             sqlx::query("UPDATE identities SET totp_last_step = $1 WHERE id = $2")
@@ -497,7 +511,7 @@ pub async fn submit(
         }
         Decision::Allow { require_mfa, .. } => {
             if *require_mfa {
-                if let Err(error) = check_totp(&mut tx, &caller.identity, totp).await {
+                if let Err(error) = check_totp(state, &mut tx, &caller.identity, totp).await {
                     tx.rollback().await?;
                     return Err(error);
                 }
@@ -1104,10 +1118,10 @@ pub async fn vote(
     }
     let mut mfa = false;
     if require_mfa && approve {
-        check_totp(&mut tx, &caller.identity, totp).await?;
+        check_totp(state, &mut tx, &caller.identity, totp).await?;
         mfa = true;
     } else if let Some(code) = totp {
-        check_totp(&mut tx, &caller.identity, Some(code)).await?;
+        check_totp(state, &mut tx, &caller.identity, Some(code)).await?;
         mfa = true;
     }
     let inserted = sqlx::query(
@@ -1385,6 +1399,14 @@ pub async fn work_once(state: &Arc<AppState>, limit: i64) -> AppResult<usize> {
 /// The worker loop: wakes every second or when notified.
 pub async fn worker(state: Arc<AppState>) {
     loop {
+        // Sealed: nothing runs until an operator unseals (which wakes this).
+        if state.keyring.is_sealed() {
+            tokio::select! {
+                _ = state.worker_wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        }
         if let Err(error) = work_once(&state, 64).await {
             tracing::warn!(%error, "signing worker pass failed");
         }

@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::db::Db;
+use crate::keyring::Keyring;
 use crate::nodes::Registry;
 
 /// Shared state.
@@ -30,6 +31,8 @@ pub struct AppState {
     pub limiter: RateLimiter,
     /// Prometheus text rendering.
     pub metrics: Option<PrometheusHandle>,
+    /// Seal state, the master key and the org root keys.
+    pub keyring: Arc<Keyring>,
 }
 
 impl AppState {

@@ -86,6 +86,10 @@ pub enum Error {
     /// The transport under the run closed before the run finished.
     #[error("transport closed during {0:?}")]
     TransportClosed(ProtocolKind),
+    /// The caller stopped the run: a newer attempt of the same request
+    /// replaced it.
+    #[error("{0:?} stopped: a newer attempt of the request replaced it")]
+    Superseded(ProtocolKind),
     /// The output failed an independent check (a signature that does not
     /// verify, a key share that does not validate). Nothing is returned.
     #[error("output check failed: {0}")]

@@ -241,6 +241,12 @@ enum Backend {
         key: SealingKey,
         path: PathBuf,
     },
+    /// A key held only in this process's memory (the control plane's
+    /// unsealed master key, rebuilt from Shamir shares).
+    Memory {
+        key: SealingKey,
+        name: String,
+    },
     Pkcs11 {
         /// One session per master key. PKCS#11 sessions must not be used from
         /// two threads at once; the mutex serialises wrap and unwrap, which
@@ -317,6 +323,18 @@ impl MasterKey {
         }
     }
 
+    /// A master key held in memory only: `key` came from elsewhere (Shamir
+    /// shares, an environment variable) and is gone when this value drops.
+    /// `name` says where it came from, for [`MasterKey::describe`].
+    pub fn in_memory(key: SealingKey, name: &str) -> Self {
+        Self {
+            backend: Backend::Memory {
+                key,
+                name: name.to_string(),
+            },
+        }
+    }
+
     /// Opens an existing key. File: reads exactly 32 bytes from a file that
     /// group and others cannot access. PKCS#11: finds the token by label (the
     /// slot number is not stable: SoftHSM2 assigns large random-looking
@@ -368,15 +386,17 @@ impl MasterKey {
         OsRng.fill_bytes(&mut iv);
         let aad = associated_data(context);
         let ciphertext = match &self.backend {
-            Backend::File { key, .. } => Aes256Gcm::new(key.expose_bytes().into())
-                .encrypt(
-                    Nonce::from_slice(&iv),
-                    Payload {
-                        msg: data_key.expose_bytes(),
-                        aad: &aad,
-                    },
-                )
-                .map_err(|_| MasterKeyError::Wrap)?,
+            Backend::File { key, .. } | Backend::Memory { key, .. } => {
+                Aes256Gcm::new(key.expose_bytes().into())
+                    .encrypt(
+                        Nonce::from_slice(&iv),
+                        Payload {
+                            msg: data_key.expose_bytes(),
+                            aad: &aad,
+                        },
+                    )
+                    .map_err(|_| MasterKeyError::Wrap)?
+            }
             Backend::Pkcs11 { session, key, .. } => {
                 // GcmParams borrows the IV mutably (PKCS#11 3.0 lets a token
                 // write a generated IV back); SoftHSM2 uses it as given.
@@ -413,15 +433,17 @@ impl MasterKey {
         let (iv, ciphertext) = rest.split_at(IV_LEN);
         let aad = associated_data(context);
         let plaintext = Zeroizing::new(match &self.backend {
-            Backend::File { key, .. } => Aes256Gcm::new(key.expose_bytes().into())
-                .decrypt(
-                    Nonce::from_slice(iv),
-                    Payload {
-                        msg: ciphertext,
-                        aad: &aad,
-                    },
-                )
-                .map_err(|_| MasterKeyError::Unwrap)?,
+            Backend::File { key, .. } | Backend::Memory { key, .. } => {
+                Aes256Gcm::new(key.expose_bytes().into())
+                    .decrypt(
+                        Nonce::from_slice(iv),
+                        Payload {
+                            msg: ciphertext,
+                            aad: &aad,
+                        },
+                    )
+                    .map_err(|_| MasterKeyError::Unwrap)?
+            }
             Backend::Pkcs11 { session, key, .. } => {
                 let mut iv_param = [0u8; IV_LEN];
                 iv_param.copy_from_slice(iv);
@@ -459,6 +481,7 @@ impl MasterKey {
     pub fn describe(&self) -> String {
         match &self.backend {
             Backend::File { path, .. } => format!("file:{}", path.display()),
+            Backend::Memory { name, .. } => format!("memory:{name}"),
             Backend::Pkcs11 {
                 token_label,
                 key_label,

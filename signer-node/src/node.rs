@@ -6,7 +6,7 @@
 //! arrive before their session starts (a peer got its job first) wait in a
 //! bounded buffer for a short time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -201,9 +201,10 @@ pub struct Node {
     network: Network,
     router: Router,
     deadlines: Deadlines,
-    /// Requests with a job running now: a second job of the same request
-    /// waits for its replay record instead of racing it.
-    in_flight: Mutex<HashSet<RequestId>>,
+    /// Requests with a job running now, with its attempt: a second job of
+    /// the same request waits for its replay record instead of racing it,
+    /// and a job of a newer attempt first cancels the older one's session.
+    in_flight: Mutex<HashMap<RequestId, Running>>,
     /// Serialises read-modify-write of the persisted prime pool between the
     /// background filler and aux-info jobs.
     pool: tokio::sync::Mutex<()>,
@@ -240,7 +241,7 @@ impl Node {
             network,
             router: Router::default(),
             deadlines: config.deadlines.clone(),
-            in_flight: Mutex::new(HashSet::new()),
+            in_flight: Mutex::new(HashMap::new()),
             pool: tokio::sync::Mutex::new(()),
             decoded: Decoded::default(),
             aux_writes: Mutex::new(()),
@@ -324,7 +325,7 @@ impl Node {
                 .map(|output| (kind, output))
                 .map_err(|error| (kind, error));
         }
-        let _guard = self.claim(job.request).await;
+        let guard = self.claim(job.request, job.attempt).await;
         let key = job.request.0;
         let record = self
             .store
@@ -346,7 +347,10 @@ impl Node {
         // attempt is refused instead of run twice.
         self.save_record(&key, &record)
             .map_err(|error| (kind, error))?;
-        let output = self.execute(&job).await.map_err(|error| (kind, error))?;
+        let output = SUPERSEDED
+            .scope(guard.superseded.clone(), self.execute(&job))
+            .await
+            .map_err(|error| (kind, error))?;
         record.result = Some(output.clone());
         self.save_record(&key, &record)
             .map_err(|error| (kind, error))?;
@@ -361,22 +365,45 @@ impl Node {
             .map_err(|error| JobError::Refused(error.to_string()))
     }
 
-    /// Waits until no other job of `request` runs, then marks it running.
-    async fn claim(self: &Arc<Self>, request: RequestId) -> InFlightGuard {
+    /// Waits until no other job of `request` runs, then marks this attempt
+    /// running. A running older attempt is told to stop first: the
+    /// coordinator sends a newer attempt only once it gave the older one up
+    /// (a member failed or was unreachable), so that session cannot finish,
+    /// and waiting out its deadline would make the new attempt's peers time
+    /// out in turn.
+    async fn claim(self: &Arc<Self>, request: RequestId, attempt: u32) -> InFlightGuard {
         loop {
             {
                 let mut in_flight = self
                     .in_flight
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
-                if in_flight.insert(request) {
-                    return InFlightGuard {
-                        node: self.clone(),
-                        request,
-                    };
+                match in_flight.get(&request) {
+                    None => {
+                        let superseded = Arc::new(tokio::sync::Notify::new());
+                        in_flight.insert(
+                            request,
+                            Running {
+                                attempt,
+                                superseded: superseded.clone(),
+                            },
+                        );
+                        return InFlightGuard {
+                            node: self.clone(),
+                            request,
+                            attempt,
+                            superseded,
+                        };
+                    }
+                    // `notify_one` keeps a permit if the session is not
+                    // waiting yet, so the stop is never lost.
+                    Some(running) if running.attempt < attempt => {
+                        running.superseded.notify_one();
+                    }
+                    Some(_) => {}
                 }
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -935,7 +962,23 @@ impl Node {
                 }
             }
         });
-        let drive = driver::run(session, inbox, outgoing, protocol);
+        let superseded = SUPERSEDED.try_with(Arc::clone).ok();
+        let drive = async move {
+            let run = driver::run(session, inbox, outgoing, protocol);
+            let Some(superseded) = superseded else {
+                return run.await;
+            };
+            tokio::select! {
+                outcome = run => outcome,
+                () = superseded.notified() => {
+                    tracing::info!(?kind, "session stopped: a newer attempt of its request arrived");
+                    (
+                        Err(custos_protocol::Error::Superseded(kind)),
+                        driver::SessionReport::default(),
+                    )
+                }
+            }
+        };
         let (result, report) = if matches!(kind, ProtocolKind::SignEcdsa | ProtocolKind::AuxInfo) {
             let runtime = tokio::runtime::Handle::current();
             match tokio::task::spawn_blocking(move || runtime.block_on(drive)).await {
@@ -965,19 +1008,40 @@ impl Node {
     }
 }
 
+/// The job of a request that runs now.
+struct Running {
+    attempt: u32,
+    /// Notified when a newer attempt of the request arrives.
+    superseded: Arc<tokio::sync::Notify>,
+}
+
+tokio::task_local! {
+    /// The running job's stop signal, read by `run_session` (set around
+    /// `execute` by `handle_job`, so every protocol run of a job sees it).
+    static SUPERSEDED: Arc<tokio::sync::Notify>;
+}
+
 /// Releases a request's in-flight mark when its job ends.
 struct InFlightGuard {
     node: Arc<Node>,
     request: RequestId,
+    attempt: u32,
+    superseded: Arc<tokio::sync::Notify>,
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.node
+        let mut in_flight = self
+            .node
             .in_flight
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(&self.request);
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if in_flight
+            .get(&self.request)
+            .is_some_and(|running| running.attempt == self.attempt)
+        {
+            in_flight.remove(&self.request);
+        }
     }
 }
 

@@ -413,6 +413,77 @@ async fn node_that_stops_answering_fails_the_session_in_time_and_retry_succeeds(
     assert!(elapsed < Duration::from_secs(40), "took {elapsed:?}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newer_attempt_stops_the_older_session_of_its_request_at_once() {
+    let Cluster {
+        nodes,
+        parties,
+        coordinator,
+        coordinator_key,
+        wallet,
+        key,
+    } = cluster_with_wallet(3, 0x79).await;
+    let stopped = nodes[2].child.as_ref().unwrap().id().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &stopped])
+        .status()
+        .unwrap()
+        .success());
+    let message = [0x62; 32];
+    let signed_job = |attempt: u32, quorum: Vec<PartyId>| {
+        let job = Job {
+            request: RequestId([9; 16]),
+            attempt,
+            expires_at: u64::MAX / 2,
+            body: JobBody::Sign {
+                wallet,
+                generation: KeyGeneration(0),
+                scheme: Scheme::Taproot,
+                quorum,
+                payload: message.to_vec(),
+                path: vec![],
+            },
+        };
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&job.sign(&coordinator_key).unwrap(), &mut bytes).unwrap();
+        bytes
+    };
+    let timeout = Duration::from_secs(30);
+    // Attempt 0 with the stopped node: node 0's session can only wait.
+    let first = signed_job(0, vec![parties[0], parties[2]]);
+    let first_quorum = [parties[0]];
+    let older = coordinator.send_raw(&first_quorum, first, timeout);
+    let newer = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        let answers = coordinator
+            .send_raw(
+                &[parties[0], parties[1]],
+                signed_job(1, vec![parties[0], parties[1]]),
+                timeout,
+            )
+            .await
+            .unwrap();
+        (answers, started.elapsed())
+    };
+    let (older, (answers, elapsed)) = tokio::join!(older, newer);
+    let _ = Command::new("kill").args(["-CONT", &stopped]).status();
+    for answer in answers {
+        verify_taproot(&key.public_key, &message, &signature_of(answer));
+    }
+    // Attempt 0 was stopped when attempt 1 arrived, not at its 10 s
+    // deadline, and says why.
+    let older = older.unwrap().pop().unwrap();
+    assert!(
+        matches!(&older, Err(CoordinatorError::Failed { message, .. }) if message.contains("newer attempt")),
+        "{older:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "attempt 1 took {elapsed:?}"
+    );
+}
+
 /// The generations of `wallet` a node holds, from its `/status`.
 fn generations_on(node: &TestNode, wallet: WalletId) -> Vec<u32> {
     let (_, body) = http_get(node.http, "/status").expect("status answers");

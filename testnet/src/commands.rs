@@ -331,7 +331,12 @@ fn run(
     for node in &state.nodes {
         supervisor.spawn_node(&binaries.signer, layout, &node.name)?;
     }
-    supervisor.spawn_control_plane(&binaries.custos, layout, &options.control_plane_env)?;
+    let mut control_plane_env = vec![(
+        "CUSTOS_MASTER_KEY".to_string(),
+        layout.load_or_create_master_key()?,
+    )];
+    control_plane_env.extend(options.control_plane_env.iter().cloned());
+    supervisor.spawn_control_plane(&binaries.custos, layout, &control_plane_env)?;
     state.pids = supervisor.pids();
     state.supervisor_pid = Some(std::process::id());
     layout.save_state(state)?;

@@ -90,6 +90,34 @@ impl Layout {
         self.control_plane_dir().join("custos.toml")
     }
 
+    /// `DIR/control-plane/master-key.hex`: the development master key of
+    /// the control plane's keyring (seal mode `env`), mode 0600. Handed to
+    /// the control plane as `CUSTOS_MASTER_KEY`, never written to its
+    /// configuration file.
+    pub fn control_plane_master_key(&self) -> PathBuf {
+        self.control_plane_dir().join("master-key.hex")
+    }
+
+    /// The development master key (64 hex characters), created from the
+    /// operating system's randomness on the first call.
+    pub fn load_or_create_master_key(&self) -> anyhow::Result<String> {
+        let path = self.control_plane_master_key();
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let text = text.trim().to_string();
+            anyhow::ensure!(
+                is_hex_key(&text),
+                "{} does not hold 64 hex characters",
+                path.display()
+            );
+            return Ok(text);
+        }
+        let mut bytes = [0u8; 32];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+        let text: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+        write_atomically(&path, &text, 0o600)?;
+        Ok(text)
+    }
+
     /// `DIR/NAME`: a node's folder.
     pub fn node_dir(&self, name: &str) -> PathBuf {
         self.dir.join(name)
@@ -383,6 +411,9 @@ pub fn control_plane_config_text(
     if let Some(url) = database_url {
         text.push_str(&format!("database_url = {}\n", toml_string(url)));
     }
+    // A development deployment: the keyring's master key comes from the
+    // environment (see `Layout::control_plane_master_key`). Tables last.
+    text.push_str("dev_mode = true\n\n[seal]\nmode = \"env\"\n");
     for node in nodes {
         text.push_str(&format!(
             "\n[[nodes]]\nname = {}\nid = {}\naddress = {}\nhttp = {}\n",
@@ -499,6 +530,14 @@ mod tests {
         let text = control_plane_config_text(&layout, listen, Some(url), &[]).unwrap();
         let config: toml::Table = toml::from_str(&text).unwrap();
         assert_eq!(config["database_url"].as_str(), Some(url));
+        // A development deployment: the env seal backend, and no secret in
+        // the file (the key goes in through CUSTOS_MASTER_KEY).
+        assert_eq!(config["dev_mode"].as_bool(), Some(true));
+        assert_eq!(config["seal"]["mode"].as_str(), Some("env"));
+        assert!(!config["seal"]
+            .as_table()
+            .unwrap()
+            .contains_key("master_key"));
         std::fs::remove_dir_all(&layout.dir).unwrap();
     }
 

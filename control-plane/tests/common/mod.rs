@@ -9,6 +9,25 @@ use std::net::SocketAddr;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Drops the database of a `postgres://` URL made by
+/// [`fresh_postgres_database`]; nothing for SQLite.
+pub async fn drop_postgres_database(url: &str) {
+    let Some(name) = url
+        .strip_prefix("postgres://")
+        .and_then(|rest| rest.rsplit('/').next())
+    else {
+        return;
+    };
+    let pool = sqlx::AnyPool::connect(&postgres_admin_url()).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+}
+
 /// The backends every test runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -53,6 +72,11 @@ pub struct Server {
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
+/// The keyring master key of every test server (seal mode `env`), fixed so
+/// that a server restarted on the same store unseals.
+pub const TEST_MASTER_KEY: &str =
+    "7e57000000000000000000000000000000000000000000000000000000007e57";
+
 impl Server {
     pub async fn start(backend: Backend) -> Server {
         let dir = tempfile::tempdir().unwrap();
@@ -67,11 +91,27 @@ impl Server {
         Self::start_with(dir, database_url, "rate_limit_per_sec = 1000\n").await
     }
 
-    /// Starts with extra configuration lines (TOML).
+    /// Starts with extra configuration lines (TOML), seal mode `env`.
     pub async fn start_with(dir: tempfile::TempDir, database_url: String, extra: &str) -> Server {
+        let seal = format!(
+            "dev_mode = true\n[seal]\nmode = \"env\"\nmaster_key = \"{TEST_MASTER_KEY}\"\n"
+        );
+        Self::start_configured(dir, database_url, &format!("{extra}{seal}"), true).await
+    }
+
+    /// Starts with `config` (TOML lines after `listen`, `data_dir` and
+    /// `database_url`). With `bootstrap`, the root credentials are created
+    /// first (seal mode `env`); otherwise `sys/init` creates them and the
+    /// server's root credentials stay empty.
+    pub async fn start_configured(
+        dir: tempfile::TempDir,
+        database_url: String,
+        config: &str,
+        bootstrap: bool,
+    ) -> Server {
         let config = custos_control_plane::config::Config::parse(
             &format!(
-                "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ndatabase_url = \"{database_url}\"\n{extra}",
+                "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ndatabase_url = \"{database_url}\"\n{config}",
                 dir.path().display()
             ),
             [],
@@ -85,10 +125,14 @@ impl Server {
         let db = custos_control_plane::db::Db::connect(&database_url)
             .await
             .unwrap();
-        let credentials = custos_control_plane::auth::bootstrap(&db)
-            .await
-            .unwrap()
-            .expect("fresh store");
+        let credentials = if bootstrap {
+            custos_control_plane::auth::bootstrap(&db)
+                .await
+                .unwrap()
+                .expect("fresh store")
+        } else {
+            custos_control_plane::auth::NewCredentials::default()
+        };
         db.close().await;
         let task = tokio::spawn(custos_control_plane::run(
             config,
@@ -121,27 +165,26 @@ impl Server {
         panic!("control plane did not start");
     }
 
-    pub async fn stop(mut self) -> (tempfile::TempDir, String) {
+    /// Shuts the server down and keeps its store (for a restart on it).
+    pub async fn halt(mut self) -> (tempfile::TempDir, String) {
+        self.shut_down().await;
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        (dir, self.database_url.clone())
+    }
+
+    async fn shut_down(&mut self) {
         if let Some(sender) = self.shutdown.take() {
             let _ = sender.send(());
         }
         if let Some(task) = self.task.take() {
             task.await.unwrap().unwrap();
         }
-        if let Some(name) = self
-            .database_url
-            .strip_prefix("postgres://")
-            .and_then(|rest| rest.rsplit('/').next())
-        {
-            let pool = sqlx::AnyPool::connect(&postgres_admin_url()).await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .execute(&pool)
-            .await
-            .unwrap();
-            pool.close().await;
-        }
+    }
+
+    /// Shuts the server down and drops its PostgreSQL database.
+    pub async fn stop(mut self) -> (tempfile::TempDir, String) {
+        self.shut_down().await;
+        drop_postgres_database(&self.database_url).await;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         (dir, self.database_url.clone())
     }

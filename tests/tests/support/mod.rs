@@ -321,6 +321,10 @@ impl Testnet {
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "info,libp2p=warn")
+            .env(
+                "CUSTOS_MASTER_KEY",
+                std::fs::read_to_string(source.join("master-key.hex")).unwrap(),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
