@@ -39,6 +39,7 @@ use crate::state::AppState;
 use crate::wallets::{self, Protocol, Wallet};
 
 mod sys;
+mod transit;
 
 /// The router over `state`.
 pub fn app(state: Arc<AppState>) -> Router {
@@ -77,6 +78,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     timed
         .merge(slow)
         .merge(sys::routes())
+        .merge(transit::routes())
         .fallback(|| async { AppError::not_found("route") })
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -193,11 +195,20 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok());
-        let Some(token) = header.and_then(|value| {
-            value
-                .strip_prefix("Bearer ")
-                .or_else(|| value.strip_prefix("bearer "))
-        }) else {
+        // Vault clients send their token in `X-Vault-Token`: a Custos token
+        // works there too (the Vault-compatible transit routes).
+        let vault_token = parts
+            .headers
+            .get("x-vault-token")
+            .and_then(|value| value.to_str().ok());
+        let Some(token) = header
+            .and_then(|value| {
+                value
+                    .strip_prefix("Bearer ")
+                    .or_else(|| value.strip_prefix("bearer "))
+            })
+            .or(vault_token)
+        else {
             return Err(AppError::unauthenticated(
                 "unauthenticated",
                 "send Authorization: Bearer <token> (from POST /api/v1/auth/token)",

@@ -77,6 +77,8 @@ pub fn role_allows(role: Role, action: &str) -> bool {
         Role::Operator => &[
             "wallet.*",
             "node.*",
+            "transit.key.create",
+            "transit.read",
             "signing.read",
             "approval.read",
             "policy.read",
@@ -94,6 +96,14 @@ pub fn role_allows(role: Role, action: &str) -> bool {
             "wallet.read",
             "wallet.sign",
             "signing.read",
+            "transit.read",
+            "transit.encrypt",
+            "transit.decrypt",
+            "transit.rewrap",
+            "transit.datakey",
+            "transit.sign",
+            "transit.verify",
+            "transit.hmac",
         ],
         Role::Auditor => &["audit.*", "*.read"],
     };

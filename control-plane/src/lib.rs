@@ -202,6 +202,7 @@ pub async fn run(
         worker_wake: tokio::sync::Notify::new(),
         metrics,
         keyring,
+        transit: Default::default(),
     });
     signing::recover_own_leases(&state)
         .await

@@ -15,6 +15,34 @@ pub const OPERATIONS: &[(&str, &str, &str, Option<&str>, u16)] = &[
         None,
         200,
     ),
+    (
+        "get",
+        "/api/v1/sys/seal-status",
+        "Seal status: initialized, sealed, threshold, progress (answers while sealed)",
+        None,
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/sys/init",
+        "Initialize once: unseal shares (or HSM) and root credentials, shown once",
+        Some("InitRequest"),
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/sys/unseal",
+        "Give one unseal share (or reset the progress)",
+        Some("UnsealRequest"),
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/sys/seal",
+        "Seal: forget the master key (platform admin)",
+        None,
+        200,
+    ),
     ("get", "/api/v1/openapi.json", "This document", None, 200),
     ("get", "/metrics", "Prometheus metrics", None, 200),
     (
@@ -167,6 +195,76 @@ pub const OPERATIONS: &[(&str, &str, &str, Option<&str>, u16)] = &[
         None,
         200,
     ),
+    (
+        "post",
+        "/api/v1/transit/keys",
+        "Create a transit key (never exportable)",
+        Some("TransitKeyRequest"),
+        201,
+    ),
+    (
+        "get",
+        "/api/v1/transit/keys/{name}",
+        "A transit key",
+        None,
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/transit/keys/{name}/rotate",
+        "Rotate a transit key (admin)",
+        None,
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/transit/encrypt",
+        "Encrypt one plaintext or a batch (vault:v<N>: ciphertexts)",
+        Some("TransitEncryptRequest"),
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/transit/decrypt",
+        "Decrypt one ciphertext or a batch",
+        Some("TransitDecryptRequest"),
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/transit/rewrap",
+        "Re-encrypt under the latest version (never returns plaintext)",
+        Some("TransitRewrapRequest"),
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/transit/datakey",
+        "A data key: plaintext and wrapped, or wrapped only (?wrappedOnly=true)",
+        Some("TransitDatakeyRequest"),
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/transit/sign",
+        "Sign base64 input",
+        Some("TransitSignRequest"),
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/transit/verify",
+        "Verify a signature",
+        Some("TransitSignRequest"),
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/transit/hmac",
+        "HMAC of base64 input",
+        Some("TransitHmacRequest"),
+        200,
+    ),
 ];
 
 fn string() -> Value {
@@ -216,6 +314,15 @@ fn schemas() -> Value {
             "encoding": {"type": "string", "enum": ["utf8", "hex", "base64"]}, "digest": string(),
             "derivationPath": string(), "idempotencyKey": string(),
         })),
+        "InitRequest": object(&[], json!({"shares": {"type": "integer", "minimum": 2, "maximum": 255}, "threshold": {"type": "integer", "minimum": 2, "maximum": 255}, "hsm": {"type": "boolean"}})),
+        "UnsealRequest": object(&[], json!({"share": string(), "reset": {"type": "boolean"}})),
+        "TransitKeyRequest": object(&["name"], json!({"name": string(), "type": {"type": "string", "enum": ["aes256-gcm96", "chacha20-poly1305", "hmac", "ed25519", "ecdsa-p256", "ecdsa-secp256k1"]}, "exportable": {"type": "boolean"}})),
+        "TransitEncryptRequest": object(&["keyName"], json!({"keyName": string(), "plaintext": string(), "context": string(), "encoding": {"type": "string", "enum": ["utf8", "base64"]}, "batch": {"type": "array", "items": object(&["plaintext"], json!({"plaintext": string(), "context": string()}))}})),
+        "TransitDecryptRequest": object(&["keyName"], json!({"keyName": string(), "ciphertext": string(), "context": string(), "encoding": {"type": "string", "enum": ["utf8", "base64"]}, "batch": {"type": "array", "items": object(&["ciphertext"], json!({"ciphertext": string(), "context": string()}))}})),
+        "TransitRewrapRequest": object(&["keyName", "ciphertext"], json!({"keyName": string(), "ciphertext": string(), "context": string()})),
+        "TransitDatakeyRequest": object(&["keyName"], json!({"keyName": string(), "bits": {"type": "integer", "enum": [128, 256, 512]}, "context": string()})),
+        "TransitSignRequest": object(&["keyName", "input"], json!({"keyName": string(), "input": string(), "hashAlgorithm": {"type": "string", "enum": ["sha2-256", "sha2-384", "sha2-512", "none"]}, "prehashed": {"type": "boolean"}, "marshaling": {"type": "string", "enum": ["asn1", "jws"]}, "signature": string()})),
+        "TransitHmacRequest": object(&["keyName", "input"], json!({"keyName": string(), "input": string(), "algorithm": {"type": "string", "enum": ["sha2-256", "sha2-384", "sha2-512"]}})),
         "ReshareRequest": object(&["threshold", "nodes"], json!({"threshold": {"type": "integer"}, "nodes": {"type": "array", "items": string()}, "idempotencyKey": string()})),
     })
 }
@@ -236,7 +343,13 @@ pub fn document() -> Value {
         }
         let public = matches!(
             *path,
-            "/api/v1/sys/health" | "/api/v1/openapi.json" | "/metrics" | "/api/v1/auth/token"
+            "/api/v1/sys/health"
+                | "/api/v1/sys/seal-status"
+                | "/api/v1/sys/init"
+                | "/api/v1/sys/unseal"
+                | "/api/v1/openapi.json"
+                | "/metrics"
+                | "/api/v1/auth/token"
         );
         if !public {
             operation["security"] = json!([{"bearer": []}]);

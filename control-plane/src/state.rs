@@ -33,6 +33,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Seal state, the master key and the org root keys.
     pub keyring: Arc<Keyring>,
+    /// Opened transit keys (a cache; the store is the truth).
+    pub transit: crate::transit::store::TransitKeys,
 }
 
 impl AppState {

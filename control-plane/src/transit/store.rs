@@ -1,0 +1,413 @@
+//! Transit keys: storage under the keyring and an in-memory cache of
+//! opened key versions, so that encrypting touches the database only to
+//! reserve a block of encryptions, never per item.
+//!
+//! Encryption budget: every version counts the encryptions reserved
+//! against it (`transit_key_versions.encryptions`, in blocks of
+//! [`RESERVE_BLOCK`]). A version whose count reached
+//! [`ROTATE_AFTER_ENCRYPTIONS`] is replaced by a new version automatically,
+//! far below the 2^32 random-nonce bound of AES-GCM; a crash loses at most
+//! the unused rest of a block, which only makes the count conservative.
+//!
+//! Several replicas: a replica re-reads a key's row when its cached copy
+//! is older than [`CACHE_TTL`], so a rotation elsewhere is seen within that
+//! time; until then the replica keeps encrypting under the previous version,
+//! which stays valid.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use rand_core::OsRng;
+use sqlx::{AnyConnection, Row};
+
+use super::crypto::{KeyType, KeyVersionMaterial, TransitError};
+use crate::db::{new_id, now_ms};
+use crate::keyring::{Keyring, KeyringError};
+
+/// Encryptions reserved from the database at a time.
+pub const RESERVE_BLOCK: i64 = 4096;
+/// A version is replaced after this many encryptions (2^30).
+pub const ROTATE_AFTER_ENCRYPTIONS: i64 = 1 << 30;
+/// How long a replica trusts its cached key metadata.
+pub const CACHE_TTL: Duration = Duration::from_secs(2);
+/// The keyring record kind of transit key material.
+const MATERIAL_RECORD: &str = "transit_key";
+
+/// Why a transit store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No key of that name in the org.
+    #[error("transit key not found")]
+    NotFound,
+    /// A key of that name exists.
+    #[error("a transit key of that name exists")]
+    Exists,
+    /// Name or type not acceptable.
+    #[error("{0}")]
+    Invalid(&'static str),
+    /// The cryptographic engine refused.
+    #[error(transparent)]
+    Crypto(#[from] TransitError),
+    /// The keyring refused (sealed, corrupt record).
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// A key as the API shows it.
+#[derive(Clone, Debug)]
+pub struct KeyInfo {
+    /// The key's name (unique in its org).
+    pub name: String,
+    /// Its type.
+    pub key_type: KeyType,
+    /// The version new encryptions and signatures use.
+    pub latest_version: u32,
+    /// Ciphertexts of older versions are refused.
+    pub min_decryption_version: u32,
+    /// Public keys of signing keys, by version.
+    pub public_keys: Vec<(u32, String)>,
+    /// Creation time, unix ms.
+    pub created_at: i64,
+}
+
+/// An opened key: metadata and every decryptable version's material.
+pub struct LoadedKey {
+    /// Row id.
+    pub id: String,
+    /// Its org.
+    pub org: String,
+    /// Its name.
+    pub name: String,
+    /// Its type.
+    pub key_type: KeyType,
+    /// The newest version.
+    pub latest: u32,
+    /// The oldest version that still decrypts.
+    pub min_decryption: u32,
+    created_at: i64,
+    versions: HashMap<u32, Arc<KeyVersionMaterial>>,
+    /// Encryptions left in the block reserved for `latest`.
+    budget: Mutex<Budget>,
+    loaded: Instant,
+}
+
+#[derive(Default)]
+struct Budget {
+    left: i64,
+}
+
+impl LoadedKey {
+    /// The material of `version`, if it is within the decryptable range.
+    pub fn version(&self, version: u32) -> Option<Arc<KeyVersionMaterial>> {
+        self.versions.get(&version).cloned()
+    }
+
+    /// What the API shows.
+    pub fn info(&self) -> KeyInfo {
+        let mut public_keys: Vec<(u32, String)> = self
+            .versions
+            .iter()
+            .filter_map(|(version, material)| {
+                super::crypto::public_key(self.key_type, material).map(|key| (*version, key))
+            })
+            .collect();
+        public_keys.sort();
+        KeyInfo {
+            name: self.name.clone(),
+            key_type: self.key_type,
+            latest_version: self.latest,
+            min_decryption_version: self.min_decryption,
+            public_keys,
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// The per-replica cache of opened transit keys.
+#[derive(Default)]
+pub struct TransitKeys {
+    cache: RwLock<HashMap<(String, String), Arc<LoadedKey>>>,
+}
+
+/// Key names: 1 to 128 of `[A-Za-z0-9_.-]`, as Vault accepts in paths.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+impl TransitKeys {
+    /// Creates key `name` of `key_type` in `org` with version 1.
+    pub async fn create(
+        &self,
+        keyring: &Keyring,
+        conn: &mut AnyConnection,
+        org: &str,
+        name: &str,
+        key_type: KeyType,
+    ) -> Result<Arc<LoadedKey>, StoreError> {
+        if !valid_name(name) {
+            return Err(StoreError::Invalid(
+                "a key name is 1 to 128 letters, digits, '_', '-' or '.'",
+            ));
+        }
+        let id = new_id("tk");
+        let now = now_ms();
+        let inserted = sqlx::query(
+            "INSERT INTO transit_keys (id, org_id, name, key_type, latest_version, \
+             min_decryption_version, created_at, updated_at) VALUES ($1, $2, $3, $4, 1, 1, $5, $5)",
+        )
+        .bind(&id)
+        .bind(org)
+        .bind(name)
+        .bind(key_type.as_str())
+        .bind(now)
+        .execute(&mut *conn)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+                return Err(StoreError::Exists)
+            }
+            Err(error) => return Err(error.into()),
+        }
+        add_version(keyring, conn, org, &id, key_type, 1).await?;
+        self.forget(org, name);
+        self.get(keyring, conn, org, name).await
+    }
+
+    /// Adds a version and makes it the latest. Returns the new version.
+    pub async fn rotate(
+        &self,
+        keyring: &Keyring,
+        conn: &mut AnyConnection,
+        org: &str,
+        name: &str,
+    ) -> Result<Arc<LoadedKey>, StoreError> {
+        let key = self.get(keyring, conn, org, name).await?;
+        rotate_row(keyring, conn, &key).await?;
+        self.forget(org, name);
+        self.get(keyring, conn, org, name).await
+    }
+
+    fn forget(&self, org: &str, name: &str) {
+        self.cache
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .remove(&(org.to_string(), name.to_string()));
+    }
+
+    /// The opened key `name` of `org` (from the cache while fresh).
+    pub async fn get(
+        &self,
+        keyring: &Keyring,
+        conn: &mut AnyConnection,
+        org: &str,
+        name: &str,
+    ) -> Result<Arc<LoadedKey>, StoreError> {
+        let cached = self
+            .cache
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(&(org.to_string(), name.to_string()))
+            .cloned();
+        if let Some(key) = cached.filter(|key| key.loaded.elapsed() < CACHE_TTL) {
+            return Ok(key);
+        }
+        let row = sqlx::query(
+            "SELECT id, key_type, latest_version, min_decryption_version, created_at \
+             FROM transit_keys WHERE org_id = $1 AND name = $2",
+        )
+        .bind(org)
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let id: String = row.try_get("id")?;
+        let type_name: String = row.try_get("key_type")?;
+        let key_type: KeyType = type_name.parse()?;
+        let latest = u32::try_from(row.try_get::<i64, _>("latest_version")?)
+            .map_err(|_| StoreError::Invalid("stored version out of range"))?;
+        let min_decryption = u32::try_from(row.try_get::<i64, _>("min_decryption_version")?)
+            .map_err(|_| StoreError::Invalid("stored version out of range"))?;
+        let created_at: i64 = row.try_get("created_at")?;
+        // Reuse versions already opened (material never changes).
+        let previous = cached_versions(&self.cache, org, name);
+        let rows = sqlx::query(
+            "SELECT version, material FROM transit_key_versions \
+             WHERE key_id = $1 AND version >= $2 ORDER BY version",
+        )
+        .bind(&id)
+        .bind(i64::from(min_decryption))
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut versions = HashMap::new();
+        for row in rows {
+            let version = u32::try_from(row.try_get::<i64, _>("version")?)
+                .map_err(|_| StoreError::Invalid("stored version out of range"))?;
+            if let Some(material) = previous.get(&version) {
+                versions.insert(version, material.clone());
+                continue;
+            }
+            let sealed: Vec<u8> = row.try_get("material")?;
+            let bytes = keyring
+                .open_record(
+                    conn,
+                    org,
+                    MATERIAL_RECORD,
+                    &material_id(&id, version),
+                    &sealed,
+                )
+                .await?;
+            versions.insert(
+                version,
+                Arc::new(KeyVersionMaterial::from_bytes(key_type, &bytes)?),
+            );
+        }
+        let key = Arc::new(LoadedKey {
+            id,
+            org: org.to_string(),
+            name: name.to_string(),
+            key_type,
+            latest,
+            min_decryption,
+            created_at,
+            versions,
+            budget: Mutex::new(Budget::default()),
+            loaded: Instant::now(),
+        });
+        self.cache
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert((org.to_string(), name.to_string()), key.clone());
+        Ok(key)
+    }
+
+    /// Takes `count` encryptions from `key`'s latest version: from the
+    /// reserved block, reserving more from the database when it runs out.
+    /// Returns the key to encrypt with (a new version after an automatic
+    /// rotation).
+    pub async fn reserve(
+        &self,
+        keyring: &Keyring,
+        conn: &mut AnyConnection,
+        key: Arc<LoadedKey>,
+        count: i64,
+    ) -> Result<Arc<LoadedKey>, StoreError> {
+        let covered = {
+            let mut budget = key
+                .budget
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            let covered = budget.left >= count;
+            if covered {
+                budget.left -= count;
+            }
+            covered
+        };
+        if covered {
+            return Ok(key);
+        }
+        let block = count.max(RESERVE_BLOCK);
+        let used: i64 = sqlx::query(
+            "UPDATE transit_key_versions SET encryptions = encryptions + $1 \
+             WHERE key_id = $2 AND version = $3 RETURNING encryptions",
+        )
+        .bind(block)
+        .bind(&key.id)
+        .bind(i64::from(key.latest))
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get("encryptions")?;
+        if used > ROTATE_AFTER_ENCRYPTIONS {
+            tracing::info!(key = %key.name, version = key.latest, "transit key version reached its encryption budget: rotating");
+            rotate_row(keyring, conn, &key).await?;
+            self.forget(&key.org, &key.name);
+            let rotated = self.get(keyring, conn, &key.org, &key.name).await?;
+            return Box::pin(self.reserve(keyring, conn, rotated, count)).await;
+        }
+        key.budget
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .left += block - count;
+        Ok(key)
+    }
+}
+
+fn cached_versions(
+    cache: &RwLock<HashMap<(String, String), Arc<LoadedKey>>>,
+    org: &str,
+    name: &str,
+) -> HashMap<u32, Arc<KeyVersionMaterial>> {
+    cache
+        .read()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .get(&(org.to_string(), name.to_string()))
+        .map(|key| key.versions.clone())
+        .unwrap_or_default()
+}
+
+fn material_id(key_id: &str, version: u32) -> String {
+    format!("{key_id}/{version}")
+}
+
+async fn add_version(
+    keyring: &Keyring,
+    conn: &mut AnyConnection,
+    org: &str,
+    key_id: &str,
+    key_type: KeyType,
+    version: u32,
+) -> Result<(), StoreError> {
+    let material = KeyVersionMaterial::generate(key_type, &mut OsRng);
+    let sealed = keyring
+        .seal_record(
+            conn,
+            org,
+            MATERIAL_RECORD,
+            &material_id(key_id, version),
+            &material.to_bytes(),
+        )
+        .await?;
+    sqlx::query(
+        "INSERT INTO transit_key_versions (key_id, version, material, encryptions, created_at) \
+         VALUES ($1, $2, $3, 0, $4)",
+    )
+    .bind(key_id)
+    .bind(i64::from(version))
+    .bind(sealed)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Adds the next version of `key` and makes it the latest. Two replicas
+/// rotating at once: the version insert of the second fails on the primary
+/// key, and it answers that error; the key stays consistent.
+async fn rotate_row(
+    keyring: &Keyring,
+    conn: &mut AnyConnection,
+    key: &LoadedKey,
+) -> Result<u32, StoreError> {
+    let current: i64 = sqlx::query("SELECT latest_version FROM transit_keys WHERE id = $1")
+        .bind(&key.id)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get("latest_version")?;
+    let next = u32::try_from(current + 1).map_err(|_| StoreError::Invalid("too many versions"))?;
+    add_version(keyring, conn, &key.org, &key.id, key.key_type, next).await?;
+    sqlx::query("UPDATE transit_keys SET latest_version = $1, updated_at = $2 WHERE id = $3")
+        .bind(i64::from(next))
+        .bind(now_ms())
+        .bind(&key.id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(next)
+}

@@ -1,0 +1,626 @@
+//! Transit over HTTP on SQLite and PostgreSQL: the Custos routes and the
+//! Vault-compatible ones (`X-Vault-Token`), bad ciphertexts and their
+//! codes, batches, rotation and rewrap, org isolation and context binding,
+//! data keys, and signatures checked by independent verifiers (p256, k256,
+//! ed25519-dalek).
+
+mod common;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use common::*;
+use serde_json::{json, Value};
+
+async fn post(server: &Server, path: &str, token: &str, body: Value) -> (u16, Value) {
+    let (status, body, _) = server
+        .request("POST", path, Some(token), Some(&body.to_string()))
+        .await;
+    (status, body)
+}
+
+/// A Vault client's request: the token in `X-Vault-Token`.
+async fn vault(
+    server: &Server,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Value,
+) -> (u16, Value) {
+    let mut stream = tokio::net::TcpStream::connect(server.address)
+        .await
+        .unwrap();
+    let body = body.to_string();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Vault-Token: {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(rest).unwrap_or(Value::Null))
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transit_encrypts_decrypts_rotates_and_refuses_bad_ciphertexts_with_their_codes() {
+    for backend in BACKENDS {
+        eprintln!("-- on {backend:?}");
+        let server = Server::start(backend).await;
+        let root = server.root_token().await;
+        let (_, service) = server.identity(&root, "app", "service", None).await;
+
+        let (status, key) = post(
+            &server,
+            "/api/v1/transit/keys",
+            &root,
+            json!({"name": "payments"}),
+        )
+        .await;
+        assert_eq!(status, 201, "{key}");
+        assert_eq!(
+            (key["type"].clone(), key["latestVersion"].clone()),
+            (json!("aes256-gcm96"), json!(1))
+        );
+        let (status, body) = post(
+            &server,
+            "/api/v1/transit/keys",
+            &root,
+            json!({"name": "payments"}),
+        )
+        .await;
+        assert_eq!((status, code(&body)), (409, "already_exists"));
+        let (status, body) = post(
+            &server,
+            "/api/v1/transit/keys",
+            &root,
+            json!({"name": "x", "exportable": true}),
+        )
+        .await;
+        assert_eq!((status, code(&body)), (403, "export_blocked"));
+        let (status, body) = post(
+            &server,
+            "/api/v1/transit/keys",
+            &service,
+            json!({"name": "mine"}),
+        )
+        .await;
+        assert_eq!(
+            status, 403,
+            "a service identity does not create keys: {body}"
+        );
+
+        // Round trip, with and without context; text and base64.
+        let (status, sealed) = post(&server, "/api/v1/transit/encrypt", &service, json!({"keyName": "payments", "plaintext": "4111 1111 1111 1111", "context": "customer-7"})).await;
+        assert_eq!(status, 200, "{sealed}");
+        let ciphertext = sealed["ciphertext"].as_str().unwrap().to_string();
+        assert!(ciphertext.starts_with("vault:v1:"), "{ciphertext}");
+        let (status, opened) = post(
+            &server,
+            "/api/v1/transit/decrypt",
+            &service,
+            json!({"keyName": "payments", "ciphertext": ciphertext, "context": "customer-7"}),
+        )
+        .await;
+        assert_eq!(
+            (status, opened["plaintext"].clone()),
+            (200, json!("4111 1111 1111 1111"))
+        );
+        let (status, body) = post(
+            &server,
+            "/api/v1/transit/decrypt",
+            &service,
+            json!({"keyName": "payments", "ciphertext": ciphertext, "context": "customer-8"}),
+        )
+        .await;
+        assert_eq!(
+            (status, code(&body)),
+            (400, "decryption_failed"),
+            "a wrong context"
+        );
+        let (status, body) = post(
+            &server,
+            "/api/v1/transit/decrypt",
+            &service,
+            json!({"keyName": "payments", "ciphertext": ciphertext}),
+        )
+        .await;
+        assert_eq!(
+            (status, code(&body)),
+            (400, "decryption_failed"),
+            "a missing context"
+        );
+        let binary = BASE64.encode([0u8, 159, 146, 150]);
+        let (_, sealed) = post(
+            &server,
+            "/api/v1/transit/encrypt",
+            &service,
+            json!({"keyName": "payments", "plaintext": binary, "encoding": "base64"}),
+        )
+        .await;
+        let (_, opened) = post(&server, "/api/v1/transit/decrypt", &service, json!({"keyName": "payments", "ciphertext": sealed["ciphertext"], "encoding": "base64"})).await;
+        assert_eq!(opened["plaintext"], json!(binary));
+        let (status, body) = post(
+            &server,
+            "/api/v1/transit/decrypt",
+            &service,
+            json!({"keyName": "payments", "ciphertext": sealed["ciphertext"]}),
+        )
+        .await;
+        assert_eq!((status, code(&body)), (400, "not_utf8"));
+
+        // Bad ciphertexts, each with its code.
+        let body_part = ciphertext.strip_prefix("vault:v1:").unwrap();
+        let mut tampered = BASE64.decode(body_part).unwrap();
+        tampered[20] ^= 1;
+        for (bad, expected) in [
+            (
+                format!("vault:v1:{}", BASE64.encode(&tampered)),
+                "decryption_failed",
+            ),
+            (format!("vault:v9:{body_part}"), "key_version_too_new"),
+            (format!("vault:v0:{body_part}"), "invalid_key_version"),
+            (
+                format!("custos:v1:{body_part}"),
+                "invalid_ciphertext_prefix",
+            ),
+            ("vault:v1:!!!".to_string(), "invalid_ciphertext_encoding"),
+            (
+                format!("vault:v1:{}", BASE64.encode([1u8; 10])),
+                "ciphertext_truncated",
+            ),
+        ] {
+            let (status, body) = post(
+                &server,
+                "/api/v1/transit/decrypt",
+                &service,
+                json!({"keyName": "payments", "ciphertext": bad, "context": "customer-7"}),
+            )
+            .await;
+            assert_eq!((status, code(&body)), (400, expected), "{bad}");
+        }
+        let (status, body) = post(
+            &server,
+            "/api/v1/transit/decrypt",
+            &service,
+            json!({"keyName": "nope", "ciphertext": ciphertext}),
+        )
+        .await;
+        assert_eq!((status, code(&body)), (404, "not_found"));
+
+        // A batch keeps order and reports per-item errors.
+        let (status, batch) = post(&server, "/api/v1/transit/encrypt", &service, json!({"keyName": "payments", "batch": [{"plaintext": "a"}, {"plaintext": "b", "context": "c"}]})).await;
+        assert_eq!(status, 200, "{batch}");
+        let items = batch["batch"].as_array().unwrap().clone();
+        let (status, opened) = post(
+            &server,
+            "/api/v1/transit/decrypt",
+            &service,
+            json!({"keyName": "payments", "batch": [
+                {"ciphertext": items[0]["ciphertext"]},
+                {"ciphertext": "vault:v1:AAAA"},
+                {"ciphertext": items[1]["ciphertext"], "context": "c"},
+            ]}),
+        )
+        .await;
+        assert_eq!(status, 200, "{opened}");
+        let opened = opened["batch"].as_array().unwrap();
+        assert_eq!(opened[0]["plaintext"], "a");
+        assert_eq!(opened[1]["error"]["code"], "ciphertext_truncated");
+        assert_eq!(opened[2]["plaintext"], "b");
+
+        // Rotation: new encryptions use v2, v1 still decrypts, rewrap moves
+        // a ciphertext to v2 without showing the plaintext.
+        let (status, body) = post(
+            &server,
+            "/api/v1/transit/keys/payments/rotate",
+            &service,
+            json!({}),
+        )
+        .await;
+        assert_eq!(status, 403, "rotation is an administrator's: {body}");
+        let (status, rotated) = post(
+            &server,
+            "/api/v1/transit/keys/payments/rotate",
+            &root,
+            json!({}),
+        )
+        .await;
+        assert_eq!((status, rotated["latestVersion"].clone()), (200, json!(2)));
+        let (_, rewrapped) = post(
+            &server,
+            "/api/v1/transit/rewrap",
+            &service,
+            json!({"keyName": "payments", "ciphertext": ciphertext, "context": "customer-7"}),
+        )
+        .await;
+        let rewrapped_text = rewrapped["ciphertext"].as_str().unwrap();
+        assert!(rewrapped_text.starts_with("vault:v2:"), "{rewrapped}");
+        assert!(rewrapped.get("plaintext").is_none());
+        for old_or_new in [ciphertext.as_str(), rewrapped_text] {
+            let (_, opened) = post(
+                &server,
+                "/api/v1/transit/decrypt",
+                &service,
+                json!({"keyName": "payments", "ciphertext": old_or_new, "context": "customer-7"}),
+            )
+            .await;
+            assert_eq!(opened["plaintext"], "4111 1111 1111 1111");
+        }
+
+        // A version that used its encryption budget is replaced at once.
+        let pool = sqlx::AnyPool::connect(&server.database_url).await.unwrap();
+        sqlx::query("UPDATE transit_key_versions SET encryptions = $1 WHERE version = 2")
+            .bind(custos_control_plane::transit::store::ROTATE_AFTER_ENCRYPTIONS)
+            .execute(&pool)
+            .await
+            .unwrap();
+        // A batch larger than the replica's cached block makes it reserve
+        // from the database, which finds the budget spent.
+        let batch: Vec<Value> = (0..custos_control_plane::transit::store::RESERVE_BLOCK)
+            .map(|_| json!({"plaintext": "x"}))
+            .collect();
+        let (status, sealed) = post(
+            &server,
+            "/api/v1/transit/encrypt",
+            &service,
+            json!({"keyName": "payments", "batch": batch}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert!(
+            sealed["batch"][0]["ciphertext"]
+                .as_str()
+                .unwrap()
+                .starts_with("vault:v3:"),
+            "{}",
+            sealed["batch"][0]
+        );
+        pool.close().await;
+
+        // Data keys: plaintext + wrapped, or wrapped only; the wrapped one
+        // decrypts to the plaintext one.
+        let (_, data_key) = post(
+            &server,
+            "/api/v1/transit/datakey",
+            &service,
+            json!({"keyName": "payments"}),
+        )
+        .await;
+        let (_, opened) = post(&server, "/api/v1/transit/decrypt", &service, json!({"keyName": "payments", "ciphertext": data_key["ciphertext"], "encoding": "base64"})).await;
+        assert_eq!(opened["plaintext"], data_key["plaintext"]);
+        assert_eq!(
+            BASE64
+                .decode(data_key["plaintext"].as_str().unwrap())
+                .unwrap()
+                .len(),
+            32
+        );
+        let (_, wrapped) = post(
+            &server,
+            "/api/v1/transit/datakey?wrappedOnly=true",
+            &service,
+            json!({"keyName": "payments"}),
+        )
+        .await;
+        assert!(
+            wrapped.get("plaintext").is_none() && wrapped["ciphertext"].is_string(),
+            "{wrapped}"
+        );
+
+        // Another org: its own key of the same name decrypts nothing of
+        // this org, and this org's key is not found there.
+        let (status, org) = post(&server, "/api/v1/orgs", &root, json!({"name": "other"})).await;
+        assert_eq!(status, 201, "{org}");
+        let org_id = org["id"].as_str().unwrap();
+        let (_, other_admin) = server
+            .identity(&root, "other-admin", "admin", Some(org_id))
+            .await;
+        let (status, _) = post(
+            &server,
+            "/api/v1/transit/keys",
+            &other_admin,
+            json!({"name": "payments"}),
+        )
+        .await;
+        assert_eq!(status, 201);
+        let (status, body) = post(
+            &server,
+            "/api/v1/transit/decrypt",
+            &other_admin,
+            json!({"keyName": "payments", "ciphertext": ciphertext, "context": "customer-7"}),
+        )
+        .await;
+        assert_eq!(
+            (status, code(&body)),
+            (400, "decryption_failed"),
+            "org B cannot open org A's ciphertext"
+        );
+        let (status, _, _) = server
+            .request("GET", "/api/v1/transit/keys/payments", Some(&service), None)
+            .await;
+        assert_eq!(status, 200);
+
+        // Nothing secret in the audit.
+        let (_, audit, _) = server
+            .request("GET", "/api/v1/audit?limit=1000", Some(&root), None)
+            .await;
+        let text = audit.to_string();
+        assert!(text.contains("transit.encrypt") && text.contains("transit.decrypt"));
+        assert!(!text.contains("4111 1111"), "no plaintext in the audit");
+        assert!(!text.contains(body_part), "no ciphertext in the audit");
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transit_signatures_verify_with_independent_verifiers_and_hmacs_match() {
+    use k256::ecdsa::signature::Verifier as _;
+    use p256::pkcs8::DecodePublicKey as _;
+    let server = Server::start(Backend::Sqlite).await;
+    let root = server.root_token().await;
+    let message = b"release 1.2.3";
+    let input = BASE64.encode(message);
+    for key_type in ["ecdsa-p256", "ecdsa-secp256k1", "ed25519"] {
+        let (status, key) = post(
+            &server,
+            "/api/v1/transit/keys",
+            &root,
+            json!({"name": key_type, "type": key_type}),
+        )
+        .await;
+        assert_eq!(status, 201, "{key}");
+        let public_key = key["publicKeys"][0]["publicKey"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (status, signed) = post(
+            &server,
+            "/api/v1/transit/sign",
+            &root,
+            json!({"keyName": key_type, "input": input}),
+        )
+        .await;
+        assert_eq!(status, 200, "{signed}");
+        let signature = signed["signature"].as_str().unwrap();
+        let raw = BASE64
+            .decode(signature.strip_prefix("vault:v1:").unwrap())
+            .unwrap();
+        match key_type {
+            "ecdsa-p256" => {
+                let verifying =
+                    p256::ecdsa::VerifyingKey::from_public_key_pem(&public_key).unwrap();
+                let signature = p256::ecdsa::Signature::from_der(&raw).unwrap();
+                verifying
+                    .verify(message, &signature)
+                    .expect("p256 verifies");
+            }
+            "ecdsa-secp256k1" => {
+                let verifying =
+                    k256::ecdsa::VerifyingKey::from_public_key_pem(&public_key).unwrap();
+                let signature = k256::ecdsa::Signature::from_der(&raw).unwrap();
+                assert!(signature.normalize_s().is_none(), "low s");
+                verifying
+                    .verify(message, &signature)
+                    .expect("k256 verifies");
+            }
+            _ => {
+                let bytes: [u8; 32] = BASE64.decode(&public_key).unwrap().try_into().unwrap();
+                let verifying = ed25519_dalek::VerifyingKey::from_bytes(&bytes).unwrap();
+                let signature = ed25519_dalek::Signature::from_slice(&raw).unwrap();
+                verifying
+                    .verify_strict(message, &signature)
+                    .expect("ed25519-dalek verifies");
+            }
+        }
+        let (_, valid) = post(
+            &server,
+            "/api/v1/transit/verify",
+            &root,
+            json!({"keyName": key_type, "input": input, "signature": signature}),
+        )
+        .await;
+        assert_eq!(valid["valid"], true);
+        let (_, valid) = post(&server, "/api/v1/transit/verify", &root, json!({"keyName": key_type, "input": BASE64.encode(b"release 6.6.6"), "signature": signature})).await;
+        assert_eq!(valid["valid"], false);
+        let (status, body) = post(
+            &server,
+            "/api/v1/transit/encrypt",
+            &root,
+            json!({"keyName": key_type, "plaintext": "x"}),
+        )
+        .await;
+        assert_eq!((status, code(&body)), (400, "unsupported_operation"));
+    }
+    let (_, first) = post(
+        &server,
+        "/api/v1/transit/hmac",
+        &root,
+        json!({"keyName": "ed25519", "input": input}),
+    )
+    .await;
+    let (_, second) = post(
+        &server,
+        "/api/v1/transit/hmac",
+        &root,
+        json!({"keyName": "ed25519", "input": input}),
+    )
+    .await;
+    assert!(first["hmac"].as_str().unwrap().starts_with("vault:v1:"));
+    assert_eq!(first["hmac"], second["hmac"]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vault_compatible_routes_answer_as_vault_does_with_a_custos_token() {
+    let server = Server::start(Backend::Sqlite).await;
+    let root = server.root_token().await;
+    let (status, created) =
+        vault(&server, "POST", "/v1/transit/keys/orders", &root, json!({})).await;
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["data"]["type"], "aes256-gcm96");
+    let plaintext = BASE64.encode(b"order 42");
+    let (status, sealed) = vault(
+        &server,
+        "POST",
+        "/v1/transit/encrypt/orders",
+        &root,
+        json!({"plaintext": plaintext}),
+    )
+    .await;
+    assert_eq!(status, 200, "{sealed}");
+    let ciphertext = sealed["data"]["ciphertext"].as_str().unwrap().to_string();
+    assert_eq!(sealed["data"]["key_version"], 1);
+    let (_, opened) = vault(
+        &server,
+        "POST",
+        "/v1/transit/decrypt/orders",
+        &root,
+        json!({"ciphertext": ciphertext}),
+    )
+    .await;
+    assert_eq!(opened["data"]["plaintext"], json!(plaintext));
+    let (_, rotated) = vault(
+        &server,
+        "POST",
+        "/v1/transit/keys/orders/rotate",
+        &root,
+        json!({}),
+    )
+    .await;
+    assert_eq!(rotated["data"]["latest_version"], 2);
+    let (_, rewrapped) = vault(
+        &server,
+        "POST",
+        "/v1/transit/rewrap/orders",
+        &root,
+        json!({"ciphertext": ciphertext}),
+    )
+    .await;
+    assert!(rewrapped["data"]["ciphertext"]
+        .as_str()
+        .unwrap()
+        .starts_with("vault:v2:"));
+    let (_, batch) = vault(
+        &server,
+        "POST",
+        "/v1/transit/encrypt/orders",
+        &root,
+        json!({"batch_input": [{"plaintext": plaintext}, {"plaintext": "%%%"}]}),
+    )
+    .await;
+    let results = batch["data"]["batch_results"].as_array().unwrap();
+    assert!(results[0]["ciphertext"].is_string());
+    assert!(results[1]["error"].is_string());
+    let (_, data_key) = vault(
+        &server,
+        "POST",
+        "/v1/transit/datakey/plaintext/orders",
+        &root,
+        json!({}),
+    )
+    .await;
+    assert!(
+        data_key["data"]["plaintext"].is_string() && data_key["data"]["ciphertext"].is_string()
+    );
+    let (_, wrapped) = vault(
+        &server,
+        "POST",
+        "/v1/transit/datakey/wrapped/orders",
+        &root,
+        json!({}),
+    )
+    .await;
+    assert!(wrapped["data"].get("plaintext").is_none());
+    vault(
+        &server,
+        "POST",
+        "/v1/transit/keys/signer",
+        &root,
+        json!({"type": "ecdsa-p256"}),
+    )
+    .await;
+    let (_, signed) = vault(
+        &server,
+        "POST",
+        "/v1/transit/sign/signer/sha2-256",
+        &root,
+        json!({"input": plaintext}),
+    )
+    .await;
+    let signature = signed["data"]["signature"].as_str().unwrap();
+    let (_, valid) = vault(
+        &server,
+        "POST",
+        "/v1/transit/verify/signer/sha2-256",
+        &root,
+        json!({"input": plaintext, "signature": signature}),
+    )
+    .await;
+    assert_eq!(valid["data"]["valid"], true);
+    let (status, body) = vault(
+        &server,
+        "POST",
+        "/v1/transit/keys/leaky",
+        &root,
+        json!({"exportable": true}),
+    )
+    .await;
+    assert_eq!((status, code(&body)), (403, "export_blocked"));
+    let (status, body) = vault(
+        &server,
+        "POST",
+        "/v1/transit/encrypt/orders",
+        "cst_not_a_token",
+        json!({"plaintext": plaintext}),
+    )
+    .await;
+    assert_eq!((status, code(&body)), (401, "invalid_token"));
+    server.stop().await;
+}
+
+/// The Python interpreter of `scripts/python-env` (which `scripts/test`
+/// runs and names in `CUSTOS_TEST_PYTHON`).
+fn python() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("CUSTOS_TEST_PYTHON") {
+        return path.into();
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let output = std::process::Command::new(root.join("scripts/python-env"))
+        .output()
+        .expect("scripts/python-env runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().into()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hvac_the_vault_client_works_unchanged_against_the_vault_routes() {
+    let server = Server::start(Backend::Sqlite).await;
+    let root = server.root_token().await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hvac_transit.py");
+    let output = tokio::process::Command::new(python())
+        .arg(script)
+        .arg(format!("http://{}", server.address))
+        .arg(&root)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("HVAC_OK"),
+        "hvac failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    server.stop().await;
+}

@@ -1,0 +1,26 @@
+-- Transit (control-plane/src/transit): named keys per org and their
+-- versions. Key material is stored sealed by the org's keyring
+-- (kind `transit_key`, record id `<key id>/<version>`); `encryptions`
+-- counts encryptions reserved against a version, in blocks, so that a
+-- version is retired long before the AES-GCM random-nonce bound.
+
+CREATE TABLE transit_keys (
+    id                     TEXT PRIMARY KEY,
+    org_id                 TEXT NOT NULL REFERENCES orgs(id),
+    name                   TEXT NOT NULL,
+    key_type               TEXT NOT NULL,
+    latest_version         INTEGER NOT NULL,
+    min_decryption_version INTEGER NOT NULL,
+    created_at             INTEGER NOT NULL,
+    updated_at             INTEGER NOT NULL,
+    UNIQUE (org_id, name)
+);
+
+CREATE TABLE transit_key_versions (
+    key_id      TEXT NOT NULL REFERENCES transit_keys(id),
+    version     INTEGER NOT NULL,
+    material    BLOB NOT NULL,
+    encryptions INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (key_id, version)
+);
