@@ -326,8 +326,25 @@ impl Coordinator {
                     }
                 }
             }
+            // A signature from any member is the whole signature: every
+            // signer checks the aggregate (BIP-340, Ed25519 or the ECDSA
+            // recovery) before it answers or stores it, and the caller
+            // verifies it again against the wallet's key. One member can
+            // hold it while another failed: it finished the run (or answers
+            // from its replay record, having finished an earlier attempt)
+            // and its peer missed the last frame. Retrying would never
+            // succeed, since that member never signs the request again.
+            if let Some(signature) = signature {
+                if failed {
+                    tracing::info!(
+                        attempt,
+                        "a member answered the signature while another failed; using it"
+                    );
+                }
+                return Ok(signature);
+            }
             if !failed {
-                return signature.ok_or(CoordinatorError::Inconsistent);
+                return Err(CoordinatorError::Inconsistent);
             }
             if quorum.iter().all(|node| !excluded.contains(node)) {
                 // Nobody unreachable: every member answered with a failure.

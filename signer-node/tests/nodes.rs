@@ -484,6 +484,55 @@ async fn a_newer_attempt_stops_the_older_session_of_its_request_at_once() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signature_stored_by_one_member_completes_a_later_attempt() {
+    // The nodes must stay bound: dropping a TestNode stops its process.
+    let Cluster {
+        nodes: _nodes,
+        parties,
+        coordinator,
+        wallet,
+        key,
+        ..
+    } = cluster_with_wallet(3, 0x7a).await;
+    let message = [0x63; 32];
+    let request = RequestId([10; 16]);
+    // Attempt 0 by nodes 0 and 1: both store the signature.
+    let first = coordinator
+        .sign(
+            request,
+            wallet,
+            KeyGeneration(0),
+            Scheme::Taproot,
+            &[parties[0], parties[1]],
+            2,
+            message.to_vec(),
+            vec![],
+        )
+        .await
+        .unwrap();
+    // A later attempt with nodes 0 and 2 (what a caller that lost the first
+    // answer does): node 0 answers from its record and never signs again,
+    // node 2 waits for node 0's frames in vain. The stored signature is the
+    // answer; before, the caller retried this forever.
+    let again = coordinator
+        .sign_from_attempt(
+            request,
+            64,
+            wallet,
+            KeyGeneration(0),
+            Scheme::Taproot,
+            &[parties[0], parties[2], parties[1]],
+            2,
+            message.to_vec(),
+            vec![],
+        )
+        .await
+        .expect("the stored signature completes the attempt");
+    assert_eq!(again, first);
+    verify_taproot(&key.public_key, &message, &again);
+}
+
 /// The generations of `wallet` a node holds, from its `/status`.
 fn generations_on(node: &TestNode, wallet: WalletId) -> Vec<u32> {
     let (_, body) = http_get(node.http, "/status").expect("status answers");

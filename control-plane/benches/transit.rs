@@ -1,0 +1,359 @@
+//! Transit throughput over HTTP, next to a no-op endpoint of the same server
+//! and raw AES-256-GCM in process.
+//!
+//! ```text
+//! cargo bench -p custos-control-plane --bench transit
+//! ```
+//!
+//! The control plane runs in this process (`custos_control_plane::run`,
+//! SQLite in a temporary folder, seal mode `env`) on a loopback socket;
+//! clients are 8 keep-alive HTTP/1.1 connections, each sending one request
+//! at a time, for a fixed wall time per figure. Every transit call is
+//! authenticated (a bearer token looked up in the database) and audited in
+//! the same transaction, as in production. The no-op endpoint is
+//! `GET /api/v1/sys/seal-status`: same listener, router and middleware, no
+//! authentication, no database.
+//!
+//! Output: progress on stderr; one `BENCH {json}` line per figure on stdout
+//! (`unit` `requests/s` or `items/s`, `median` = the figure), then the
+//! targets of issue 5: single-item encrypt ≥ 50 % of the no-op rate, batch
+//! encrypt ≥ 100,000 items/s. A benchmark prints; it never fails on timing.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+const CONNECTIONS: usize = 8;
+const MEASURE: Duration = Duration::from_secs(4);
+const MASTER_KEY: &str = "be4c000000000000000000000000000000000000000000000000000000000be4";
+
+/// One keep-alive HTTP/1.1 connection.
+struct Client {
+    stream: BufReader<TcpStream>,
+}
+
+impl Client {
+    async fn connect(address: std::net::SocketAddr) -> Client {
+        let stream = TcpStream::connect(address).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        Client {
+            stream: BufReader::new(stream),
+        }
+    }
+
+    async fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> (u16, Vec<u8>) {
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: bench\r\n");
+        if let Some(token) = token {
+            request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        if !body.is_empty() {
+            request.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        self.stream
+            .get_mut()
+            .write_all(request.as_bytes())
+            .await
+            .expect("write");
+        let mut status_line = String::new();
+        self.stream
+            .read_line(&mut status_line)
+            .await
+            .expect("status");
+        let status: u16 = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .expect("a status code");
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            self.stream.read_line(&mut line).await.expect("header");
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().expect("a length");
+                }
+            }
+        }
+        let mut answer = vec![0u8; length];
+        self.stream.read_exact(&mut answer).await.expect("body");
+        (status, answer)
+    }
+}
+
+fn bench_line(name: &str, unit: &str, value: f64, extra: Value) {
+    let mut line = json!({"name": name, "unit": unit, "median": (value * 10.0).round() / 10.0, "p90": (value * 10.0).round() / 10.0});
+    if let (Some(line), Some(extra)) = (line.as_object_mut(), extra.as_object()) {
+        for (key, value) in extra {
+            line.insert(key.clone(), value.clone());
+        }
+    }
+    println!("BENCH {line}");
+    eprintln!("  {name}: {value:.1} {unit}");
+}
+
+/// Runs `CONNECTIONS` clients, each repeating one request, for `MEASURE`;
+/// answers requests per second. Every answer must be 200.
+async fn rate(
+    address: std::net::SocketAddr,
+    method: &'static str,
+    path: &'static str,
+    token: Option<Arc<String>>,
+    body: Arc<String>,
+) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (done, token, body) = (done.clone(), token.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = Client::connect(address).await;
+            while started.elapsed() < MEASURE {
+                let (status, answer) = client
+                    .call(method, path, token.as_deref().map(String::as_str), &body)
+                    .await;
+                assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("client task");
+    }
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let dir = tempfile::tempdir().expect("a folder");
+    let database_url = format!("sqlite://{}", dir.path().join("custos.db").display());
+    let config = custos_control_plane::config::Config::parse(
+        &format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ndatabase_url = \"{database_url}\"\n\
+             rate_limit_per_sec = 1000000\ndev_mode = true\n[seal]\nmode = \"env\"\nmaster_key = \"{MASTER_KEY}\"\n",
+            dir.path().display()
+        ),
+        [],
+    )
+    .expect("configuration");
+    let db = custos_control_plane::db::Db::connect(&database_url)
+        .await
+        .expect("store");
+    let root = custos_control_plane::auth::bootstrap(&db)
+        .await
+        .expect("bootstrap")
+        .expect("a fresh store");
+    db.close().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(custos_control_plane::run(
+        config,
+        listener,
+        None,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut client = Client::connect(address).await;
+    let login = json!({"clientId": root.client_id, "clientSecret": root.client_secret}).to_string();
+    let (status, answer) = client
+        .call("POST", "/api/v1/auth/token", None, &login)
+        .await;
+    assert_eq!(status, 200);
+    let answer: Value = serde_json::from_slice(&answer).expect("json");
+    let token = Arc::new(answer["accessToken"].as_str().expect("a token").to_string());
+    let (status, _) = client
+        .call(
+            "POST",
+            "/api/v1/transit/keys",
+            Some(&token),
+            &json!({"name": "bench"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 201);
+
+    eprintln!(
+        "transit over HTTP: {CONNECTIONS} keep-alive connections, {} s per figure, SQLite, 2 cores shared by client and server",
+        MEASURE.as_secs()
+    );
+    let noop = rate(
+        address,
+        "GET",
+        "/api/v1/sys/seal-status",
+        None,
+        Arc::new(String::new()),
+    )
+    .await;
+    bench_line(
+        "noop_seal_status_http",
+        "requests/s",
+        noop,
+        json!({"connections": CONNECTIONS}),
+    );
+
+    let single =
+        Arc::new(json!({"keyName": "bench", "plaintext": "4111 1111 1111 1111"}).to_string());
+    let encrypt = rate(
+        address,
+        "POST",
+        "/api/v1/transit/encrypt",
+        Some(token.clone()),
+        single,
+    )
+    .await;
+    bench_line(
+        "transit_encrypt_single_http",
+        "requests/s",
+        encrypt,
+        json!({"ratio_to_noop": (encrypt / noop * 1000.0).round() / 1000.0}),
+    );
+
+    let (_, sealed) = client
+        .call(
+            "POST",
+            "/api/v1/transit/encrypt",
+            Some(&token),
+            &json!({"keyName": "bench", "plaintext": "4111 1111 1111 1111"}).to_string(),
+        )
+        .await;
+    let sealed: Value = serde_json::from_slice(&sealed).expect("json");
+    let ciphertext = sealed["ciphertext"]
+        .as_str()
+        .expect("a ciphertext")
+        .to_string();
+    let decrypt_body = Arc::new(json!({"keyName": "bench", "ciphertext": ciphertext}).to_string());
+    let decrypt = rate(
+        address,
+        "POST",
+        "/api/v1/transit/decrypt",
+        Some(token.clone()),
+        decrypt_body,
+    )
+    .await;
+    bench_line(
+        "transit_decrypt_single_http",
+        "requests/s",
+        decrypt,
+        json!({"ratio_to_noop": (decrypt / noop * 1000.0).round() / 1000.0}),
+    );
+
+    let batch_items: Vec<Value> = (0..100)
+        .map(|_| json!({"plaintext": "4111 1111 1111 1111"}))
+        .collect();
+    let batch = Arc::new(json!({"keyName": "bench", "batch": batch_items}).to_string());
+    let batch_rate = rate(
+        address,
+        "POST",
+        "/api/v1/transit/encrypt",
+        Some(token.clone()),
+        batch,
+    )
+    .await;
+    bench_line(
+        "transit_encrypt_batch100_http",
+        "items/s",
+        batch_rate * 100.0,
+        json!({"requests_per_s": (batch_rate * 10.0).round() / 10.0}),
+    );
+
+    let decrypt_items: Vec<Value> = (0..100)
+        .map(|_| json!({"ciphertext": ciphertext}))
+        .collect();
+    let decrypt_batch = Arc::new(json!({"keyName": "bench", "batch": decrypt_items}).to_string());
+    let decrypt_batch_rate = rate(
+        address,
+        "POST",
+        "/api/v1/transit/decrypt",
+        Some(token.clone()),
+        decrypt_batch,
+    )
+    .await;
+    bench_line(
+        "transit_decrypt_batch100_http",
+        "items/s",
+        decrypt_batch_rate * 100.0,
+        json!({"requests_per_s": (decrypt_batch_rate * 10.0).round() / 10.0}),
+    );
+
+    // Raw AES-256-GCM through the same engine, one thread.
+    use custos_control_plane::transit::crypto::{self, Binding, KeyType, KeyVersionMaterial};
+    let material = KeyVersionMaterial::generate(KeyType::Aes256Gcm96, &mut rand_core::OsRng);
+    let binding = Binding {
+        org_id: "org",
+        key_name: "bench",
+        version: 1,
+        context: None,
+    };
+    let started = Instant::now();
+    let mut items = 0u64;
+    while started.elapsed() < Duration::from_secs(2) {
+        for _ in 0..1000 {
+            let _ = crypto::encrypt(
+                KeyType::Aes256Gcm96,
+                &material,
+                &binding,
+                b"4111 1111 1111 1111",
+                &mut rand_core::OsRng,
+            );
+        }
+        items += 1000;
+    }
+    let raw = items as f64 / started.elapsed().as_secs_f64();
+    bench_line(
+        "transit_encrypt_raw_inprocess",
+        "items/s",
+        raw,
+        json!({"threads": 1}),
+    );
+
+    eprintln!(
+        "\ntarget (issue 5, 2-core machine)                     figure        target   result"
+    );
+    let ratio = encrypt / noop;
+    eprintln!(
+        "single-item encrypt ≥ 50 % of the no-op rate       {:>6.1} %        ≥ 50 %   {}",
+        ratio * 100.0,
+        if ratio >= 0.5 { "met" } else { "not met" }
+    );
+    eprintln!(
+        "batch encrypt ≥ 100,000 items/s                    {:>8.0}     ≥ 100000   {}",
+        batch_rate * 100.0,
+        if batch_rate * 100.0 >= 100_000.0 {
+            "met"
+        } else {
+            "not met"
+        }
+    );
+    let _ = stop.send(());
+    let _ = server.await;
+}
