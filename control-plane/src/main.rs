@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use custos_control_plane::config::Config;
 
+mod operator;
+
 #[derive(Parser)]
 #[command(name = "custos", version, about = "Custos control plane")]
 struct Cli {
@@ -32,6 +34,49 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Seal operations against a running control plane (over its HTTP API).
+    Operator {
+        /// The control plane's address.
+        #[arg(long, env = "CUSTOS_ADDR", default_value = "http://127.0.0.1:8200")]
+        addr: String,
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OperatorCommand {
+    /// Initialize once: prints the unseal shares and the root credentials.
+    Init {
+        /// Unseal shares to issue.
+        #[arg(long, default_value_t = 5)]
+        shares: u8,
+        /// Shares needed to unseal.
+        #[arg(long, default_value_t = 3)]
+        threshold: u8,
+        /// Keep the master key in the configured PKCS#11 token instead.
+        #[arg(long)]
+        hsm: bool,
+    },
+    /// Give one unseal share (`--share`, `CUSTOS_UNSEAL_SHARE`, or a line on
+    /// standard input).
+    Unseal {
+        /// The share (prefer the environment or standard input: shell
+        /// histories keep arguments).
+        #[arg(long)]
+        share: Option<String>,
+        /// Forget the shares given so far instead.
+        #[arg(long)]
+        reset: bool,
+    },
+    /// Seal: the control plane forgets its master key.
+    Seal {
+        /// A platform administrator's bearer token.
+        #[arg(long, env = "CUSTOS_TOKEN")]
+        token: String,
+    },
+    /// Show the seal status.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -82,6 +127,20 @@ fn main() -> anyhow::Result<()> {
             println!("{}", hex::encode(key.verifying_key().to_bytes()));
             Ok(())
         }
+        Command::Operator { addr, command } => runtime.block_on(async move {
+            match command {
+                OperatorCommand::Init {
+                    shares,
+                    threshold,
+                    hsm,
+                } => operator::init(&addr, shares, threshold, hsm).await,
+                OperatorCommand::Unseal { share, reset } => {
+                    operator::unseal(&addr, share, reset).await
+                }
+                OperatorCommand::Seal { token } => operator::seal(&addr, &token).await,
+                OperatorCommand::Status => operator::status(&addr).await,
+            }
+        }),
         Command::Audit {
             command: AuditCommand::Verify { database_url, org },
         } => runtime.block_on(async move {

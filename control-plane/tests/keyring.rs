@@ -513,3 +513,83 @@ async fn a_sealed_record_opens_only_for_its_own_org_kind_and_row_and_survives_ro
         }
     }
 }
+
+// ---- the operator CLI ------------------------------------------------------
+
+/// Runs `custos operator …` (the real binary) against `server`.
+async fn operator(server: &Server, args: &[&str], stdin: Option<&str>) -> (bool, Value, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_custos"));
+    command
+        .arg("operator")
+        .arg("--addr")
+        .arg(format!("http://{}", server.address))
+        .args(args)
+        .env_remove("CUSTOS_UNSEAL_SHARE")
+        .env_remove("CUSTOS_TOKEN")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).await.unwrap();
+    }
+    drop(input);
+    let output = child.wait_with_output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    (
+        output.status.success(),
+        serde_json::from_str(&stdout).unwrap_or(Value::Null),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operators_init_unseal_and_seal_with_the_cli() {
+    let (dir, url) = fresh_store(Backend::Sqlite).await;
+    let server = Server::start_configured(dir, url, SHAMIR, false).await;
+    let (ok, init, stderr) = operator(
+        &server,
+        &["init", "--shares", "3", "--threshold", "2"],
+        None,
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    let shares: Vec<String> = init["unsealShares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|share| share.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(shares.len(), 3);
+    let (ok, status, _) = operator(&server, &["status"], None).await;
+    assert!(ok);
+    assert_eq!(
+        (status["sealed"].clone(), status["threshold"].clone()),
+        (json!(true), json!(2))
+    );
+    // A wrong share fails the command with the API's code.
+    let (ok, _, stderr) = operator(&server, &["unseal", "--share", "nonsense"], None).await;
+    assert!(!ok && stderr.contains("invalid_unseal_share"), "{stderr}");
+    // One share as an argument, one on standard input (no shell history).
+    let (ok, answer, _) = operator(&server, &["unseal", "--share", &shares[2]], None).await;
+    assert!(
+        ok && answer["sealed"] == true && answer["progress"] == 1,
+        "{answer}"
+    );
+    let (ok, answer, stderr) =
+        operator(&server, &["unseal"], Some(&format!("{}\n", shares[0]))).await;
+    assert!(ok && answer["sealed"] == false, "{answer} {stderr}");
+    let token = server
+        .token(
+            init["rootClientId"].as_str().unwrap(),
+            init["rootClientSecret"].as_str().unwrap(),
+        )
+        .await;
+    let (ok, answer, stderr) = operator(&server, &["seal", "--token", &token], None).await;
+    assert!(ok && answer["sealed"] == true, "{answer} {stderr}");
+    let (_, status, _) = operator(&server, &["status"], None).await;
+    assert_eq!(status["sealed"], true);
+    server.stop().await;
+}
