@@ -279,6 +279,86 @@ async fn audit(
     .await
 }
 
+/// A plaintext or context and its bytes (kept out of memory dumps).
+type Secret = Zeroizing<Vec<u8>>;
+
+fn text_bytes(text: &str) -> Secret {
+    Zeroizing::new(text.as_bytes().to_vec())
+}
+
+/// The audit detail of a batch call; `vault` marks the Vault-compatible
+/// routes.
+fn batch_detail<T>(results: &[AppResult<T>], vault: bool, version: Option<u32>) -> Value {
+    let failed = results.iter().filter(|result| result.is_err()).count();
+    let mut detail = json!({"items": results.len(), "failed": failed});
+    if let Some(version) = version {
+        detail["version"] = json!(version);
+    }
+    if vault {
+        detail["vault"] = json!(true);
+    }
+    detail
+}
+
+/// Encrypts every item under one reservation and one audit record, in one
+/// transaction: what both dialects' encrypt share. `prepare` gives an
+/// item's plaintext and context; an item that does not decode is that
+/// item's error. Answers the per-item results and the version used.
+async fn encrypt_items<T>(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    items: &[T],
+    vault: bool,
+    prepare: impl Fn(&T) -> AppResult<(Secret, Option<Secret>)>,
+) -> AppResult<(Vec<AppResult<String>>, u32)> {
+    let mut tx = state.db.begin().await?;
+    let key = load(state, &mut tx, &caller.org, name).await?;
+    let key = reserve(state, &mut tx, key, items.len()).await?;
+    let results: Vec<AppResult<String>> = items
+        .iter()
+        .map(|item| {
+            let (plaintext, context) = prepare(item)?;
+            encrypt_one(&key, &plaintext, context.as_deref().map(Vec::as_slice))
+        })
+        .collect();
+    let detail = batch_detail(&results, vault, Some(key.latest));
+    audit(state, &mut tx, caller, "transit.encrypt", name, detail).await?;
+    tx.commit().await?;
+    Ok((results, key.latest))
+}
+
+/// Decrypts every item, with one audit record, in one transaction: what
+/// both dialects' decrypt share. `prepare` gives an item's ciphertext and
+/// context, `present` turns a plaintext into the answer's text.
+async fn decrypt_items<'a, T>(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    items: &'a [T],
+    vault: bool,
+    prepare: impl Fn(&'a T) -> AppResult<(&'a str, Option<Secret>)>,
+    present: impl Fn(Secret) -> AppResult<String>,
+) -> AppResult<Vec<AppResult<String>>> {
+    let mut tx = state.db.begin().await?;
+    let key = load(state, &mut tx, &caller.org, name).await?;
+    let results: Vec<AppResult<String>> = items
+        .iter()
+        .map(|item| {
+            let (ciphertext, context) = prepare(item)?;
+            present(decrypt_one(
+                &key,
+                ciphertext,
+                context.as_deref().map(Vec::as_slice),
+            )?)
+        })
+        .collect();
+    let detail = batch_detail(&results, vault, None);
+    audit(state, &mut tx, caller, "transit.decrypt", name, detail).await?;
+    tx.commit().await?;
+    Ok(results)
+}
+
 // ---- Custos routes -----------------------------------------------------------
 
 #[derive(Deserialize)]
@@ -426,31 +506,18 @@ async fn encrypt(
         body.batch,
         "give plaintext or batch",
     )?;
-    let mut tx = state.db.begin().await?;
-    let key = load(&state, &mut tx, &caller.org, &body.key_name).await?;
-    let key = reserve(&state, &mut tx, key, items.len()).await?;
-    let results: Vec<AppResult<String>> = items
-        .iter()
-        .map(|item| {
-            let plaintext = decode_input(&item.plaintext, encoding)?;
-            encrypt_one(&key, &plaintext, item.context.as_deref().map(str::as_bytes))
+    let (results, version) =
+        encrypt_items(&state, &caller, &body.key_name, &items, false, |item| {
+            Ok((
+                decode_input(&item.plaintext, encoding)?,
+                item.context.as_deref().map(text_bytes),
+            ))
         })
-        .collect();
-    let failed = results.iter().filter(|result| result.is_err()).count();
-    audit(
-        &state,
-        &mut tx,
-        &caller,
-        "transit.encrypt",
-        &key.name,
-        json!({"items": results.len(), "failed": failed, "version": key.latest}),
-    )
-    .await?;
-    tx.commit().await?;
+        .await?;
     answer_batch(
         single,
         results,
-        |ciphertext| json!({"ciphertext": ciphertext, "keyVersion": key.latest}),
+        |ciphertext| json!({"ciphertext": ciphertext, "keyVersion": version}),
     )
 }
 
@@ -515,30 +582,21 @@ async fn decrypt(
         body.batch,
         "give ciphertext or batch",
     )?;
-    let mut tx = state.db.begin().await?;
-    let key = load(&state, &mut tx, &caller.org, &body.key_name).await?;
-    let results: Vec<AppResult<String>> = items
-        .iter()
-        .map(|item| {
-            let plaintext = decrypt_one(
-                &key,
-                &item.ciphertext,
-                item.context.as_deref().map(str::as_bytes),
-            )?;
-            encode_output(&plaintext, encoding)
-        })
-        .collect();
-    let failed = results.iter().filter(|result| result.is_err()).count();
-    audit(
+    let results = decrypt_items(
         &state,
-        &mut tx,
         &caller,
-        "transit.decrypt",
-        &key.name,
-        json!({"items": results.len(), "failed": failed}),
+        &body.key_name,
+        &items,
+        false,
+        |item| {
+            Ok((
+                item.ciphertext.as_str(),
+                item.context.as_deref().map(text_bytes),
+            ))
+        },
+        |plaintext| encode_output(&plaintext, encoding),
     )
     .await?;
-    tx.commit().await?;
     answer_batch(single, results, |plaintext| json!({"plaintext": plaintext}))
 }
 
@@ -995,32 +1053,17 @@ async fn vault_encrypt(
             .map(|plaintext| VaultEncryptItem { plaintext, context }),
     };
     let (single, items) = one_or_batch(single, body.batch_input, "missing plaintext to encrypt")?;
-    let mut tx = state.db.begin().await?;
-    let key = load(&state, &mut tx, &caller.org, &name).await?;
-    let key = reserve(&state, &mut tx, key, items.len()).await?;
-    let results: Vec<AppResult<String>> = items
-        .iter()
-        .map(|item| {
-            let plaintext = vault_base64(&item.plaintext, "plaintext")?;
-            let context = optional_base64(item.context.as_deref(), "context")?;
-            encrypt_one(&key, &plaintext, context.as_deref().map(Vec::as_slice))
-        })
-        .collect();
-    let failed = results.iter().filter(|result| result.is_err()).count();
-    audit(
-        &state,
-        &mut tx,
-        &caller,
-        "transit.encrypt",
-        &name,
-        json!({"items": results.len(), "failed": failed, "version": key.latest, "vault": true}),
-    )
+    let (results, version) = encrypt_items(&state, &caller, &name, &items, true, |item| {
+        Ok((
+            vault_base64(&item.plaintext, "plaintext")?,
+            optional_base64(item.context.as_deref(), "context")?,
+        ))
+    })
     .await?;
-    tx.commit().await?;
     vault_answer(
         single,
         results,
-        |ciphertext| json!({"ciphertext": ciphertext, "key_version": key.latest}),
+        |ciphertext| json!({"ciphertext": ciphertext, "key_version": version}),
     )
 }
 
@@ -1080,31 +1123,21 @@ async fn vault_decrypt(
         }),
     };
     let (single, items) = one_or_batch(single, body.batch_input, "missing ciphertext to decrypt")?;
-    let mut tx = state.db.begin().await?;
-    let key = load(&state, &mut tx, &caller.org, &name).await?;
-    let results: Vec<AppResult<String>> = items
-        .iter()
-        .map(|item| {
-            let context = optional_base64(item.context.as_deref(), "context")?;
-            decrypt_one(
-                &key,
-                &item.ciphertext,
-                context.as_deref().map(Vec::as_slice),
-            )
-            .map(|plaintext| BASE64.encode(plaintext.as_slice()))
-        })
-        .collect();
-    let failed = results.iter().filter(|result| result.is_err()).count();
-    audit(
+    let results = decrypt_items(
         &state,
-        &mut tx,
         &caller,
-        "transit.decrypt",
         &name,
-        json!({"items": results.len(), "failed": failed, "vault": true}),
+        &items,
+        true,
+        |item| {
+            Ok((
+                item.ciphertext.as_str(),
+                optional_base64(item.context.as_deref(), "context")?,
+            ))
+        },
+        |plaintext| Ok(BASE64.encode(plaintext.as_slice())),
     )
     .await?;
-    tx.commit().await?;
     vault_answer(single, results, |plaintext| json!({"plaintext": plaintext}))
 }
 
