@@ -38,6 +38,9 @@ use crate::signing::{self, SignInput};
 use crate::state::AppState;
 use crate::wallets::{self, Protocol, Wallet};
 
+mod backups;
+mod keys;
+mod secrets;
 mod sys;
 mod transit;
 
@@ -79,6 +82,9 @@ pub fn app(state: Arc<AppState>) -> Router {
         .merge(slow)
         .merge(sys::routes())
         .merge(transit::routes())
+        .merge(secrets::routes())
+        .merge(keys::routes())
+        .merge(backups::routes())
         .fallback(|| async { AppError::not_found("route") })
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -214,8 +220,10 @@ impl FromRequestParts<Arc<AppState>> for Caller {
                 "send Authorization: Bearer <token> (from POST /api/v1/auth/token)",
             ));
         };
-        let caller =
-            auth::authenticate(&state.db, token.trim(), client_ip(parts), &request_id).await?;
+        let caller = state
+            .tokens
+            .authenticate(&state.db, token.trim(), client_ip(parts), &request_id)
+            .await?;
         if !state.limiter.allow(&caller.identity) {
             return Err(AppError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -1028,7 +1036,7 @@ async fn prepare_committee(
         ));
     }
     authorize(&state, &caller, "node.committee", "node:*").await?;
-    crate::nodes::prepare_committee(&state.db, &state.coordinator, &committee).await?;
+    crate::nodes::prepare_committee(&state.db, &state.coordinator()?, &committee).await?;
     audit_event(
         &state,
         &caller,
@@ -1164,7 +1172,7 @@ async fn create_wallet(
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut request);
     let started = std::time::Instant::now();
     let created = state
-        .coordinator
+        .coordinator()?
         .create_wallet(
             custos_protocol::RequestId(request),
             wallet_id,
@@ -1194,7 +1202,7 @@ async fn create_wallet(
     };
     request[0] ^= 0xff;
     let key_info = state
-        .coordinator
+        .coordinator()?
         .key_info(
             custos_protocol::RequestId(request),
             &committee,

@@ -77,6 +77,11 @@ pub fn role_allows(role: Role, action: &str) -> bool {
         Role::Operator => &[
             "wallet.*",
             "node.*",
+            "secret.*",
+            "operation.read",
+            "webhook.read",
+            "key.create",
+            "key.read",
             "transit.key.create",
             "transit.read",
             "signing.read",
@@ -86,12 +91,24 @@ pub fn role_allows(role: Role, action: &str) -> bool {
         ],
         Role::Approver => &[
             "approval.*",
+            "operation.read",
             "wallet.read",
             "signing.read",
             "policy.read",
             "identity.mfa",
         ],
         Role::Service => &[
+            "key.create",
+            "key.read",
+            "key.sign",
+            "key.verify",
+            "key.encrypt",
+            "key.decrypt",
+            "key.wrap",
+            "key.unwrap",
+            "secret.read",
+            "secret.list",
+            "operation.read",
             "wallet.create",
             "wallet.read",
             "wallet.sign",
@@ -105,8 +122,12 @@ pub fn role_allows(role: Role, action: &str) -> bool {
             "transit.verify",
             "transit.hmac",
         ],
-        Role::Auditor => &["audit.*", "*.read"],
+        Role::Auditor => &["audit.*", "*.read", "secret.list"],
     };
+    // Auditors see metadata and the audit trail, never secret values.
+    if role == Role::Auditor && action == "secret.read" {
+        return false;
+    }
     patterns
         .iter()
         .any(|pattern| crate::policy::glob_match(pattern, action))
@@ -400,14 +421,19 @@ fn token_hash(token: &str) -> Vec<u8> {
         .to_vec()
 }
 
-/// The identity behind a bearer token. Lookup is by the token's hash, so
-/// no secret is compared byte by byte.
-pub async fn authenticate(db: &Db, token: &str, ip: IpAddr, request_id: &str) -> AppResult<Caller> {
+/// The caller of the token whose SHA-256 is `hash`, and the token's expiry.
+/// Lookup is by the token's hash, so no secret is compared byte by byte.
+async fn authenticate_in(
+    db: &Db,
+    hash: &[u8],
+    ip: IpAddr,
+    request_id: &str,
+) -> AppResult<(Caller, i64)> {
     let row = sqlx::query(
         "SELECT t.expires_at, i.id, i.name, i.org_id, i.role, i.platform_admin \
          FROM tokens t JOIN identities i ON i.id = t.identity_id WHERE t.token_hash = $1",
     )
-    .bind(token_hash(token))
+    .bind(hash)
     .fetch_optional(db.pool())
     .await?;
     let Some(row) = row else {
@@ -416,14 +442,15 @@ pub async fn authenticate(db: &Db, token: &str, ip: IpAddr, request_id: &str) ->
             "the bearer token is not valid",
         ));
     };
-    if row.try_get::<i64, _>("expires_at")? <= now_ms() {
+    let expires_at: i64 = row.try_get("expires_at")?;
+    if expires_at <= now_ms() {
         return Err(AppError::unauthenticated(
             "token_expired",
             "the bearer token has expired",
         ));
     }
     let role: String = row.try_get("role")?;
-    Ok(Caller {
+    let caller = Caller {
         identity: row.try_get("id")?,
         name: row.try_get("name")?,
         org: row.try_get("org_id")?,
@@ -432,7 +459,102 @@ pub async fn authenticate(db: &Db, token: &str, ip: IpAddr, request_id: &str) ->
         platform_admin: row.try_get::<i64, _>("platform_admin")? == 1,
         ip,
         request_id: request_id.to_string(),
-    })
+    };
+    Ok((caller, expires_at))
+}
+
+/// Verified tokens, kept for a short time so that a busy client's every
+/// call does not read the database (the transit data plane). Keyed by the
+/// token's SHA-256, like the table; an entry answers only until the
+/// earlier of its token's expiry and `ttl` after it was read. A token made
+/// invalid in the database (none of the API's operations does so today;
+/// an operator's manual delete) stays usable on a replica for at most
+/// `ttl`.
+pub struct TokenCache {
+    ttl_ms: i64,
+    entries: std::sync::Mutex<std::collections::HashMap<Vec<u8>, CachedToken>>,
+}
+
+#[derive(Clone)]
+struct CachedToken {
+    identity: String,
+    name: String,
+    org: String,
+    role: Role,
+    platform_admin: bool,
+    expires_at: i64,
+    good_until: i64,
+}
+
+/// The most tokens a replica keeps (the cache is emptied when full).
+const TOKEN_CACHE_CAPACITY: usize = 100_000;
+
+impl TokenCache {
+    /// A cache keeping tokens for `ttl_ms` (0: no caching).
+    pub fn new(ttl_ms: u64) -> TokenCache {
+        TokenCache {
+            ttl_ms: i64::try_from(ttl_ms).unwrap_or(i64::MAX),
+            entries: Default::default(),
+        }
+    }
+
+    /// The caller of `token`, from the cache or the database.
+    pub async fn authenticate(
+        &self,
+        db: &Db,
+        token: &str,
+        ip: IpAddr,
+        request_id: &str,
+    ) -> AppResult<Caller> {
+        let hash = token_hash(token);
+        let now = now_ms();
+        let cached = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&hash)
+            .cloned();
+        if let Some(entry) = cached.filter(|entry| entry.good_until > now) {
+            if entry.expires_at <= now {
+                return Err(AppError::unauthenticated(
+                    "token_expired",
+                    "the bearer token has expired",
+                ));
+            }
+            return Ok(Caller {
+                identity: entry.identity,
+                name: entry.name,
+                org: entry.org,
+                role: entry.role,
+                platform_admin: entry.platform_admin,
+                ip,
+                request_id: request_id.to_string(),
+            });
+        }
+        let (caller, expires_at) = authenticate_in(db, &hash, ip, request_id).await?;
+        if self.ttl_ms > 0 {
+            let mut entries = self
+                .entries
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if entries.len() >= TOKEN_CACHE_CAPACITY {
+                entries.clear();
+            }
+            entries.insert(
+                hash,
+                CachedToken {
+                    identity: caller.identity.clone(),
+                    name: caller.name.clone(),
+                    org: caller.org.clone(),
+                    role: caller.role,
+                    platform_admin: caller.platform_admin,
+                    expires_at,
+                    good_until: now + self.ttl_ms,
+                },
+            );
+        }
+        Ok(caller)
+    }
 }
 
 /// On the first start: creates the platform org, its default policy and the

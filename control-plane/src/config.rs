@@ -113,6 +113,111 @@ pub struct SealSettings {
     pub pkcs11: Option<Pkcs11Settings>,
 }
 
+/// The `[webhooks]` section.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Accept `http://` webhook URLs (always accepted in dev mode).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// The first retry's delay, milliseconds; each retry doubles it.
+    #[serde(default = "default_webhook_backoff")]
+    pub backoff_ms: u64,
+    /// Attempts before a delivery is given up (`failed`).
+    #[serde(default = "default_webhook_attempts")]
+    pub max_attempts: u32,
+    /// How often the worker looks for due deliveries, milliseconds.
+    #[serde(default = "default_webhook_poll")]
+    pub poll_ms: u64,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            allow_http: false,
+            backoff_ms: default_webhook_backoff(),
+            max_attempts: default_webhook_attempts(),
+            poll_ms: default_webhook_poll(),
+        }
+    }
+}
+
+fn default_webhook_backoff() -> u64 {
+    1000
+}
+fn default_webhook_attempts() -> u32 {
+    8
+}
+fn default_webhook_poll() -> u64 {
+    500
+}
+
+/// A PKCS#11 token (module, label, user PIN).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSettings {
+    /// The PKCS#11 module (shared library).
+    pub module: PathBuf,
+    /// The token's label.
+    pub token_label: String,
+    /// The token's user PIN (`CUSTOS_KEYS_PIN` overrides).
+    pub pin: SecretSetting,
+}
+
+/// The `[keys]` section (the key registry).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySettings {
+    /// The token of `backend: "hsm"` keys; without it such keys are refused.
+    #[serde(default)]
+    pub pkcs11: Option<TokenSettings>,
+    /// Client-side encryption keys: days until a key is deprecated.
+    #[serde(default = "default_cse_expiry")]
+    pub cse_expiry_days: u32,
+    /// Client-side encryption keys: days a deprecated key still decrypts
+    /// before it is destroyed.
+    #[serde(default = "default_cse_retention")]
+    pub cse_retention_days: u32,
+    /// Client-side encryption keys: keys per subject per 24 hours.
+    #[serde(default = "default_cse_limit")]
+    pub cse_keys_per_subject_per_day: u32,
+    /// The largest ciphertext accepted for decryption, bytes.
+    #[serde(default = "default_max_ciphertext")]
+    pub max_ciphertext_bytes: usize,
+    /// How often the scheduler looks for due rotations and expiries, ms.
+    #[serde(default = "default_schedule_poll")]
+    pub schedule_poll_ms: u64,
+}
+
+impl Default for KeySettings {
+    fn default() -> Self {
+        Self {
+            pkcs11: None,
+            cse_expiry_days: default_cse_expiry(),
+            cse_retention_days: default_cse_retention(),
+            cse_keys_per_subject_per_day: default_cse_limit(),
+            max_ciphertext_bytes: default_max_ciphertext(),
+            schedule_poll_ms: default_schedule_poll(),
+        }
+    }
+}
+
+fn default_cse_expiry() -> u32 {
+    30
+}
+fn default_cse_retention() -> u32 {
+    90
+}
+fn default_cse_limit() -> u32 {
+    5
+}
+fn default_max_ciphertext() -> usize {
+    8 * 1024
+}
+fn default_schedule_poll() -> u64 {
+    1000
+}
+
 /// The control plane's settings.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,6 +236,10 @@ pub struct Config {
     /// Lifetime of bearer tokens, seconds.
     #[serde(default = "default_token_ttl")]
     pub token_ttl_secs: u64,
+    /// How long a replica trusts a verified bearer token without reading
+    /// the database again, milliseconds (0: never).
+    #[serde(default = "default_token_cache")]
+    pub token_cache_ms: u64,
     /// Largest request body, bytes.
     #[serde(default = "default_body_limit")]
     pub body_limit_bytes: usize,
@@ -147,6 +256,12 @@ pub struct Config {
     /// The keyring's master key.
     #[serde(default)]
     pub seal: SealSettings,
+    /// Outgoing webhooks.
+    #[serde(default)]
+    pub webhooks: WebhookSettings,
+    /// The key registry.
+    #[serde(default)]
+    pub keys: KeySettings,
     /// Signer nodes.
     #[serde(default)]
     pub nodes: Vec<NodeEntry>,
@@ -154,6 +269,9 @@ pub struct Config {
 
 fn default_token_ttl() -> u64 {
     900
+}
+fn default_token_cache() -> u64 {
+    2000
 }
 fn default_body_limit() -> usize {
     256 * 1024
@@ -184,15 +302,16 @@ impl Config {
     ) -> anyhow::Result<Config> {
         let mut document: toml::Table = toml::from_str(text)?;
         for (name, value) in environment {
-            // Settings of the [seal] section.
-            let seal_path: Option<&[&str]> = match name.as_str() {
-                "CUSTOS_MASTER_KEY" => Some(&["master_key"]),
-                "CUSTOS_SEAL_PIN" => Some(&["pkcs11", "pin"]),
+            // Secrets inside the [seal] and [keys] sections.
+            let nested: Option<(&str, &[&str])> = match name.as_str() {
+                "CUSTOS_MASTER_KEY" => Some(("seal", &["master_key"])),
+                "CUSTOS_SEAL_PIN" => Some(("seal", &["pkcs11", "pin"])),
+                "CUSTOS_KEYS_PIN" => Some(("keys", &["pkcs11", "pin"])),
                 _ => None,
             };
-            if let Some(path) = seal_path {
+            if let Some((section, path)) = nested {
                 let mut table = document
-                    .entry("seal")
+                    .entry(section)
                     .or_insert_with(|| toml::Value::Table(toml::Table::new()));
                 for (depth, key) in path.iter().enumerate() {
                     let Some(inner) = table.as_table_mut() else {

@@ -15,21 +15,26 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod backups;
 pub mod chain;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod keyring;
+pub mod keys;
 pub mod nodes;
 pub mod openapi;
+pub mod operations;
 pub mod orgs;
 pub mod policy;
+pub mod secrets;
 pub mod signatures;
 pub mod signing;
 pub mod state;
 pub mod totp;
 pub mod transit;
 pub mod wallets;
+pub mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -45,38 +50,93 @@ use crate::keyring::Keyring;
 use crate::nodes::Registry;
 use crate::state::{AppState, RateLimiter};
 
-/// Loads the coordinator's Ed25519 key from `path`, creating it (mode 0600)
-/// when missing. Nodes pin its public key.
-pub fn load_or_create_coordinator_key(path: &std::path::Path) -> anyhow::Result<SigningKey> {
+/// The `meta` name of the coordinator's key under the keyring.
+const COORDINATOR_SECRET: &str = "coordinator-key";
+
+/// The coordinator's Ed25519 key (nodes pin its public key), kept under the
+/// keyring: wrapped by the master key in the store, created on first use.
+/// A key file of an older deployment (`legacy`, the data folder's
+/// `coordinator.key`) is taken over once, so that the nodes' pin stays
+/// valid, and then deleted. Needs the keyring unsealed.
+pub async fn coordinator_key(
+    keyring: &Keyring,
+    db: &Db,
+    legacy: &std::path::Path,
+) -> anyhow::Result<SigningKey> {
     use zeroize::Zeroize;
-    if let Ok(mut bytes) = std::fs::read(path) {
-        let mut secret: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", path.display()))?;
+    let mut conn = db.pool().acquire().await?;
+    let mut from_file = None;
+    if let Ok(mut bytes) = std::fs::read(legacy) {
+        let secret: Result<[u8; 32], _> = bytes.as_slice().try_into();
         bytes.zeroize();
-        let key = SigningKey::from_bytes(&secret);
-        secret.zeroize();
-        return Ok(key);
+        from_file =
+            Some(secret.map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", legacy.display()))?);
     }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+    let imported = from_file.is_some();
+    let secret = keyring
+        .system_secret(&mut conn, COORDINATOR_SECRET, || match from_file {
+            Some(bytes) => custos_protocol::seal::SealingKey::from_bytes(bytes),
+            None => custos_protocol::seal::SealingKey::generate(&mut rand_core::OsRng),
+        })
+        .await?;
+    let mut bytes = *secret.expose_bytes();
+    let key = SigningKey::from_bytes(&bytes);
+    bytes.zeroize();
+    if imported {
+        std::fs::remove_file(legacy)?;
+        tracing::warn!(
+            file = %legacy.display(),
+            "the coordinator key moved under the keyring; its file is deleted"
+        );
     }
-    let key = SigningKey::generate(&mut rand_core::OsRng);
-    let temporary = path.with_extension("tmp");
-    {
-        use std::io::Write;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let _ = std::fs::remove_file(&temporary);
-        let mut file = options.open(&temporary)?;
-        file.write_all(&key.to_bytes())?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&temporary, path)?;
     Ok(key)
+}
+
+/// The coordinator's public key (hex), for `custos coordinator-key`: opens
+/// the store and the keyring as `run` would (the `env` and `hsm` backends
+/// unseal here; Shamir cannot) and creates the key if missing.
+pub async fn coordinator_public_key(config: &Config) -> anyhow::Result<String> {
+    let database_url = config.database_url();
+    if database_url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.data_dir)?;
+    }
+    let db = Db::connect(&database_url).await?;
+    let keyring = open_keyring(config, &db).await?;
+    if keyring.is_sealed() {
+        anyhow::bail!(
+            "the keyring is sealed (seal mode {}): unseal the server and read \
+             GET /api/v1/sys/coordinator-key",
+            config.seal.mode.as_str()
+        );
+    }
+    let key = coordinator_key(&keyring, &db, &config.coordinator_key_path()).await?;
+    db.close().await;
+    Ok(hex::encode(key.verifying_key().to_bytes()))
+}
+
+/// Starts the coordinator once the keyring is unsealed (at start for the
+/// `env` and `hsm` backends, after the operators' unseal for Shamir).
+/// Idempotent.
+pub async fn start_coordinator(state: &AppState) -> anyhow::Result<()> {
+    if state.coordinator_if_started().is_some() {
+        return Ok(());
+    }
+    let key = coordinator_key(
+        &state.keyring,
+        &state.db,
+        &state.config.coordinator_key_path(),
+    )
+    .await?;
+    let coordinator = Arc::new(Coordinator::start(key, state.registry.node_infos()?)?);
+    let mut slot = state
+        .coordinator
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if slot.is_none() {
+        tracing::info!(coordinator = %hex::encode(coordinator.party().0), nodes = state.registry.nodes().len(), "coordinator started");
+        *slot = Some(coordinator);
+    }
+    Ok(())
 }
 
 /// Loads the keyring and, for the backends that can, unseals it: `env`
@@ -163,10 +223,7 @@ pub async fn run(
     }
     let db = Db::connect(&database_url).await?;
     let keyring = Arc::new(open_keyring(&config, &db).await?);
-    let key = load_or_create_coordinator_key(&config.coordinator_key_path())?;
     let registry = Arc::new(Registry::from_config(&config.nodes)?);
-    let coordinator = Arc::new(Coordinator::start(key, registry.node_infos()?)?);
-    tracing::info!(coordinator = %hex::encode(coordinator.party().0), nodes = registry.nodes().len(), "coordinator started");
     // With Shamir or HSM seal the root credentials come from `sys/init`;
     // the development backend initializes itself, so they come from here.
     let bootstrapped = if config.seal.mode == SealMode::Env {
@@ -192,31 +249,57 @@ pub async fn run(
         .sync_to_store(&db, &http)
         .await
         .map_err(|error| anyhow::anyhow!("{error}"))?;
+    let hsm_keys = match &config.keys.pkcs11 {
+        Some(token) => {
+            let (module, label, pin) = (
+                token.module.clone(),
+                token.token_label.clone(),
+                token.pin.expose().to_string(),
+            );
+            let store = tokio::task::spawn_blocking(move || {
+                keys::hsm::HsmKeyStore::open(&module, &label, &pin)
+            })
+            .await?
+            .map_err(|error| anyhow::anyhow!("the key registry's PKCS#11 token: {error}"))?;
+            Some(store)
+        }
+        None => None,
+    };
     let state = Arc::new(AppState {
         db: db.clone(),
         replica: config.replica_id(),
         limiter: RateLimiter::new(config.rate_limit_per_sec),
+        tokens: auth::TokenCache::new(config.token_cache_ms),
         config,
-        coordinator: coordinator.clone(),
+        coordinator: std::sync::RwLock::new(None),
         registry: registry.clone(),
         worker_wake: tokio::sync::Notify::new(),
         metrics,
         keyring,
         transit: Default::default(),
+        audit: audit::AuditBatcher::start(db.clone()),
+        hsm_keys,
     });
     signing::recover_own_leases(&state)
         .await
         .map_err(|error| anyhow::anyhow!("{error}"))?;
+    if !state.keyring.is_sealed() {
+        start_coordinator(&state).await?;
+    }
     let prober = {
-        let (registry, db, coordinator) = (registry.clone(), db.clone(), coordinator.clone());
+        let state = state.clone();
         tokio::spawn(async move {
             loop {
-                registry.probe(&db, &coordinator).await;
+                if let Some(coordinator) = state.coordinator_if_started() {
+                    state.registry.probe(&state.db, &coordinator).await;
+                }
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
         })
     };
     let worker = tokio::spawn(signing::worker(state.clone()));
+    let webhook_worker = tokio::spawn(webhooks::worker(state.clone()));
+    let key_scheduler = tokio::spawn(keys::scheduler(state.clone()));
     let address = listener.local_addr()?;
     tracing::info!(%address, "control plane listening");
     let served = axum::serve(
@@ -227,6 +310,8 @@ pub async fn run(
     .await;
     prober.abort();
     worker.abort();
+    webhook_worker.abort();
+    key_scheduler.abort();
     db.close().await;
     served?;
     Ok(())

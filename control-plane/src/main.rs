@@ -22,12 +22,22 @@ enum Command {
         #[arg(long, env = "CUSTOS_CONFIG")]
         config: PathBuf,
     },
-    /// Create the coordinator key if missing and print its public key (hex):
-    /// the key signer nodes pin as `coordinator`.
+    /// Print the coordinator's public key (hex), the key signer nodes pin as
+    /// `coordinator`, creating the key under the keyring if missing. Opens
+    /// the store and the keyring as the server would: with `--config`, or
+    /// with `--data-dir` (and `--database-url`) and the development master
+    /// key in `CUSTOS_MASTER_KEY`. A Shamir-sealed control plane cannot be
+    /// opened here: read `GET /api/v1/sys/coordinator-key` once unsealed.
     CoordinatorKey {
-        /// The control plane's data folder.
+        /// Configuration file (TOML).
+        #[arg(long, env = "CUSTOS_CONFIG", conflicts_with = "data_dir")]
+        config: Option<PathBuf>,
+        /// The control plane's data folder (seal mode `env`).
         #[arg(long)]
-        data_dir: PathBuf,
+        data_dir: Option<PathBuf>,
+        /// The store (default: SQLite in the data folder).
+        #[arg(long, requires = "data_dir")]
+        database_url: Option<String>,
     },
     /// Audit log commands.
     Audit {
@@ -120,11 +130,28 @@ fn main() -> anyhow::Result<()> {
                 custos_control_plane::run(config, listener, metrics, shutdown_signal()).await
             })
         }
-        Command::CoordinatorKey { data_dir } => {
-            let key = custos_control_plane::load_or_create_coordinator_key(
-                &data_dir.join("coordinator.key"),
-            )?;
-            println!("{}", hex::encode(key.verifying_key().to_bytes()));
+        Command::CoordinatorKey {
+            config,
+            data_dir,
+            database_url,
+        } => {
+            let config = match (config, data_dir) {
+                (Some(path), _) => Config::load(&path, std::env::vars())?,
+                (None, Some(data_dir)) => {
+                    let mut text = format!(
+                        "listen = \"127.0.0.1:0\"\ndata_dir = {}\ndev_mode = true\n",
+                        toml::Value::String(data_dir.display().to_string())
+                    );
+                    if let Some(url) = database_url {
+                        text.push_str(&format!("database_url = {}\n", toml::Value::String(url)));
+                    }
+                    text.push_str("[seal]\nmode = \"env\"\n");
+                    Config::parse(&text, std::env::vars())?
+                }
+                (None, None) => anyhow::bail!("give --config or --data-dir"),
+            };
+            let public = runtime.block_on(custos_control_plane::coordinator_public_key(&config))?;
+            println!("{public}");
             Ok(())
         }
         Command::Operator { addr, command } => runtime.block_on(async move {

@@ -797,9 +797,9 @@ pub fn evaluate(policies: &[(String, Vec<Rule>)], facts: &RequestFacts) -> Decis
 // Default policy
 
 /// The default policy of a new organisation, visible and editable, in order:
-/// `*.export` denied; `*.delete` and `key.destroy` need 2 approvals from
-/// admins or approvers; `key.rotate`, `transit.rotate` and `wallet.reshare`
-/// need 1 admin approval; everything else (reading, creating, signing) is
+/// `*.export` denied; `*.delete` and `*.destroy` need 2 approvals from
+/// admins or approvers; `key.rotate`, `transit.rotate`, `wallet.reshare`
+/// and `wallet.restore` (a share from a backup) need 1 admin approval; everything else (reading, creating, signing) is
 /// allowed.
 pub fn default_rules() -> Vec<Rule> {
     let rule = |action: &str, effect: Effect, approvals: Option<(u32, &[&str])>| Rule {
@@ -817,10 +817,11 @@ pub fn default_rules() -> Vec<Rule> {
     vec![
         rule("*.export", Effect::Deny, None),
         rule("*.delete", Effect::RequireApproval, Some(two)),
-        rule("key.destroy", Effect::RequireApproval, Some(two)),
+        rule("*.destroy", Effect::RequireApproval, Some(two)),
         rule("key.rotate", Effect::RequireApproval, Some(one_admin)),
         rule("transit.rotate", Effect::RequireApproval, Some(one_admin)),
         rule("wallet.reshare", Effect::RequireApproval, Some(one_admin)),
+        rule("wallet.restore", Effect::RequireApproval, Some(one_admin)),
         rule("*", Effect::Allow, None),
     ]
 }
@@ -1528,27 +1529,27 @@ mod tests {
         check(
             &d,
             &facts("wallet.sign", "wallet:treasury-hot"),
-            Exp::Allow("default", 6, false),
+            Exp::Allow("default", 7, false),
         );
         check(
             &d,
             &facts("wallet.create", "wallet:new"),
-            Exp::Allow("default", 6, false),
+            Exp::Allow("default", 7, false),
         );
         check(
             &d,
             &facts("wallet.read", "wallet:new"),
-            Exp::Allow("default", 6, false),
+            Exp::Allow("default", 7, false),
         );
         check(
             &d,
             &facts("audit.read", "audit:org"),
-            Exp::Allow("default", 6, false),
+            Exp::Allow("default", 7, false),
         );
         check(
             &d,
             &facts("policy.create", "policy:x"),
-            Exp::Allow("default", 6, false),
+            Exp::Allow("default", 7, false),
         );
         check(
             &d,
@@ -1558,6 +1559,11 @@ mod tests {
         check(
             &d,
             &facts("key.destroy", "key:k1"),
+            Exp::Approve("default", 2, 2, both, false),
+        );
+        check(
+            &d,
+            &facts("secret.destroy", "secret:production/payments/stripe"),
             Exp::Approve("default", 2, 2, both, false),
         );
         check(
@@ -1574,6 +1580,11 @@ mod tests {
             &d,
             &facts("wallet.reshare", "wallet:cold"),
             Exp::Approve("default", 5, 1, admin, false),
+        );
+        check(
+            &d,
+            &facts("wallet.restore", "wallet:cold"),
+            Exp::Approve("default", 6, 1, admin, false),
         );
         check(&d, &facts("key.export", "key:k1"), Exp::Deny("default", 0));
         check(

@@ -306,10 +306,13 @@ pub struct Submitted {
 /// An approval rule's requirement, as stored with the approval.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Requirement {
-    count: u32,
-    roles: Vec<String>,
-    require_mfa: bool,
+pub struct Requirement {
+    /// Approvals needed.
+    pub count: u32,
+    /// Roles that may approve.
+    pub roles: Vec<String>,
+    /// Approvers must give a TOTP code.
+    pub require_mfa: bool,
 }
 
 /// Evaluates the org's policy for `facts` inside `tx`.
@@ -535,30 +538,24 @@ pub async fn submit(
     let id = new_id("req");
     let now = now_ms();
     let approval_id = match &requirement {
-        Some(requirement) => {
-            let approval_id = new_id("apr");
-            sqlx::query(
-                "INSERT INTO approvals (id, org_id, request_id, action, resource, request_hash, \
-                 required, roles, require_mfa, rule, requested_by, status, expires_at, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', $12, $13)",
+        Some(requirement) => Some(
+            insert_approval(
+                state,
+                &mut tx,
+                &NewApproval {
+                    org: &caller.org,
+                    subject: SUBJECT_SIGNING,
+                    request_id: &id,
+                    action,
+                    resource: &resource,
+                    request_hash: &hash,
+                    requirement,
+                    rule: rule.as_ref(),
+                    requested_by: &caller.identity,
+                },
             )
-            .bind(&approval_id)
-            .bind(&caller.org)
-            .bind(&id)
-            .bind(action)
-            .bind(&resource)
-            .bind(&hash)
-            .bind(i64::from(requirement.count))
-            .bind(serde_json::to_string(&requirement.roles).unwrap_or_default())
-            .bind(i64::from(requirement.require_mfa))
-            .bind(serde_json::to_string(&rule).unwrap_or_default())
-            .bind(&caller.identity)
-            .bind(now + i64::try_from(state.config.approval_ttl_secs).unwrap_or(86_400) * 1000)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            Some(approval_id)
-        }
+            .await?,
+        ),
         None => None,
     };
     sqlx::query(
@@ -606,6 +603,67 @@ pub async fn submit(
         view,
         replayed: false,
     })
+}
+
+/// `approvals.subject` of an approval of a signing or resharing request.
+pub const SUBJECT_SIGNING: &str = "signing";
+/// `approvals.subject` of an approval of a stored operation
+/// (`crate::operations`).
+pub const SUBJECT_OPERATION: &str = "operation";
+
+/// An approval to create.
+pub struct NewApproval<'a> {
+    /// The org.
+    pub org: &'a str,
+    /// [`SUBJECT_SIGNING`] or [`SUBJECT_OPERATION`].
+    pub subject: &'a str,
+    /// The signing request's or the operation's id.
+    pub request_id: &'a str,
+    /// The action approved.
+    pub action: &'a str,
+    /// Its resource.
+    pub resource: &'a str,
+    /// The hash of the exact request.
+    pub request_hash: &'a str,
+    /// Who must approve.
+    pub requirement: &'a Requirement,
+    /// The rule that asked for it.
+    pub rule: Option<&'a policy::RuleRef>,
+    /// The requester (who may not approve).
+    pub requested_by: &'a str,
+}
+
+/// Stores a pending approval inside `tx`; returns its id.
+pub async fn insert_approval(
+    state: &AppState,
+    tx: &mut Tx,
+    approval: &NewApproval<'_>,
+) -> AppResult<String> {
+    let approval_id = new_id("apr");
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO approvals (id, org_id, request_id, action, resource, request_hash, \
+         required, roles, require_mfa, rule, requested_by, status, expires_at, created_at, \
+         subject) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', $12, $13, $14)",
+    )
+    .bind(&approval_id)
+    .bind(approval.org)
+    .bind(approval.request_id)
+    .bind(approval.action)
+    .bind(approval.resource)
+    .bind(approval.request_hash)
+    .bind(i64::from(approval.requirement.count))
+    .bind(serde_json::to_string(&approval.requirement.roles).unwrap_or_default())
+    .bind(i64::from(approval.requirement.require_mfa))
+    .bind(serde_json::to_string(&approval.rule).unwrap_or_default())
+    .bind(approval.requested_by)
+    .bind(now + i64::try_from(state.config.approval_ttl_secs).unwrap_or(86_400) * 1000)
+    .bind(now)
+    .bind(approval.subject)
+    .execute(&mut **tx)
+    .await?;
+    Ok(approval_id)
 }
 
 /// A claimed request, ready to run on the nodes.
@@ -853,8 +911,10 @@ async fn run_on_nodes(state: &AppState, claimed: &Claimed) -> RunOutcome {
     let path: Vec<u32> = serde_json::from_value(claimed.body["path"].clone()).unwrap_or_default();
     let committee = state.registry.healthy_first(&wallet.committee).await;
     let started = std::time::Instant::now();
-    let signed = state
-        .coordinator
+    let Ok(coordinator) = state.coordinator() else {
+        return RunOutcome::Retry("the coordinator is not started (sealed)".into());
+    };
+    let signed = coordinator
         .sign_from_attempt(
             RequestId(request),
             claimed.first_attempt,
@@ -912,8 +972,10 @@ async fn reshare_on_nodes(
         .copied()
         .take(usize::from(wallet.threshold))
         .collect();
-    let outcome = state
-        .coordinator
+    let Ok(coordinator) = state.coordinator() else {
+        return RunOutcome::Retry("the coordinator is not started (sealed)".into());
+    };
+    let outcome = coordinator
         .reshare(
             request,
             wallet_id,
@@ -1080,6 +1142,7 @@ pub async fn vote(
     let status: String = row.try_get("status")?;
     let requested_by: String = row.try_get("requested_by")?;
     let request_id: String = row.try_get("request_id")?;
+    let subject: String = row.try_get("subject")?;
     let resource: String = row.try_get("resource")?;
     let expires_at: i64 = row.try_get("expires_at")?;
     let roles: Vec<String> =
@@ -1173,17 +1236,22 @@ pub async fn vote(
                 Some(error_json("rejected", "an approver rejected the request")),
             )
         };
-        sqlx::query(
-            "UPDATE signing_requests SET status = $1, error = $2, updated_at = $3 \
-             WHERE id = $4 AND org_id = $5 AND status = 'pending_approval'",
-        )
-        .bind(request_status)
-        .bind(error)
-        .bind(now)
-        .bind(&request_id)
-        .bind(&caller.org)
-        .execute(&mut *tx)
-        .await?;
+        if subject == SUBJECT_OPERATION {
+            crate::operations::decided(&mut tx, &caller.org, &request_id, new_status, error)
+                .await?;
+        } else {
+            sqlx::query(
+                "UPDATE signing_requests SET status = $1, error = $2, updated_at = $3 \
+                 WHERE id = $4 AND org_id = $5 AND status = 'pending_approval'",
+            )
+            .bind(request_status)
+            .bind(error)
+            .bind(now)
+            .bind(&request_id)
+            .bind(&caller.org)
+            .execute(&mut *tx)
+            .await?;
+        }
     }
     audit::append(
         db,
@@ -1197,25 +1265,33 @@ pub async fn vote(
             approved: new_status,
             outcome: "success",
             request_id: &caller.request_id,
-            detail: json!({"signingRequest": request_id, "resource": resource, "mfa": mfa, "approvals": approvals}),
+            detail: json!({subject_key(&subject): request_id, "resource": resource, "mfa": mfa, "approvals": approvals}),
         },
     )
     .await?;
     tx.commit().await?;
     if new_status == "approved" {
-        state.wake_worker();
+        if subject == SUBJECT_OPERATION {
+            // The approver's answer carries the outcome; a failure is
+            // recorded on the operation (and retried by the worker if the
+            // process dies first), not returned as this vote's error.
+            crate::operations::execute(state, &request_id).await?;
+        } else {
+            state.wake_worker();
+        }
     }
     approval_view(db, &caller.org, approval_id).await
 }
 
 async fn expire_one(state: &AppState, tx: &mut Tx, approval_id: &str) -> AppResult<()> {
     let now = now_ms();
-    let row = sqlx::query("SELECT org_id, request_id FROM approvals WHERE id = $1")
+    let row = sqlx::query("SELECT org_id, request_id, subject FROM approvals WHERE id = $1")
         .bind(approval_id)
         .fetch_one(&mut **tx)
         .await?;
     let org: String = row.try_get("org_id")?;
     let request_id: String = row.try_get("request_id")?;
+    let subject: String = row.try_get("subject")?;
     let updated =
         sqlx::query("UPDATE approvals SET status = 'expired' WHERE id = $1 AND status = 'pending'")
             .bind(approval_id)
@@ -1225,18 +1301,23 @@ async fn expire_one(state: &AppState, tx: &mut Tx, approval_id: &str) -> AppResu
     if updated == 0 {
         return Ok(());
     }
-    sqlx::query(
-        "UPDATE signing_requests SET status = 'rejected', error = $1, updated_at = $2 \
-         WHERE id = $3 AND status = 'pending_approval'",
-    )
-    .bind(error_json(
+    let error = error_json(
         "approval_expired",
         "the approval expired before enough approvers approved",
-    ))
-    .bind(now)
-    .bind(&request_id)
-    .execute(&mut **tx)
-    .await?;
+    );
+    if subject == SUBJECT_OPERATION {
+        crate::operations::decided(tx, &org, &request_id, "expired", Some(error)).await?;
+    } else {
+        sqlx::query(
+            "UPDATE signing_requests SET status = 'rejected', error = $1, updated_at = $2 \
+             WHERE id = $3 AND status = 'pending_approval'",
+        )
+        .bind(error)
+        .bind(now)
+        .bind(&request_id)
+        .execute(&mut **tx)
+        .await?;
+    }
     audit::append(
         &state.db,
         tx,
@@ -1254,6 +1335,16 @@ async fn expire_one(state: &AppState, tx: &mut Tx, approval_id: &str) -> AppResu
     )
     .await?;
     Ok(())
+}
+
+/// The field that names an approval's subject: `signingRequestId` or
+/// `operationId`.
+fn subject_key(subject: &str) -> &'static str {
+    if subject == SUBJECT_OPERATION {
+        "operationId"
+    } else {
+        "signingRequestId"
+    }
 }
 
 /// An approval as the API shows it.
@@ -1289,9 +1380,10 @@ async fn approval_json(db: &crate::db::Db, row: &sqlx::any::AnyRow) -> AppResult
         serde_json::from_str(&row.try_get::<String, _>("roles")?).unwrap_or_default();
     let rule: Value =
         serde_json::from_str(&row.try_get::<String, _>("rule")?).unwrap_or(Value::Null);
+    let subject: String = row.try_get("subject")?;
     Ok(json!({
         "id": id,
-        "signingRequestId": row.try_get::<String, _>("request_id")?,
+        subject_key(&subject): row.try_get::<String, _>("request_id")?,
         "action": row.try_get::<String, _>("action")?,
         "resource": row.try_get::<String, _>("resource")?,
         "requestedBy": row.try_get::<String, _>("requested_by")?,
@@ -1370,6 +1462,7 @@ pub async fn work_once(state: &Arc<AppState>, limit: i64) -> AppResult<usize> {
         expire_one(state, &mut tx, &id).await?;
         tx.commit().await?;
     }
+    crate::operations::execute_approved(state).await?;
     let runnable = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT id FROM signing_requests \
          WHERE (status = 'queued' AND lease_until <= $1) OR (status = 'signing' AND lease_until < $1) \

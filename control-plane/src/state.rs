@@ -19,8 +19,9 @@ pub struct AppState {
     pub db: Db,
     /// Settings.
     pub config: Config,
-    /// Drives the signer nodes; holds no share.
-    pub coordinator: Arc<Coordinator>,
+    /// Drives the signer nodes; holds no share. Started once the keyring
+    /// is unsealed (its key is kept under the keyring).
+    pub coordinator: std::sync::RwLock<Option<Arc<Coordinator>>>,
     /// Nodes and their health.
     pub registry: Arc<Registry>,
     /// This replica's lease owner name.
@@ -35,9 +36,42 @@ pub struct AppState {
     pub keyring: Arc<Keyring>,
     /// Opened transit keys (a cache; the store is the truth).
     pub transit: crate::transit::store::TransitKeys,
+    /// Verified bearer tokens, briefly.
+    pub tokens: crate::auth::TokenCache,
+    /// Group commit of the audit records of the transit data plane.
+    pub audit: crate::audit::AuditBatcher,
+    /// The token of HSM-backed registry keys, when configured.
+    pub hsm_keys: Option<crate::keys::hsm::HsmKeyStore>,
 }
 
 impl AppState {
+    /// The coordinator, if started.
+    pub fn coordinator_if_started(&self) -> Option<Arc<Coordinator>> {
+        self.coordinator
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Drops the coordinator (at seal: its key leaves memory with it once
+    /// the runs that hold it end).
+    pub fn stop_coordinator(&self) {
+        self.coordinator
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+    }
+
+    /// The coordinator (`503 sealed` until the keyring was unsealed).
+    pub fn coordinator(&self) -> crate::error::AppResult<Arc<Coordinator>> {
+        self.coordinator_if_started().ok_or_else(|| {
+            crate::error::AppError::unavailable(
+                "sealed",
+                "the coordinator starts once the control plane is unsealed",
+            )
+        })
+    }
+
     /// Wakes the signing worker now instead of at its next tick.
     pub fn wake_worker(&self) {
         self.worker_wake.notify_one();

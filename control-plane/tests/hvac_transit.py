@@ -1,13 +1,19 @@
 """Drives Custos' Vault-compatible transit routes with hvac, HashiCorp
 Vault's own Python client, unchanged: a Custos token goes where a Vault token
-would. Usage: hvac_transit.py URL TOKEN. Prints HVAC_OK when every check held."""
+would. Usage: hvac_transit.py URL TOKEN APPROVER_TOKEN. Prints HVAC_OK when
+every check held.
+
+Custos puts a rotation behind an admin's approval (its default policy): the
+rotate call answers 202 with the approval's id, a second admin approves it
+through Custos' own API, and the stored rotation runs."""
 
 import base64
 import sys
 
 import hvac
+import requests
 
-url, token = sys.argv[1], sys.argv[2]
+url, token, approver = sys.argv[1], sys.argv[2], sys.argv[3]
 client = hvac.Client(url=url, token=token)
 transit = client.secrets.transit
 plaintext = base64.b64encode(b"hello from hvac").decode()
@@ -17,7 +23,17 @@ ciphertext = transit.encrypt_data(name="hvac-key", plaintext=plaintext)["data"][
 assert ciphertext.startswith("vault:v1:"), ciphertext
 assert transit.decrypt_data(name="hvac-key", ciphertext=ciphertext)["data"]["plaintext"] == plaintext
 
-transit.rotate_key(name="hvac-key")
+pending = transit.rotate_key(name="hvac-key")
+assert pending.status_code == 202, pending.text
+approval = pending.json()["approvalId"]
+assert transit.read_key(name="hvac-key")["data"]["latest_version"] == 1
+approved = requests.post(
+    f"{url}/api/v1/approvals/{approval}/approve",
+    headers={"Authorization": f"Bearer {approver}"},
+    json={},
+    timeout=30,
+)
+assert approved.status_code == 200, approved.text
 key = transit.read_key(name="hvac-key")["data"]
 assert key["latest_version"] == 2, key
 rewrapped = transit.rewrap_data(name="hvac-key", ciphertext=ciphertext)["data"]["ciphertext"]

@@ -6,9 +6,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-
 use common::*;
 use custos_control_plane::config::SealMode;
 use custos_control_plane::db::Db;
@@ -51,10 +48,6 @@ async fn seal_as_root(server: &Server) {
     let root = server.root_token().await;
     let (status, body) = post(server, "/api/v1/sys/seal", Some(&root), json!({})).await;
     assert_eq!((status, body["sealed"].clone()), (200, json!(true)));
-}
-
-fn code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or("")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -249,53 +242,6 @@ async fn shamir_init_then_any_three_of_five_shares_unseal_and_two_do_not() {
 }
 
 // ---- PKCS#11 auto-unseal ---------------------------------------------------
-
-const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-const TOKEN: &str = "custos-cp-test";
-const TOKEN_PIN: &str = "2468";
-
-/// A SoftHSM2 token directory for this test binary, initialised before the
-/// first PKCS#11 call of the process (SoftHSM2 reads `SOFTHSM2_CONF` in
-/// `C_Initialize`).
-fn softhsm() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        assert!(
-            Path::new(SOFTHSM_MODULE).exists(),
-            "the SoftHSM2 PKCS#11 module {SOFTHSM_MODULE} is missing: install the Debian \
-             package softhsm2 (scripts/test installs it)"
-        );
-        let dir = tempfile::Builder::new()
-            .prefix("softhsm-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .unwrap()
-            .keep();
-        let tokens = dir.join("tokens");
-        std::fs::create_dir(&tokens).unwrap();
-        let conf = dir.join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                tokens.display()
-            ),
-        )
-        .unwrap();
-        std::env::set_var("SOFTHSM2_CONF", &conf);
-        let output = std::process::Command::new("softhsm2-util")
-            .args(["--init-token", "--free", "--label", TOKEN])
-            .args(["--pin", TOKEN_PIN, "--so-pin", "97531"])
-            .env("SOFTHSM2_CONF", &conf)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "softhsm2-util --init-token failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        dir
-    })
-}
 
 fn hsm_seal(key_label: &str) -> String {
     softhsm();
@@ -591,5 +537,93 @@ async fn operators_init_unseal_and_seal_with_the_cli() {
     assert!(ok && answer["sealed"] == true, "{answer} {stderr}");
     let (_, status, _) = operator(&server, &["status"], None).await;
     assert_eq!(status["sealed"], true);
+    server.stop().await;
+}
+
+async fn coordinator_public_key(server: &Server) -> (u16, Value) {
+    let (status, body, _) = server
+        .request("GET", "/api/v1/sys/coordinator-key", None, None)
+        .await;
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_coordinator_key_lives_under_the_keyring_and_starts_only_when_unsealed() {
+    let (dir, url) = fresh_store(Backend::Sqlite).await;
+    let mut server = Server::start_configured(dir, url, SHAMIR, false).await;
+    let (status, body) = coordinator_public_key(&server).await;
+    assert_eq!((status, code(&body)), (503, "not_initialized"));
+    let (_, init) = post(
+        &server,
+        "/api/v1/sys/init",
+        None,
+        json!({"shares": 3, "threshold": 2}),
+    )
+    .await;
+    let shares: Vec<String> = init["unsealShares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|share| share.as_str().unwrap().to_string())
+        .collect();
+    server.root_client_id = init["rootClientId"].as_str().unwrap().to_string();
+    server.root_client_secret = init["rootClientSecret"].as_str().unwrap().to_string();
+    let (status, body) = coordinator_public_key(&server).await;
+    assert_eq!((status, code(&body)), (503, "sealed"));
+    unseal_with(&server, &[&shares[0], &shares[2]]).await;
+    let (status, first) = coordinator_public_key(&server).await;
+    assert_eq!(status, 200, "{first}");
+    let public = first["publicKey"].as_str().unwrap().to_string();
+    assert_eq!(public.len(), 64);
+
+    // No key file; the store holds it wrapped by the master key only.
+    assert!(!server.dir.path().join("coordinator.key").exists());
+    let db = Db::connect(&server.database_url).await.unwrap();
+    let row = sqlx::query("SELECT value FROM meta WHERE key = 'secret/coordinator-key'")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    let wrapped: String = sqlx::Row::get(&row, "value");
+    assert!(!wrapped.contains(&public));
+    db.close().await;
+
+    // Sealing stops the coordinator; a restart finds the same key after
+    // the unseal.
+    seal_as_root(&server).await;
+    let (status, body) = coordinator_public_key(&server).await;
+    assert_eq!((status, code(&body)), (503, "sealed"));
+    let (dir, url) = server.halt().await;
+    let server = Server::start_configured(dir, url, SHAMIR, false).await;
+    let (status, _) = coordinator_public_key(&server).await;
+    assert_eq!(status, 503);
+    unseal_with(&server, &[&shares[1], &shares[0]]).await;
+    let (status, again) = coordinator_public_key(&server).await;
+    assert_eq!((status, again["publicKey"].clone()), (200, json!(public)));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_key_file_of_an_older_deployment_moves_under_the_keyring() {
+    let (dir, url) = fresh_store(Backend::Sqlite).await;
+    let legacy = ed25519_dalek::SigningKey::from_bytes(&[42u8; 32]);
+    std::fs::write(dir.path().join("coordinator.key"), legacy.to_bytes()).unwrap();
+    let server = Server::start_on(dir, url).await;
+    let (status, body) = coordinator_public_key(&server).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["publicKey"],
+        json!(hex::encode(legacy.verifying_key().to_bytes())),
+        "the nodes' pin stays valid"
+    );
+    assert!(
+        !server.dir.path().join("coordinator.key").exists(),
+        "the file is gone once the key is under the keyring"
+    );
+    let (dir, url) = server.halt().await;
+    let env_seal =
+        format!("dev_mode = true\n[seal]\nmode = \"env\"\nmaster_key = \"{TEST_MASTER_KEY}\"\n");
+    let server = Server::start_configured(dir, url, &env_seal, false).await;
+    let (_, again) = coordinator_public_key(&server).await;
+    assert_eq!(again["publicKey"], body["publicKey"]);
     server.stop().await;
 }

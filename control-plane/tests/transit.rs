@@ -45,8 +45,13 @@ async fn vault(
     (status, serde_json::from_str(rest).unwrap_or(Value::Null))
 }
 
-fn code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or("")
+/// Approves a `202` answer's approval as `approver`, which must complete
+/// it; answers the operation afterwards.
+async fn approve_completely(server: &Server, approver: &str, pending: &Value) -> Value {
+    let (status, body) = approve(server, approver, pending).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["operationId"], pending["operationId"], "{body}");
+    operation(server, approver, pending).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -226,14 +231,36 @@ async fn transit_encrypts_decrypts_rotates_and_refuses_bad_ciphertexts_with_thei
         )
         .await;
         assert_eq!(status, 403, "rotation is an administrator's: {body}");
-        let (status, rotated) = post(
+        // The default policy asks another admin to approve a rotation; the
+        // stored request runs once approved.
+        let (status, pending) = post(
             &server,
             "/api/v1/transit/keys/payments/rotate",
             &root,
             json!({}),
         )
         .await;
-        assert_eq!((status, rotated["latestVersion"].clone()), (200, json!(2)));
+        assert_eq!(
+            (status, pending["status"].clone()),
+            (202, json!("pending_approval")),
+            "{pending}"
+        );
+        let (status, body) = post(
+            &server,
+            &format!(
+                "/api/v1/approvals/{}/approve",
+                pending["approvalId"].as_str().unwrap()
+            ),
+            &root,
+            json!({}),
+        )
+        .await;
+        assert_eq!((status, code(&body)), (403, "self_approval"));
+        let (_, second_admin) = server.identity(&root, "second-admin", "admin", None).await;
+        let operation = approve_completely(&server, &second_admin, &pending).await;
+        assert_eq!(operation["status"], "executed", "{operation}");
+        let rotated = &operation["result"];
+        assert_eq!(rotated["latestVersion"], json!(2), "{operation}");
         let (_, rewrapped) = post(
             &server,
             "/api/v1/transit/rewrap",
@@ -254,6 +281,74 @@ async fn transit_encrypts_decrypts_rotates_and_refuses_bad_ciphertexts_with_thei
             .await;
             assert_eq!(opened["plaintext"], "4111 1111 1111 1111");
         }
+
+        // minDecryptionVersion: raising it retires version 1 ciphertexts
+        // (after a rewrap, nothing is lost); out-of-range values are refused.
+        for (body, status, expected) in [
+            (
+                json!({"minDecryptionVersion": 0}),
+                422,
+                "invalid_min_decryption_version",
+            ),
+            (
+                json!({"minDecryptionVersion": 3}),
+                422,
+                "invalid_min_decryption_version",
+            ),
+            (json!({"minDecryptionVersion": "2"}), 422, "invalid_body"),
+        ] {
+            let (got, answer) =
+                post(&server, "/api/v1/transit/keys/payments/config", &root, body).await;
+            assert_eq!((got, code(&answer)), (status, expected), "{answer}");
+        }
+        let (status, _) = post(
+            &server,
+            "/api/v1/transit/keys/payments/config",
+            &service,
+            json!({"minDecryptionVersion": 2}),
+        )
+        .await;
+        assert_eq!(status, 403, "a service does not change key settings");
+        let (status, configured) = post(
+            &server,
+            "/api/v1/transit/keys/payments/config",
+            &root,
+            json!({"minDecryptionVersion": 2}),
+        )
+        .await;
+        assert_eq!(status, 200, "{configured}");
+        assert_eq!(configured["minDecryptionVersion"], 2);
+        let (status, body) = post(
+            &server,
+            "/api/v1/transit/decrypt",
+            &service,
+            json!({"keyName": "payments", "ciphertext": ciphertext, "context": "customer-7"}),
+        )
+        .await;
+        assert_eq!(
+            (status, code(&body)),
+            (400, "key_version_too_old"),
+            "{body}"
+        );
+        let (_, opened) = post(
+            &server,
+            "/api/v1/transit/decrypt",
+            &service,
+            json!({"keyName": "payments", "ciphertext": rewrapped_text, "context": "customer-7"}),
+        )
+        .await;
+        assert_eq!(opened["plaintext"], "4111 1111 1111 1111");
+        let (status, _) = post(
+            &server,
+            "/api/v1/transit/keys/payments/config",
+            &root,
+            json!({"minDecryptionVersion": 1}),
+        )
+        .await;
+        assert_eq!(
+            status, 200,
+            "lowering it again is allowed: no version is deleted"
+        );
 
         // A version that used its encryption budget is replaced at once.
         let pool = sqlx::AnyPool::connect(&server.database_url).await.unwrap();
@@ -487,7 +582,7 @@ async fn vault_compatible_routes_answer_as_vault_does_with_a_custos_token() {
     )
     .await;
     assert_eq!(opened["data"]["plaintext"], json!(plaintext));
-    let (_, rotated) = vault(
+    let (status, pending) = vault(
         &server,
         "POST",
         "/v1/transit/keys/orders/rotate",
@@ -495,7 +590,54 @@ async fn vault_compatible_routes_answer_as_vault_does_with_a_custos_token() {
         json!({}),
     )
     .await;
-    assert_eq!(rotated["data"]["latest_version"], 2);
+    assert_eq!(status, 202, "rotation waits for an approval: {pending}");
+    let (_, second_admin) = server.identity(&root, "second-admin", "admin", None).await;
+    approve_completely(&server, &second_admin, &pending).await;
+    let (_, key) = vault(&server, "GET", "/v1/transit/keys/orders", &root, json!({})).await;
+    assert_eq!(key["data"]["latest_version"], 2, "{key}");
+    let (status, configured) = vault(
+        &server,
+        "POST",
+        "/v1/transit/keys/orders/config",
+        &root,
+        json!({"min_decryption_version": 2}),
+    )
+    .await;
+    assert_eq!(status, 200, "{configured}");
+    assert_eq!(
+        configured["data"]["min_decryption_version"], 2,
+        "{configured}"
+    );
+    let (status, body) = vault(
+        &server,
+        "POST",
+        "/v1/transit/keys/orders/config",
+        &root,
+        json!({"exportable": true}),
+    )
+    .await;
+    assert_eq!((status, code(&body)), (403, "export_blocked"));
+    let (status, body) = vault(
+        &server,
+        "POST",
+        "/v1/transit/decrypt/orders",
+        &root,
+        json!({"ciphertext": ciphertext}),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&body)),
+        (400, "key_version_too_old"),
+        "{body}"
+    );
+    vault(
+        &server,
+        "POST",
+        "/v1/transit/keys/orders/config",
+        &root,
+        json!({"min_decryption_version": 1}),
+    )
+    .await;
     let (_, rewrapped) = vault(
         &server,
         "POST",
@@ -608,11 +750,17 @@ fn python() -> std::path::PathBuf {
 async fn hvac_the_vault_client_works_unchanged_against_the_vault_routes() {
     let server = Server::start(Backend::Sqlite).await;
     let root = server.root_token().await;
+    // Rotation waits for another admin's approval (the default policy):
+    // the script approves with this identity's token.
+    let (_, approver) = server
+        .identity(&root, "approver-admin", "admin", None)
+        .await;
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hvac_transit.py");
     let output = tokio::process::Command::new(python())
         .arg(script)
         .arg(format!("http://{}", server.address))
         .arg(&root)
+        .arg(&approver)
         .output()
         .await
         .unwrap();
@@ -623,4 +771,47 @@ async fn hvac_the_vault_client_works_unchanged_against_the_vault_routes() {
         String::from_utf8_lossy(&output.stderr)
     );
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_calls_share_audit_commits_and_every_call_has_its_record() {
+    for backend in BACKENDS {
+        eprintln!("-- on {backend:?}");
+        let server = Server::start(backend).await;
+        let root = server.root_token().await;
+        let (_, service) = server.identity(&root, "app", "service", None).await;
+        post(&server, "/api/v1/transit/keys", &root, json!({"name": "k"})).await;
+        let calls = (0..200).map(|index| {
+            let (server, service) = (&server, service.clone());
+            async move {
+                post(
+                    server,
+                    "/api/v1/transit/encrypt",
+                    &service,
+                    json!({"keyName": "k", "plaintext": format!("item {index}")}),
+                )
+                .await
+            }
+        });
+        let answers = futures::future::join_all(calls).await;
+        assert!(answers.iter().all(|(status, _)| *status == 200));
+        // Each answered call's record is in the chain (group commit answers
+        // only after the commit), and the chain still verifies.
+        let db = custos_control_plane::db::Db::connect(&server.database_url)
+            .await
+            .unwrap();
+        let row =
+            sqlx::query("SELECT COUNT(*) AS n FROM audit_log WHERE action = 'transit.encrypt'")
+                .fetch_one(db.pool())
+                .await
+                .unwrap();
+        let records: i64 = sqlx::Row::get(&row, "n");
+        assert_eq!(records, 200);
+        db.close().await;
+        let (_, verified, _) = server
+            .request("GET", "/api/v1/audit/verify", Some(&root), None)
+            .await;
+        assert_eq!(verified["valid"], true, "{verified}");
+        server.stop().await;
+    }
 }

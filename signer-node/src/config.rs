@@ -94,6 +94,24 @@ pub struct NodeConfig {
     /// Protocol deadlines.
     #[serde(default)]
     pub deadlines: Deadlines,
+    /// Share backups: the operator's recovery key.
+    #[serde(default)]
+    pub backup: BackupConfig,
+}
+
+/// The `[backup]` section: the node operator's X25519 recovery key
+/// (`crate::backup`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// The recovery public key (hex) backups are sealed for; without it the
+    /// node refuses to export backups.
+    #[serde(default)]
+    pub recovery_public_key: Option<crate::backup::RecoveryPublicKey>,
+    /// A file with the recovery secret key (64 hex characters), present
+    /// only while the operator restores; without it restores are refused.
+    #[serde(default)]
+    pub recovery_key_file: Option<PathBuf>,
 }
 
 fn default_pool_target() -> usize {

@@ -514,6 +514,62 @@ impl Coordinator {
         agreed.ok_or(CoordinatorError::Inconsistent)
     }
 
+    /// Asks `node` to seal a backup of its share of a generation. Returns
+    /// the sealed backup and the control plane's half (K1), which the
+    /// caller wraps at once and never stores in the clear.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn export_backup(
+        &self,
+        request: RequestId,
+        node: PartyId,
+        wallet: WalletId,
+        curve: Curve,
+        generation: KeyGeneration,
+        backup_id: [u8; 16],
+        created_at_ms: i64,
+    ) -> Result<(Vec<u8>, crate::job::SecretBytes), CoordinatorError> {
+        let body = JobBody::ExportBackup {
+            wallet,
+            curve,
+            generation,
+            backup_id,
+            created_at_ms,
+        };
+        match self.submit(&[node], request, 0, body).await?.pop() {
+            Some(Ok(JobOutput::Backup { sealed, k1 })) => Ok((sealed, k1)),
+            Some(Err(error)) => Err(error),
+            _ => Err(CoordinatorError::Inconsistent),
+        }
+    }
+
+    /// Asks `node` to restore its share from `sealed` with the control
+    /// plane's half `k1`; the node stores it only if its public data is
+    /// `expected_info`. Returns the restored generation.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn restore_backup(
+        &self,
+        request: RequestId,
+        node: PartyId,
+        wallet: WalletId,
+        curve: Curve,
+        sealed: Vec<u8>,
+        k1: crate::job::SecretBytes,
+        expected_info: Vec<u8>,
+    ) -> Result<KeyGeneration, CoordinatorError> {
+        let body = JobBody::RestoreBackup {
+            wallet,
+            curve,
+            sealed,
+            k1,
+            expected_info,
+        };
+        match self.submit(&[node], request, 0, body).await?.pop() {
+            Some(Ok(JobOutput::Restored { generation })) => Ok(generation),
+            Some(Err(error)) => Err(error),
+            _ => Err(CoordinatorError::Inconsistent),
+        }
+    }
+
     /// Asks one node for its health.
     pub async fn health(
         &self,
@@ -533,7 +589,11 @@ impl Coordinator {
 /// retry with another quorum.
 pub fn answer_timeout(body: &JobBody) -> Duration {
     Duration::from_secs(match body {
-        JobBody::Health | JobBody::KeyInfo { .. } | JobBody::ReshareCommit { .. } => 10,
+        JobBody::Health
+        | JobBody::KeyInfo { .. }
+        | JobBody::ReshareCommit { .. }
+        | JobBody::ExportBackup { .. }
+        | JobBody::RestoreBackup { .. } => 10,
         JobBody::Keygen { .. } | JobBody::Reshare { .. } => 45,
         JobBody::AuxInfo { .. } => 900,
         JobBody::Sign {

@@ -124,6 +124,56 @@ pub enum JobBody {
         /// The generation that stays.
         generation: KeyGeneration,
     },
+    /// Seal a backup of this node's share of a generation (`crate::backup`):
+    /// one half for the operator's recovery key (the node's configuration),
+    /// one half for the control plane to wrap in its HSM.
+    ExportBackup {
+        /// The wallet.
+        wallet: WalletId,
+        /// Its curve.
+        curve: Curve,
+        /// The generation.
+        generation: KeyGeneration,
+        /// The backup's id (bound into it).
+        backup_id: [u8; 16],
+        /// When the backup is made, unix ms (bound into it).
+        created_at_ms: i64,
+    },
+    /// Restore this node's share from a backup, after the control plane's
+    /// approval: `k1` is the control plane's half (unwrapped in its HSM);
+    /// the operator's recovery key must be configured on the node for the
+    /// restore. The share is stored only if its public data equals
+    /// `expected_info`.
+    RestoreBackup {
+        /// The wallet.
+        wallet: WalletId,
+        /// Its curve.
+        curve: Curve,
+        /// The sealed backup (`backup::SealedBackup::to_bytes`).
+        sealed: Vec<u8>,
+        /// The control plane's half.
+        k1: SecretBytes,
+        /// `PublicKeyInfo::to_bytes` of the generation, as the control plane
+        /// knows it.
+        expected_info: Vec<u8>,
+    },
+}
+
+/// Secret bytes inside a job or an answer: never printed, wiped on drop.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretBytes(pub Vec<u8>);
+
+impl Drop for SecretBytes {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretBytes(<{} bytes redacted>)", self.0.len())
+    }
 }
 
 impl JobBody {
@@ -137,6 +187,8 @@ impl JobBody {
             JobBody::KeyInfo { .. } => "key_info",
             JobBody::Reshare { .. } => "reshare",
             JobBody::ReshareCommit { .. } => "reshare_commit",
+            JobBody::ExportBackup { .. } => "export_backup",
+            JobBody::RestoreBackup { .. } => "restore_backup",
         }
     }
 }
@@ -341,6 +393,18 @@ pub enum JobOutput {
     Committed {
         /// The generations this node deleted.
         deleted: Vec<u32>,
+    },
+    /// A sealed backup and the control plane's half of its key.
+    Backup {
+        /// `backup::SealedBackup::to_bytes`.
+        sealed: Vec<u8>,
+        /// The control plane's half (K1), to wrap in the HSM at once.
+        k1: SecretBytes,
+    },
+    /// The share of this generation is restored and stored.
+    Restored {
+        /// The generation.
+        generation: KeyGeneration,
     },
 }
 

@@ -15,6 +15,7 @@
     )
 )]
 
+pub mod backup;
 pub mod config;
 pub mod coordinator;
 pub mod decoded;

@@ -59,6 +59,16 @@ enum Command {
         #[arg(long)]
         index: Option<usize>,
     },
+    /// For the node's operator: create an X25519 recovery key for share
+    /// backups. Writes the secret key (64 hex characters, mode 0600) to
+    /// `--out`, which must not exist, and prints the public key for
+    /// `[backup] recovery_public_key`. Keep the secret away from the node
+    /// and the control plane; it is needed only to restore a backup.
+    RecoveryKey {
+        /// Where to write the secret key.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,6 +80,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Command::RecoveryKey { out } = &cli.command {
+        return recovery_key(out);
+    }
     let config = NodeConfig::load(&cli.config, std::env::vars())?;
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
@@ -77,6 +90,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run => runtime.block_on(run(config)),
         Command::Status => runtime.block_on(status(&config)),
         Command::DevImportPrimes { file, index } => import_primes(&config, &file, index),
+        Command::RecoveryKey { out } => recovery_key(&out),
     }
 }
 
@@ -98,6 +112,18 @@ fn init(config: &NodeConfig) -> anyhow::Result<()> {
     println!("party_id {}", hex::encode(party.0));
     println!("peer_id {}", keypair.public().to_peer_id());
     println!("master_key {}", master.describe());
+    Ok(())
+}
+
+fn recovery_key(out: &Path) -> anyhow::Result<()> {
+    let key = custos_signer_node::backup::RecoveryKey::generate()?;
+    let secret = zeroize::Zeroizing::new(hex::encode(*key.to_bytes()));
+    write_private(out, secret.as_bytes())
+        .with_context(|| format!("writing {} (it must not exist)", out.display()))?;
+    println!(
+        "recovery_public_key {}",
+        hex::encode(key.public().to_bytes())
+    );
     Ok(())
 }
 

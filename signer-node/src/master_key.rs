@@ -618,12 +618,23 @@ fn open_file_key(path: &Path) -> Result<MasterKey, MasterKeyError> {
     })
 }
 
-/// One loaded and initialised PKCS#11 context per module path, for the whole
-/// process. PKCS#11 allows `C_Initialize` once per process; creating and
-/// reopening master keys (a restart in tests, `create` then `open` in tools)
-/// must share it. Contexts are never finalised: the node uses its key until
-/// it exits.
-fn pkcs11_context(module: &Path) -> Result<Pkcs11, MasterKeyError> {
+/// Why the shared PKCS#11 context could not be had: the failed call and
+/// the token's answer.
+#[derive(Debug)]
+pub struct Pkcs11Failure {
+    /// The PKCS#11 call that failed.
+    pub operation: &'static str,
+    /// Its error.
+    pub source: CryptokiError,
+}
+
+/// The one loaded and initialised PKCS#11 context of `module` for the whole
+/// process, shared by every component that uses the module (a node's
+/// master key; the control plane's keyring and key registry). PKCS#11
+/// allows `C_Initialize` once per process; creating and reopening keys (a
+/// restart in tests, `create` then `open` in tools) must share it. Contexts
+/// are never finalised: keys are used until the process exits.
+pub fn shared_pkcs11_context(module: &Path) -> Result<Pkcs11, Pkcs11Failure> {
     static CONTEXTS: OnceLock<Mutex<Vec<(PathBuf, Pkcs11)>>> = OnceLock::new();
     let mut contexts = CONTEXTS
         .get_or_init(|| Mutex::new(Vec::new()))
@@ -634,13 +645,16 @@ fn pkcs11_context(module: &Path) -> Result<Pkcs11, MasterKeyError> {
     if let Some((_, context)) = contexts.iter().find(|(path, _)| path == module) {
         return Ok(context.clone());
     }
-    let context = Pkcs11::new(module).map_err(pkcs11_error("loading the module"))?;
+    let context = Pkcs11::new(module).map_err(|source| Pkcs11Failure {
+        operation: "loading the module",
+        source,
+    })?;
     match context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        // Another component of this process may have initialised the module
-        // through its own context; the module is usable either way.
+        // Something outside this cache (a library of its own) may have
+        // initialised the module; it is usable either way.
         Ok(()) | Err(CryptokiError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
         Err(source) => {
-            return Err(MasterKeyError::Pkcs11 {
+            return Err(Pkcs11Failure {
                 operation: "C_Initialize",
                 source,
             })
@@ -648,6 +662,32 @@ fn pkcs11_context(module: &Path) -> Result<Pkcs11, MasterKeyError> {
     }
     contexts.push((module.to_path_buf(), context.clone()));
     Ok(context)
+}
+
+/// The slots whose initialised token is labelled `token_label` (slot
+/// numbers are not stable: SoftHSM2 assigns random-looking ones).
+pub fn slots_with_token(context: &Pkcs11, token_label: &str) -> Result<Vec<Slot>, Pkcs11Failure> {
+    let failure = |operation| move |source| Pkcs11Failure { operation, source };
+    let mut found = Vec::new();
+    for slot in context
+        .get_slots_with_initialized_token()
+        .map_err(failure("C_GetSlotList"))?
+    {
+        let info = context
+            .get_token_info(slot)
+            .map_err(failure("C_GetTokenInfo"))?;
+        if info.label() == token_label {
+            found.push(slot);
+        }
+    }
+    Ok(found)
+}
+
+fn pkcs11_context(module: &Path) -> Result<Pkcs11, MasterKeyError> {
+    shared_pkcs11_context(module).map_err(|failure| MasterKeyError::Pkcs11 {
+        operation: failure.operation,
+        source: failure.source,
+    })
 }
 
 /// Opens a session on the token labelled `token_label` and logs in as the
@@ -683,18 +723,11 @@ fn pkcs11_session(
 }
 
 fn find_token(context: &Pkcs11, module: &Path, token_label: &str) -> Result<Slot, MasterKeyError> {
-    let mut found = Vec::new();
-    for slot in context
-        .get_slots_with_initialized_token()
-        .map_err(pkcs11_error("C_GetSlotList"))?
-    {
-        let info = context
-            .get_token_info(slot)
-            .map_err(pkcs11_error("C_GetTokenInfo"))?;
-        if info.label() == token_label {
-            found.push(slot);
-        }
-    }
+    let found =
+        slots_with_token(context, token_label).map_err(|failure| MasterKeyError::Pkcs11 {
+            operation: failure.operation,
+            source: failure.source,
+        })?;
     match found.as_slice() {
         [] => Err(MasterKeyError::TokenNotFound {
             module: module.to_path_buf(),

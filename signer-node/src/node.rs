@@ -214,6 +214,8 @@ pub struct Node {
     /// Held while aux info is written to the store and swapped in memory,
     /// so the store and memory agree on one value per committee.
     aux_writes: Mutex<()>,
+    /// The operator's recovery key settings (share backups).
+    backup: crate::config::BackupConfig,
 }
 
 fn now_unix() -> u64 {
@@ -245,6 +247,7 @@ impl Node {
             pool: tokio::sync::Mutex::new(()),
             decoded: Decoded::default(),
             aux_writes: Mutex::new(()),
+            backup: config.backup.clone(),
         }))
     }
 
@@ -482,6 +485,40 @@ impl Node {
                     }
                 }
             }
+            JobBody::ExportBackup {
+                wallet,
+                curve,
+                generation,
+                backup_id,
+                created_at_ms,
+            } => {
+                let meta = crate::backup::BackupMeta {
+                    backup_id: *backup_id,
+                    wallet: wallet.0,
+                    party: self.me.0,
+                    generation: generation.0,
+                    curve: String::new(),
+                    created_at_ms: *created_at_ms,
+                };
+                match curve {
+                    Curve::Secp256k1 => self.export_backup::<Secp256k1>(meta),
+                    Curve::Ed25519 => self.export_backup::<Ed25519>(meta),
+                }
+            }
+            JobBody::RestoreBackup {
+                wallet,
+                curve,
+                sealed,
+                k1,
+                expected_info,
+            } => match curve {
+                Curve::Secp256k1 => {
+                    self.restore_backup::<Secp256k1>(*wallet, sealed, k1, expected_info)
+                }
+                Curve::Ed25519 => {
+                    self.restore_backup::<Ed25519>(*wallet, sealed, k1, expected_info)
+                }
+            },
             JobBody::ReshareCommit { wallet, generation } => {
                 let store_error =
                     |error: crate::store::StoreError| JobError::Refused(error.to_string());
@@ -740,6 +777,96 @@ impl Node {
         );
         self.decoded.put_share(share.clone());
         Ok(share)
+    }
+
+    /// Seals a backup of this node's share described by `meta` (its curve
+    /// is filled in here) for the configured recovery key.
+    fn export_backup<E: KeyCurve>(
+        &self,
+        mut meta: crate::backup::BackupMeta,
+    ) -> Result<JobOutput, JobError> {
+        let refused = |error: crate::backup::BackupError| JobError::Refused(error.to_string());
+        let recovery = self.backup.recovery_public_key.ok_or_else(|| {
+            JobError::Refused(
+                "no [backup] recovery_public_key is configured: this node exports no backups"
+                    .into(),
+            )
+        })?;
+        meta.curve = E::NAME.to_string();
+        let share = self.load_share::<E>(
+            custos_protocol::WalletId(meta.wallet),
+            custos_protocol::KeyGeneration(meta.generation),
+        )?;
+        let bytes = zeroize::Zeroizing::new(
+            share
+                .to_bytes()
+                .map_err(|error| JobError::Refused(error.to_string()))?,
+        );
+        let (sealed, half) =
+            crate::backup::seal_backup(&bytes, &meta, &recovery).map_err(refused)?;
+        tracing::info!(
+            wallet = %hex::encode(meta.wallet),
+            generation = meta.generation,
+            backup = %hex::encode(meta.backup_id),
+            "share backup sealed"
+        );
+        Ok(JobOutput::Backup {
+            sealed: sealed.to_bytes().map_err(refused)?,
+            k1: crate::job::SecretBytes(half.k1().to_vec()),
+        })
+    }
+
+    /// Opens a backup with the control plane's half and the operator's
+    /// recovery key, checks that it is this node's share of `wallet` with
+    /// the public data the control plane expects, and stores it.
+    fn restore_backup<E: KeyCurve>(
+        &self,
+        wallet: custos_protocol::WalletId,
+        sealed: &[u8],
+        k1: &crate::job::SecretBytes,
+        expected_info: &[u8],
+    ) -> Result<JobOutput, JobError> {
+        let refused = |error: crate::backup::BackupError| JobError::Refused(error.to_string());
+        let path = self.backup.recovery_key_file.as_ref().ok_or_else(|| {
+            JobError::Refused(
+                "no [backup] recovery_key_file is configured: the operator provides it to restore"
+                    .into(),
+            )
+        })?;
+        let recovery = read_recovery_key(path)?;
+        let sealed = crate::backup::SealedBackup::from_bytes(sealed).map_err(refused)?;
+        let meta = sealed.meta().clone();
+        if meta.wallet != wallet.0 || meta.party != self.me.0 || meta.curve != E::NAME {
+            return Err(JobError::Refused(
+                "the backup is of another wallet, party or curve".into(),
+            ));
+        }
+        let k1: [u8; 32] =
+            k1.0.as_slice().try_into().map_err(|_| {
+                JobError::Refused("the control plane's half is not 32 bytes".into())
+            })?;
+        let bytes = crate::backup::open_backup(&sealed, &k1, &recovery).map_err(refused)?;
+        let share = KeyShare::<E>::from_bytes(&bytes)
+            .map_err(|_| JobError::Refused("the backup holds no key share".into()))?;
+        let generation = custos_protocol::KeyGeneration(meta.generation);
+        let info = share
+            .public_info()
+            .to_bytes()
+            .map_err(|error| JobError::Refused(error.to_string()))?;
+        // The scheme keeps the share secret but does not prove who sealed
+        // it: only a share with the wallet's known public data is taken.
+        if share.wallet != wallet || share.generation != generation || info != expected_info {
+            return Err(JobError::Refused(
+                "the restored share does not match the wallet's public key data".into(),
+            ));
+        }
+        self.keep_share(share)?;
+        tracing::warn!(
+            wallet = %hex::encode(wallet.0),
+            generation = generation.0,
+            "key share restored from a backup"
+        );
+        Ok(JobOutput::Restored { generation })
     }
 
     /// Stores a new share and keeps it decoded.
@@ -1083,6 +1210,22 @@ mod tokio_stream_adapter {
             self.get_mut().0.poll_recv(cx)
         }
     }
+}
+
+/// Reads the operator's recovery secret key: 64 hex characters.
+fn read_recovery_key(path: &std::path::Path) -> Result<crate::backup::RecoveryKey, JobError> {
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|error| {
+        JobError::Refused(format!("cannot read the recovery key file: {error}"))
+    })?);
+    let bytes =
+        zeroize::Zeroizing::new(hex::decode(text.trim()).map_err(|_| {
+            JobError::Refused("the recovery key file is not 64 hex characters".into())
+        })?);
+    let secret: [u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| JobError::Refused("the recovery key file is not 64 hex characters".into()))?;
+    Ok(crate::backup::RecoveryKey::from_bytes(secret))
 }
 
 #[cfg(test)]

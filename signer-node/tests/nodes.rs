@@ -722,3 +722,174 @@ async fn garbage_frames_from_an_allow_listed_peer_are_counted_and_harmless() {
         Some(200)
     );
 }
+
+/// Rewrites `node`'s `[backup]` section (the rest of its configuration
+/// stays).
+fn set_backup_config(node: &TestNode, section: &str) {
+    let text = std::fs::read_to_string(node.config_path()).unwrap();
+    let base = text.split("\n[backup]\n").next().unwrap().to_string();
+    std::fs::write(node.config_path(), format!("{base}\n[backup]\n{section}")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wiped_share_is_restored_from_its_backup_only_with_both_halves_and_signs_again() {
+    use custos_signer_node::backup::RecoveryKey;
+    use custos_signer_node::job::SecretBytes;
+    let Cluster {
+        mut nodes,
+        parties,
+        coordinator,
+        wallet,
+        key,
+        ..
+    } = cluster_with_wallet(3, 0x7b).await;
+    let curve = Curve::Secp256k1;
+
+    // Without a recovery key configured, a node exports nothing.
+    let refused = coordinator
+        .export_backup(
+            RequestId([0x40; 16]),
+            parties[0],
+            wallet,
+            curve,
+            KeyGeneration(0),
+            [1; 16],
+            1,
+        )
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    // The operator's recovery key: the node seals for its public half.
+    let recovery = RecoveryKey::generate().unwrap();
+    let recovery_file = nodes[0].dir.path().join("operator-recovery.key");
+    nodes[0].kill();
+    set_backup_config(
+        &nodes[0],
+        &format!("recovery_public_key = \"{}\"\n", recovery.public()),
+    );
+    nodes[0].start();
+    let (sealed, k1) = coordinator
+        .export_backup(
+            RequestId([0x41; 16]),
+            parties[0],
+            wallet,
+            curve,
+            KeyGeneration(0),
+            [2; 16],
+            1_700_000_000_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(k1.0.len(), 32);
+    let info = coordinator
+        .key_info(
+            RequestId([0x42; 16]),
+            &[parties[1], parties[2]],
+            wallet,
+            curve,
+            KeyGeneration(0),
+        )
+        .await
+        .unwrap();
+
+    // Wipe the node's shares of the wallet.
+    nodes[0].kill();
+    let shares = nodes[0]
+        .dir
+        .path()
+        .join("data")
+        .join("store")
+        .join("shares")
+        .join(hex::encode(wallet.0));
+    assert!(shares.exists(), "{}", shares.display());
+    std::fs::remove_dir_all(&shares).unwrap();
+    nodes[0].start();
+    assert!(generations_on(&nodes[0], wallet).is_empty());
+
+    // The control plane's half alone (no recovery key on the node): refused.
+    let refused = coordinator
+        .restore_backup(
+            RequestId([0x43; 16]),
+            parties[0],
+            wallet,
+            curve,
+            sealed.clone(),
+            SecretBytes(k1.0.clone()),
+            info.clone(),
+        )
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    // The recovery key with a wrong control-plane half: refused.
+    std::fs::write(&recovery_file, hex::encode(*recovery.to_bytes())).unwrap();
+    nodes[0].kill();
+    set_backup_config(
+        &nodes[0],
+        &format!(
+            "recovery_public_key = \"{}\"\nrecovery_key_file = \"{}\"\n",
+            recovery.public(),
+            recovery_file.display()
+        ),
+    );
+    nodes[0].start();
+    let refused = coordinator
+        .restore_backup(
+            RequestId([0x44; 16]),
+            parties[0],
+            wallet,
+            curve,
+            sealed.clone(),
+            SecretBytes(vec![7; 32]),
+            info.clone(),
+        )
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    // Another wallet's public data: refused, nothing stored.
+    let mut wrong_info = info.clone();
+    let last = wrong_info.len() - 1;
+    wrong_info[last] ^= 1;
+    let refused = coordinator
+        .restore_backup(
+            RequestId([0x45; 16]),
+            parties[0],
+            wallet,
+            curve,
+            sealed.clone(),
+            SecretBytes(k1.0.clone()),
+            wrong_info,
+        )
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(generations_on(&nodes[0], wallet).is_empty());
+
+    // Both halves: restored, and the node signs again.
+    let generation = coordinator
+        .restore_backup(
+            RequestId([0x46; 16]),
+            parties[0],
+            wallet,
+            curve,
+            sealed,
+            SecretBytes(k1.0.clone()),
+            info,
+        )
+        .await
+        .unwrap();
+    assert_eq!(generation, KeyGeneration(0));
+    assert_eq!(generations_on(&nodes[0], wallet), [0]);
+    let message = [0x5e; 32];
+    let signatures = sign_with(
+        &coordinator,
+        &[parties[0], parties[1]],
+        0x47,
+        wallet,
+        Scheme::Taproot,
+        message.to_vec(),
+    )
+    .await;
+    verify_taproot(&key.public_key, &message, &signatures[0]);
+    assert!(
+        !nodes[0].log().contains(&hex::encode(&k1.0)),
+        "the control plane's half is never logged"
+    );
+}

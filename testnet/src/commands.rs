@@ -16,8 +16,9 @@ use crate::layout::{
     Credentials, Layout, NodeEntry, PortPicker, State, CONTROL_PLANE,
 };
 use crate::process::{
-    coordinator_key, import_dev_primes, init_node, is_testnet_up, node_party_id, process_matches,
-    runs_with_config, stop_pid, Binaries, Supervisor, STOP_GRACE,
+    coordinator_key, import_dev_primes, init_node, init_softhsm_token, is_testnet_up,
+    node_party_id, process_matches, recovery_key, runs_with_config, stop_pid, Binaries, Supervisor,
+    STOP_GRACE,
 };
 
 /// The control plane's port unless taken.
@@ -228,7 +229,12 @@ fn prepare(
         state.database_url.clone_from(&options.database_url);
     }
 
-    state.coordinator = coordinator_key(&binaries.custos, &layout.control_plane_dir())?;
+    state.coordinator = coordinator_key(
+        &binaries.custos,
+        &layout.control_plane_dir(),
+        state.database_url.as_deref(),
+        &layout.load_or_create_master_key()?,
+    )?;
     let mut initialised_now = 0;
     let mut without_primes = Vec::new();
     for index in 0..state.nodes.len() {
@@ -301,6 +307,7 @@ fn prepare(
             );
         }
     }
+    prepare_backups(layout, binaries, &state.nodes)?;
     for node in &state.nodes {
         let text = node_config_text(
             layout,
@@ -314,8 +321,58 @@ fn prepare(
     let listen = http::address_of(&state.url)?;
     let text =
         control_plane_config_text(layout, listen, state.database_url.as_deref(), &state.nodes)?;
-    write_atomically(&layout.control_plane_config(), &text, 0o644)?;
+    // It may hold the token's PIN.
+    write_atomically(&layout.control_plane_config(), &text, 0o600)?;
     layout.save_state(state)
+}
+
+/// Share backups: a recovery key for each node's operator (made once, kept
+/// in the node's folder: a development testnet), and a SoftHSM2 token for
+/// the control plane's org wrapping keys, when Debian's softhsm2 is
+/// installed (`scripts/run` installs it). Without it the testnet runs, and
+/// backups answer `hsm_not_configured`.
+fn prepare_backups(
+    layout: &Layout,
+    binaries: &Binaries,
+    nodes: &[NodeEntry],
+) -> anyhow::Result<()> {
+    for node in nodes {
+        let public = layout.node_recovery_public(&node.name);
+        let secret = layout.node_recovery_key(&node.name);
+        if public.exists() || secret.exists() {
+            continue;
+        }
+        let key = recovery_key(&binaries.signer, &secret)
+            .with_context(|| format!("making {}'s recovery key", node.name))?;
+        write_atomically(&public, &key, 0o644)?;
+    }
+    if layout.control_plane_hsm_pin().exists() {
+        return Ok(());
+    }
+    let softhsm = std::path::Path::new(crate::layout::SOFTHSM_MODULE).exists()
+        && std::process::Command::new("softhsm2-util")
+            .arg("--version")
+            .output()
+            .is_ok_and(|output| output.status.success());
+    if !softhsm {
+        eprintln!(
+            "note: SoftHSM2 is not installed (apt-get install softhsm2): share backups and \
+             HSM keys are off in this testnet"
+        );
+        return Ok(());
+    }
+    let mut bytes = [0u8; 12];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    let pin: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    init_softhsm_token(
+        &layout.softhsm_conf(),
+        &layout.softhsm_dir().join("tokens"),
+        crate::layout::SOFTHSM_TOKEN,
+        &pin,
+    )?;
+    write_atomically(&layout.control_plane_hsm_pin(), &pin, 0o600)?;
+    eprintln!("SoftHSM2 token {} ready", crate::layout::SOFTHSM_TOKEN);
+    Ok(())
 }
 
 /// Starts the processes and runs the testnet until a stop signal.
@@ -335,6 +392,12 @@ fn run(
         "CUSTOS_MASTER_KEY".to_string(),
         layout.load_or_create_master_key()?,
     )];
+    if layout.softhsm_conf().exists() {
+        control_plane_env.push((
+            "SOFTHSM2_CONF".to_string(),
+            layout.softhsm_conf().display().to_string(),
+        ));
+    }
     control_plane_env.extend(options.control_plane_env.iter().cloned());
     supervisor.spawn_control_plane(&binaries.custos, layout, &control_plane_env)?;
     state.pids = supervisor.pids();
@@ -883,6 +946,10 @@ fn walkthrough(layout: &Layout, state: &State, credentials: &Credentials) -> Str
          \x20   -H 'Content-Type: application/json' -d {ecdsa} | jq -r .id)\n\
          \x20 curl -s -X POST $URL/api/v1/wallets/$WALLET/sign -H \"Authorization: Bearer $TOKEN\" \\\n\
          \x20   -H 'Content-Type: application/json' -d '{{\"message\":\"hello\"}}'\n\n\
+         \x20 # back up its shares (sealed for each node's recovery key, DIR/node-N/recovery.key,\n\
+         \x20 # and the control plane's SoftHSM2 token; a restore waits for an admin's approval)\n\
+         \x20 curl -s -X POST $URL/api/v1/wallets/$WALLET/backups -H \"Authorization: Bearer $TOKEN\" \\\n\
+         \x20   -H 'Content-Type: application/json' -d '{{}}'\n\n\
          Stop with Ctrl-C here, or from another shell: custos-testnet down --dir {dir}\n",
         url = state.url,
         state_file = shell_quote(&layout.state_path().display().to_string()),
@@ -1000,6 +1067,7 @@ mod tests {
         ));
         assert!(text.contains("$URL/api/v1/wallets/$WALLET/sign"));
         assert!(text.contains(r#"-d '{"message":"hello"}'"#));
+        assert!(text.contains("$URL/api/v1/wallets/$WALLET/backups"));
         assert!(text.contains("custos-testnet down --dir /tmp/tn\n"));
         assert!(text.contains("/tmp/tn/testnet.json"));
         assert!(text.contains("without --no-ecdsa"));

@@ -4,9 +4,17 @@
 //! ```text
 //! DIR/testnet.json                 state: URL, credentials, nodes, pids
 //! DIR/control-plane/custos.toml    the control plane's configuration
-//! DIR/control-plane/coordinator.key
+//! DIR/control-plane/master-key.hex its development master key (0600);
+//!                                  the coordinator key is under its keyring
+//! DIR/control-plane/hsm-pin        the user PIN of its SoftHSM2 token (0600)
+//! DIR/softhsm/                     SoftHSM2's configuration and token: the
+//!                                  org keys that wrap share-backup halves
 //! DIR/node-N/node.toml             node N's configuration
 //! DIR/node-N/data/                 its identity, master key and store
+//! DIR/node-N/recovery.key          its operator's share-backup recovery key
+//!                                  (0600; a production operator keeps it
+//!                                  offline and brings it to restore)
+//! DIR/node-N/recovery.pub          its public key
 //! DIR/logs/NAME.log                stdout and stderr of each process
 //! ```
 
@@ -23,6 +31,10 @@ use serde::{Deserialize, Serialize};
 pub const CONTROL_PLANE: &str = "control-plane";
 /// The state file in the testnet folder.
 pub const STATE_FILE: &str = "testnet.json";
+/// The SoftHSM2 PKCS#11 module (Debian's softhsm2 package).
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+/// The label of the testnet's token.
+pub const SOFTHSM_TOKEN: &str = "custos-testnet";
 /// Prime sets each node keeps ready for aux-info generation, unless `up`
 /// is told otherwise (`--prime-pool-target`).
 pub const PRIME_POOL_TARGET: usize = 2;
@@ -116,6 +128,33 @@ impl Layout {
         let text: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
         write_atomically(&path, &text, 0o600)?;
         Ok(text)
+    }
+
+    /// `DIR/control-plane/hsm-pin`: the user PIN of the testnet's SoftHSM2
+    /// token (mode 0600).
+    pub fn control_plane_hsm_pin(&self) -> PathBuf {
+        self.control_plane_dir().join("hsm-pin")
+    }
+
+    /// `DIR/softhsm`: the SoftHSM2 configuration and token folder.
+    pub fn softhsm_dir(&self) -> PathBuf {
+        self.dir.join("softhsm")
+    }
+
+    /// `DIR/softhsm/softhsm2.conf`, given to the control plane as
+    /// `SOFTHSM2_CONF`.
+    pub fn softhsm_conf(&self) -> PathBuf {
+        self.softhsm_dir().join("softhsm2.conf")
+    }
+
+    /// `DIR/NAME/recovery.key`: the node operator's recovery secret key.
+    pub fn node_recovery_key(&self, name: &str) -> PathBuf {
+        self.node_dir(name).join("recovery.key")
+    }
+
+    /// `DIR/NAME/recovery.pub`: its public key (64 hex characters).
+    pub fn node_recovery_public(&self, name: &str) -> PathBuf {
+        self.node_dir(name).join("recovery.pub")
     }
 
     /// `DIR/NAME`: a node's folder.
@@ -381,6 +420,14 @@ pub fn node_config_text(
         coordinator = toml_string(coordinator),
         master_key = toml_string(path_text(&layout.node_master_key(&node.name))?),
     );
+    // Share backups, when the operator's recovery key exists.
+    if let Ok(public) = std::fs::read_to_string(layout.node_recovery_public(&node.name)) {
+        text.push_str(&format!(
+            "\n[backup]\nrecovery_public_key = {}\nrecovery_key_file = {}\n",
+            toml_string(public.trim()),
+            toml_string(path_text(&layout.node_recovery_key(&node.name))?),
+        ));
+    }
     for peer in nodes {
         if peer.name == node.name || peer.id.is_empty() {
             continue;
@@ -414,6 +461,16 @@ pub fn control_plane_config_text(
     // A development deployment: the keyring's master key comes from the
     // environment (see `Layout::control_plane_master_key`). Tables last.
     text.push_str("dev_mode = true\n\n[seal]\nmode = \"env\"\n");
+    // The org keys that wrap share-backup halves (and `backend: "hsm"`
+    // registry keys) live in the testnet's SoftHSM2 token, when set up.
+    if let Ok(pin) = std::fs::read_to_string(layout.control_plane_hsm_pin()) {
+        text.push_str(&format!(
+            "\n[keys.pkcs11]\nmodule = {}\ntoken_label = {}\npin = {}\n",
+            toml_string(SOFTHSM_MODULE),
+            toml_string(SOFTHSM_TOKEN),
+            toml_string(pin.trim()),
+        ));
+    }
     for node in nodes {
         text.push_str(&format!(
             "\n[[nodes]]\nname = {}\nid = {}\naddress = {}\nhttp = {}\n",

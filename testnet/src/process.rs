@@ -118,14 +118,79 @@ fn run_output(mut command: Command, what: &str) -> anyhow::Result<String> {
     Ok(stdout)
 }
 
-/// `custos coordinator-key --data-dir DIR`: the coordinator's public key.
-pub fn coordinator_key(custos: &Path, data_dir: &Path) -> anyhow::Result<String> {
+/// `custos-signer recovery-key --out FILE`: a node operator's recovery key
+/// for share backups; answers its public key (64 hex characters).
+pub fn recovery_key(signer: &Path, out: &Path) -> anyhow::Result<String> {
+    let mut command = Command::new(signer);
+    command
+        .arg("recovery-key")
+        .arg("--out")
+        .arg(out)
+        .env("RUST_LOG", rust_log());
+    let stdout = run_output(command, "`custos-signer recovery-key`")?;
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("recovery_public_key "))
+        .map(|key| key.trim().to_string())
+        .filter(|key| crate::layout::is_hex_key(key))
+        .with_context(|| format!("`custos-signer recovery-key` printed no public key:\n{stdout}"))
+}
+
+/// Creates a SoftHSM2 token labelled `label` with user PIN `pin` in
+/// `token_dir`, configured by `conf` (written here), with Debian's
+/// `softhsm2-util`.
+pub fn init_softhsm_token(
+    conf: &Path,
+    token_dir: &Path,
+    label: &str,
+    pin: &str,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(token_dir)
+        .with_context(|| format!("creating {}", token_dir.display()))?;
+    crate::layout::write_atomically(
+        conf,
+        &format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            token_dir.display()
+        ),
+        0o644,
+    )?;
+    let mut command = Command::new("softhsm2-util");
+    command
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            label,
+            "--pin",
+            pin,
+            "--so-pin",
+            pin,
+        ])
+        .env("SOFTHSM2_CONF", conf);
+    run_output(command, "`softhsm2-util --init-token`")?;
+    Ok(())
+}
+
+/// `custos coordinator-key --data-dir DIR [--database-url URL]` with the
+/// control plane's development master key: the coordinator's public key
+/// (the key itself is created under the control plane's keyring).
+pub fn coordinator_key(
+    custos: &Path,
+    data_dir: &Path,
+    database_url: Option<&str>,
+    master_key: &str,
+) -> anyhow::Result<String> {
     let mut command = Command::new(custos);
     command
         .arg("coordinator-key")
         .arg("--data-dir")
         .arg(data_dir)
+        .env("CUSTOS_MASTER_KEY", master_key)
         .env("RUST_LOG", rust_log());
+    if let Some(url) = database_url {
+        command.arg("--database-url").arg(url);
+    }
     let stdout = run_output(command, "`custos coordinator-key`")?;
     parse_hex_key(&stdout).with_context(|| {
         format!("`custos coordinator-key` printed no 64-hex-digit public key:\n{stdout}")

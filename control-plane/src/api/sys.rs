@@ -34,9 +34,26 @@ const OPEN_WHILE_SEALED: [&str; 4] = [
     "/api/v1/sys/unseal",
 ];
 
+/// Starts the coordinator after an unseal (its key is under the keyring).
+async fn start_coordinator(state: &AppState) -> AppResult<()> {
+    crate::start_coordinator(state)
+        .await
+        .map_err(|error| AppError::internal("starting the coordinator", error))
+}
+
+/// The coordinator's public key, which signer nodes pin (`coordinator` in
+/// their configuration). Public; answers once unsealed.
+async fn coordinator_key(State(state): State<Arc<AppState>>) -> AppResult<Json<Value>> {
+    let coordinator = state.coordinator()?;
+    Ok(Json(
+        json!({ "publicKey": hex::encode(coordinator.party().0) }),
+    ))
+}
+
 /// The sys routes.
 pub(super) fn routes() -> Router<Arc<AppState>> {
     Router::new()
+        .route("/api/v1/sys/coordinator-key", get(coordinator_key))
         .route("/api/v1/sys/health", get(health))
         .route("/api/v1/sys/seal-status", get(seal_status))
         .route("/api/v1/sys/init", post(init))
@@ -121,6 +138,9 @@ async fn init(
     };
     drop(conn);
     let credentials = auth::bootstrap(&state.db).await?;
+    if !state.keyring.is_sealed() {
+        start_coordinator(&state).await?;
+    }
     system_audit(
         &state,
         "system.init",
@@ -162,6 +182,7 @@ async fn unseal(
                 Ok(status) => {
                     if was_sealed && !status.sealed {
                         system_audit(&state, "system.unseal", "success", json!({})).await?;
+                        start_coordinator(&state).await?;
                         state.wake_worker();
                     }
                     status
@@ -216,6 +237,7 @@ async fn seal(State(state): State<Arc<AppState>>, caller: Caller) -> AppResult<J
     )
     .await?;
     state.keyring.seal();
+    state.stop_coordinator();
     Ok(Json(json!({"sealed": true})))
 }
 

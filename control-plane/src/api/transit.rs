@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -23,11 +23,12 @@ use zeroize::Zeroizing;
 use super::{record, ApiJson};
 use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
+use crate::operations::{self, Gate};
 use crate::state::AppState;
 use crate::transit::crypto::{
     self, Binding, HashAlgorithm, KeyType, Marshaling, SignatureOptions, TransitError,
 };
-use crate::transit::store::{KeyInfo, LoadedKey, StoreError};
+use crate::transit::store::{KeyInfo, LoadedKey};
 
 /// Items one batch may hold.
 pub const MAX_BATCH: usize = 10_000;
@@ -38,6 +39,7 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/api/v1/transit/keys", post(create_key))
         .route("/api/v1/transit/keys/{name}", get(read_key))
         .route("/api/v1/transit/keys/{name}/rotate", post(rotate_key))
+        .route("/api/v1/transit/keys/{name}/config", post(configure))
         .route("/api/v1/transit/encrypt", post(encrypt))
         .route("/api/v1/transit/decrypt", post(decrypt))
         .route("/api/v1/transit/rewrap", post(rewrap))
@@ -50,6 +52,7 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
             post(vault_create_key).get(vault_read_key),
         )
         .route("/v1/transit/keys/{name}/rotate", post(vault_rotate_key))
+        .route("/v1/transit/keys/{name}/config", post(vault_configure))
         .route("/v1/transit/encrypt/{name}", post(vault_encrypt))
         .route("/v1/transit/decrypt/{name}", post(vault_decrypt))
         .route("/v1/transit/rewrap/{name}", post(vault_rewrap))
@@ -64,25 +67,7 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
 
 // ---- errors ------------------------------------------------------------------
 
-fn transit_error(error: TransitError) -> AppError {
-    match error {
-        TransitError::InvalidKeyMaterial => AppError::internal("transit key material", error),
-        other => AppError::bad_request(other.code(), other.to_string()),
-    }
-}
-
-fn store_error(error: StoreError) -> AppError {
-    match error {
-        StoreError::NotFound => AppError::not_found("transit key"),
-        StoreError::Exists => {
-            AppError::conflict("already_exists", "a transit key of that name exists")
-        }
-        StoreError::Invalid(message) => AppError::invalid("invalid_request", message),
-        StoreError::Crypto(error) => transit_error(error),
-        StoreError::Keyring(error) => error.into(),
-        StoreError::Database(error) => error.into(),
-    }
-}
+use crate::transit::{store_error, transit_error};
 
 /// An item's error inside a batch answer.
 fn item_error(error: &AppError) -> Value {
@@ -93,13 +78,13 @@ fn item_error(error: &AppError) -> Value {
 
 async fn load(
     state: &AppState,
-    tx: &mut crate::db::Tx,
+    conn: &mut sqlx::AnyConnection,
     org: &str,
     name: &str,
 ) -> AppResult<Arc<LoadedKey>> {
     state
         .transit
-        .get(&state.keyring, tx, org, name)
+        .get(&state.keyring, conn, org, name)
         .await
         .map_err(store_error)
 }
@@ -214,15 +199,7 @@ fn check_batch(len: usize) -> AppResult<()> {
 }
 
 fn key_json(info: &KeyInfo) -> Value {
-    json!({
-        "name": info.name,
-        "type": info.key_type.as_str(),
-        "latestVersion": info.latest_version,
-        "minDecryptionVersion": info.min_decryption_version,
-        "publicKeys": info.public_keys.iter().map(|(version, key)| json!({"version": version, "publicKey": key})).collect::<Vec<_>>(),
-        "exportable": false,
-        "createdAt": info.created_at,
-    })
+    info.to_json()
 }
 
 /// Text or base64 input, by `encoding` (`utf8` default, or `base64`).
@@ -279,6 +256,33 @@ async fn audit(
     .await
 }
 
+/// The audit record of a data-plane call (encrypt, decrypt), through the
+/// group commit: the call answers only once its record is durable.
+async fn audit_batched(
+    state: &AppState,
+    caller: &Caller,
+    action: &str,
+    key: &str,
+    detail: Value,
+) -> AppResult<()> {
+    state
+        .audit
+        .record(crate::audit::OwnedAuditEvent {
+            org: caller.org.clone(),
+            action: action.to_string(),
+            resource: format!("transit-key:{key}"),
+            identity: caller.identity.clone(),
+            ip: caller.ip.to_string(),
+            approved: "not_required".to_string(),
+            outcome: "success".to_string(),
+            request_id: caller.request_id.clone(),
+            detail,
+        })
+        .await
+        .map(|_| ())
+        .map_err(|error| AppError::internal("audit", error))
+}
+
 /// A plaintext or context and its bytes (kept out of memory dumps).
 type Secret = Zeroizing<Vec<u8>>;
 
@@ -312,9 +316,19 @@ async fn encrypt_items<T>(
     vault: bool,
     prepare: impl Fn(&T) -> AppResult<(Secret, Option<Secret>)>,
 ) -> AppResult<(Vec<AppResult<String>>, u32)> {
-    let mut tx = state.db.begin().await?;
-    let key = load(state, &mut tx, &caller.org, name).await?;
-    let key = reserve(state, &mut tx, key, items.len()).await?;
+    let key = {
+        let mut conn = state.db.pool().acquire().await?;
+        load(state, &mut conn, &caller.org, name).await?
+    };
+    let count = i64::try_from(items.len()).unwrap_or(i64::MAX);
+    let key = if state.transit.take_reserved(&key, count) {
+        key
+    } else {
+        let mut tx = state.db.begin().await?;
+        let key = reserve(state, &mut tx, key, items.len()).await?;
+        tx.commit().await?;
+        key
+    };
     let results: Vec<AppResult<String>> = items
         .iter()
         .map(|item| {
@@ -323,8 +337,7 @@ async fn encrypt_items<T>(
         })
         .collect();
     let detail = batch_detail(&results, vault, Some(key.latest));
-    audit(state, &mut tx, caller, "transit.encrypt", name, detail).await?;
-    tx.commit().await?;
+    audit_batched(state, caller, "transit.encrypt", name, detail).await?;
     Ok((results, key.latest))
 }
 
@@ -340,8 +353,10 @@ async fn decrypt_items<'a, T>(
     prepare: impl Fn(&'a T) -> AppResult<(&'a str, Option<Secret>)>,
     present: impl Fn(Secret) -> AppResult<String>,
 ) -> AppResult<Vec<AppResult<String>>> {
-    let mut tx = state.db.begin().await?;
-    let key = load(state, &mut tx, &caller.org, name).await?;
+    let key = {
+        let mut conn = state.db.pool().acquire().await?;
+        load(state, &mut conn, &caller.org, name).await?
+    };
     let results: Vec<AppResult<String>> = items
         .iter()
         .map(|item| {
@@ -354,8 +369,7 @@ async fn decrypt_items<'a, T>(
         })
         .collect();
     let detail = batch_detail(&results, vault, None);
-    audit(state, &mut tx, caller, "transit.decrypt", name, detail).await?;
-    tx.commit().await?;
+    audit_batched(state, caller, "transit.decrypt", name, detail).await?;
     Ok(results)
 }
 
@@ -441,33 +455,184 @@ async fn read(state: &AppState, caller: &Caller, name: &str) -> AppResult<KeyInf
 async fn rotate_key(
     State(state): State<Arc<AppState>>,
     caller: Caller,
+    headers: HeaderMap,
     Path(name): Path<String>,
-) -> AppResult<Json<Value>> {
-    Ok(Json(key_json(&rotate(&state, &caller, &name).await?)))
+) -> AppResult<(StatusCode, Json<Value>)> {
+    Ok(match rotate(&state, &caller, &headers, &name).await? {
+        Ok(info) => (StatusCode::OK, Json(key_json(&info))),
+        Err(pending) => (StatusCode::ACCEPTED, Json(pending)),
+    })
 }
 
-/// Rotation is an administrator's action (the default approval rule of
-/// kms-semantics.md: "key rotation needs an admin approval"); until
-/// approval flows cover transit, only an admin may rotate, directly.
-async fn rotate(state: &AppState, caller: &Caller, name: &str) -> AppResult<KeyInfo> {
-    caller.require("transit.key.rotate")?;
-    let mut tx = state.db.begin().await?;
-    let key = state
-        .transit
-        .rotate(&state.keyring, &mut tx, &caller.org, name)
-        .await
-        .map_err(store_error)?;
-    audit(
-        state,
-        &mut tx,
-        caller,
-        "transit.key.rotate",
+/// Rotates a key, or stores the rotation for approval (the default policy
+/// asks one admin to approve `transit.rotate`): `Err` holds the `202`
+/// answer.
+async fn rotate(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    name: &str,
+) -> AppResult<Result<KeyInfo, Value>> {
+    {
+        // A rotation of a key that does not exist is refused before it is
+        // put to approvers.
+        let mut tx = state.db.begin().await?;
+        load(state, &mut tx, &caller.org, name).await?;
+    }
+    let totp = headers
+        .get("x-custos-totp")
+        .and_then(|value| value.to_str().ok());
+    let body = serde_json::to_value(crate::transit::RotateBody {
+        name: name.to_string(),
+    })
+    .map_err(|_| AppError::internal("transit", "rotation body"))?;
+    let resource = format!("transit-key:{name}");
+    match operations::gate(state, caller, "transit.rotate", &resource, &body, totp).await? {
+        Gate::Pending(answer) => Ok(Err(answer)),
+        Gate::Proceed => {
+            let mut tx = state.db.begin().await?;
+            let info = crate::transit::rotate_key(state, &mut tx, &caller.org, name).await?;
+            record(
+                state,
+                &mut tx,
+                caller,
+                "transit.rotate",
+                &resource,
+                "allowed",
+                "success",
+                json!({"latestVersion": info.latest_version}),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(Ok(info))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ConfigureBody {
+    min_decryption_version: u32,
+}
+
+async fn configure(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<ConfigureBody>,
+) -> AppResult<(StatusCode, Json<Value>)> {
+    let settings = crate::transit::ConfigBody {
         name,
-        json!({"latestVersion": key.latest}),
+        min_decryption_version: body.min_decryption_version,
+    };
+    Ok(
+        match set_config(&state, &caller, &headers, settings).await? {
+            Ok(info) => (StatusCode::OK, Json(key_json(&info))),
+            Err(pending) => (StatusCode::ACCEPTED, Json(pending)),
+        },
     )
-    .await?;
-    tx.commit().await?;
-    Ok(key.info())
+}
+
+/// Vault's `keys/:name/config`: only `min_decryption_version` is
+/// supported; settings that would weaken a key (`exportable`,
+/// `allow_plaintext_backup`, `deletion_allowed`) are refused.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VaultConfigureBody {
+    #[serde(default)]
+    min_decryption_version: Option<u32>,
+    #[serde(default)]
+    exportable: Option<bool>,
+    #[serde(default)]
+    allow_plaintext_backup: Option<bool>,
+    #[serde(default)]
+    deletion_allowed: Option<bool>,
+}
+
+async fn vault_configure(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<VaultConfigureBody>,
+) -> AppResult<(StatusCode, Json<Value>)> {
+    if body.exportable == Some(true) || body.allow_plaintext_backup == Some(true) {
+        return Err(AppError::forbidden(
+            "export_blocked",
+            "transit keys never leave Custos: exportable and allow_plaintext_backup stay off",
+        ));
+    }
+    if body.deletion_allowed == Some(true) {
+        return Err(AppError::invalid(
+            "unsupported_setting",
+            "transit keys are not deleted through this route",
+        ));
+    }
+    let Some(min_decryption_version) = body.min_decryption_version else {
+        let mut tx = state.db.begin().await?;
+        let key = load(&state, &mut tx, &caller.org, &name).await?;
+        return Ok((StatusCode::OK, Json(vault_key_json(&key.info()))));
+    };
+    let settings = crate::transit::ConfigBody {
+        name,
+        min_decryption_version,
+    };
+    Ok(
+        match set_config(&state, &caller, &headers, settings).await? {
+            Ok(info) => (StatusCode::OK, Json(vault_key_json(&info))),
+            Err(pending) => (StatusCode::ACCEPTED, Json(pending)),
+        },
+    )
+}
+
+/// Changes a key's settings through the policy (`transit.config`).
+async fn set_config(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    settings: crate::transit::ConfigBody,
+) -> AppResult<Result<KeyInfo, Value>> {
+    let key = {
+        let mut tx = state.db.begin().await?;
+        load(state, &mut tx, &caller.org, &settings.name).await?
+    };
+    if settings.min_decryption_version == 0 || settings.min_decryption_version > key.latest {
+        return Err(AppError::invalid(
+            "invalid_min_decryption_version",
+            format!(
+                "minDecryptionVersion is between 1 and the latest version ({})",
+                key.latest
+            ),
+        ));
+    }
+    let totp = headers
+        .get("x-custos-totp")
+        .and_then(|value| value.to_str().ok());
+    let body = serde_json::to_value(&settings)
+        .map_err(|_| AppError::internal("transit", "settings body"))?;
+    let resource = format!("transit-key:{}", settings.name);
+    match operations::gate(state, caller, "transit.config", &resource, &body, totp).await? {
+        Gate::Pending(answer) => Ok(Err(answer)),
+        Gate::Proceed => {
+            let mut tx = state.db.begin().await?;
+            let info =
+                crate::transit::configure_key(state, &mut tx, &caller.org, &settings).await?;
+            record(
+                state,
+                &mut tx,
+                caller,
+                "transit.config",
+                &resource,
+                "allowed",
+                "success",
+                json!({"minDecryptionVersion": info.min_decryption_version}),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(Ok(info))
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -1008,9 +1173,13 @@ async fn vault_read_key(
 async fn vault_rotate_key(
     State(state): State<Arc<AppState>>,
     caller: Caller,
+    headers: HeaderMap,
     Path(name): Path<String>,
-) -> AppResult<Json<Value>> {
-    Ok(Json(vault_key_json(&rotate(&state, &caller, &name).await?)))
+) -> AppResult<(StatusCode, Json<Value>)> {
+    Ok(match rotate(&state, &caller, &headers, &name).await? {
+        Ok(info) => (StatusCode::OK, Json(vault_key_json(&info))),
+        Err(pending) => (StatusCode::ACCEPTED, Json(pending)),
+    })
 }
 
 #[derive(Deserialize)]

@@ -473,6 +473,51 @@ impl Keyring {
             .unwrap_or_else(|_| "sealed".into())
     }
 
+    // ---- system secrets --------------------------------------------------
+
+    /// A 32-byte secret of the control plane itself (not of an org), named
+    /// `name`, wrapped by the master key (associated data
+    /// `custos/system-secret/v1/<name>`) in the `meta` row
+    /// `secret/<name>`: read it, or store `create()` first. Replicas racing
+    /// to create it all end with the one stored first.
+    pub async fn system_secret(
+        &self,
+        conn: &mut AnyConnection,
+        name: &str,
+        create: impl FnOnce() -> SealingKey,
+    ) -> Result<SealingKey, KeyringError> {
+        let master = self.master()?;
+        let key = format!("secret/{name}");
+        let context = format!("custos/system-secret/v1/{name}");
+        let read = |text: String| -> Result<SealingKey, KeyringError> {
+            let blob = hex::decode(text).map_err(|_| KeyringError::Corrupt("system secret"))?;
+            Ok(master.unwrap(&blob, context.as_bytes())?)
+        };
+        let row = sqlx::query(sqlx::AssertSqlSafe(
+            "SELECT value FROM meta WHERE key = $1".to_string(),
+        ))
+        .bind(&key)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(row) = row {
+            return read(row.try_get("value")?);
+        }
+        let value = create();
+        let blob = master.wrap(&value, context.as_bytes())?;
+        sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+            .bind(&key)
+            .bind(hex::encode(blob))
+            .execute(&mut *conn)
+            .await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(
+            "SELECT value FROM meta WHERE key = $1".to_string(),
+        ))
+        .bind(&key)
+        .fetch_one(&mut *conn)
+        .await?;
+        read(row.try_get("value")?)
+    }
+
     // ---- org root keys ---------------------------------------------------
 
     /// Creates version 1 of `org`'s root key if the org has none (in the

@@ -196,6 +196,36 @@ impl TransitKeys {
         self.get(keyring, conn, org, name).await
     }
 
+    /// Sets the oldest version that still decrypts (between 1 and the
+    /// latest version; lowering it again is allowed, as no version is ever
+    /// deleted).
+    pub async fn set_min_decryption(
+        &self,
+        keyring: &Keyring,
+        conn: &mut AnyConnection,
+        org: &str,
+        name: &str,
+        min_decryption: u32,
+    ) -> Result<Arc<LoadedKey>, StoreError> {
+        self.forget(org, name);
+        let key = self.get(keyring, conn, org, name).await?;
+        if min_decryption == 0 || min_decryption > key.latest {
+            return Err(StoreError::Invalid(
+                "minDecryptionVersion is between 1 and the latest version",
+            ));
+        }
+        sqlx::query(
+            "UPDATE transit_keys SET min_decryption_version = $1, updated_at = $2 WHERE id = $3",
+        )
+        .bind(i64::from(min_decryption))
+        .bind(now_ms())
+        .bind(&key.id)
+        .execute(&mut *conn)
+        .await?;
+        self.forget(org, name);
+        self.get(keyring, conn, org, name).await
+    }
+
     fn forget(&self, org: &str, name: &str) {
         self.cache
             .write()
@@ -289,6 +319,21 @@ impl TransitKeys {
         Ok(key)
     }
 
+    /// Takes `count` encryptions from the block reserved in memory, if it
+    /// covers them (no database work); `false` when [`Self::reserve`] must
+    /// reserve more.
+    pub fn take_reserved(&self, key: &LoadedKey, count: i64) -> bool {
+        let mut budget = key
+            .budget
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let covered = budget.left >= count;
+        if covered {
+            budget.left -= count;
+        }
+        covered
+    }
+
     /// Takes `count` encryptions from `key`'s latest version: from the
     /// reserved block, reserving more from the database when it runs out.
     /// Returns the key to encrypt with (a new version after an automatic
@@ -300,18 +345,7 @@ impl TransitKeys {
         key: Arc<LoadedKey>,
         count: i64,
     ) -> Result<Arc<LoadedKey>, StoreError> {
-        let covered = {
-            let mut budget = key
-                .budget
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner());
-            let covered = budget.left >= count;
-            if covered {
-                budget.left -= count;
-            }
-            covered
-        };
-        if covered {
+        if self.take_reserved(&key, count) {
             return Ok(key);
         }
         let block = count.max(RESERVE_BLOCK);

@@ -93,10 +93,15 @@ impl Server {
 
     /// Starts with extra configuration lines (TOML), seal mode `env`.
     pub async fn start_with(dir: tempfile::TempDir, database_url: String, extra: &str) -> Server {
-        let seal = format!(
-            "dev_mode = true\n[seal]\nmode = \"env\"\nmaster_key = \"{TEST_MASTER_KEY}\"\n"
-        );
-        Self::start_configured(dir, database_url, &format!("{extra}{seal}"), true).await
+        // `dev_mode` first: `extra` may end inside a table of its own.
+        let seal = format!("[seal]\nmode = \"env\"\nmaster_key = \"{TEST_MASTER_KEY}\"\n");
+        Self::start_configured(
+            dir,
+            database_url,
+            &format!("dev_mode = true\n{extra}\n{seal}"),
+            true,
+        )
+        .await
     }
 
     /// Starts with `config` (TOML lines after `listen`, `data_dir` and
@@ -312,4 +317,103 @@ fn dechunk(body: &str) -> String {
         rest = tail[size..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// A JSON call as `token`: (status, body).
+pub async fn call(
+    server: &Server,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let body = body.map(|body| body.to_string());
+    let (status, answer, _) = server
+        .request(method, path, Some(token), body.as_deref())
+        .await;
+    (status, answer)
+}
+
+/// The error code of an error answer ("" otherwise).
+pub fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+/// Approves the approval of a `202 pending_approval` answer as `approver`;
+/// answers the vote's (status, body).
+pub async fn approve(server: &Server, approver: &str, pending: &Value) -> (u16, Value) {
+    let approval = pending["approvalId"].as_str().expect("an approval id");
+    call(
+        server,
+        "POST",
+        &format!("/api/v1/approvals/{approval}/approve"),
+        approver,
+        Some(json!({})),
+    )
+    .await
+}
+
+/// The operation of a `202 pending_approval` answer (`GET
+/// /api/v1/operations/{id}`, which must answer 200).
+pub async fn operation(server: &Server, token: &str, pending: &Value) -> Value {
+    let id = pending["operationId"].as_str().expect("an operation id");
+    let (status, operation) = call(
+        server,
+        "GET",
+        &format!("/api/v1/operations/{id}"),
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{operation}");
+    operation
+}
+
+// ---- SoftHSM2 ---------------------------------------------------------------
+
+pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+pub const TOKEN: &str = "custos-cp-test";
+pub const TOKEN_PIN: &str = "2468";
+
+/// A SoftHSM2 token directory for this test binary, initialised before the
+/// first PKCS#11 call of the process (SoftHSM2 reads `SOFTHSM2_CONF` in
+/// `C_Initialize`).
+pub fn softhsm() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        assert!(
+            std::path::Path::new(SOFTHSM_MODULE).exists(),
+            "the SoftHSM2 PKCS#11 module {SOFTHSM_MODULE} is missing: install the Debian \
+             package softhsm2 (scripts/test installs it)"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("softhsm-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap()
+            .keep();
+        let tokens = dir.join("tokens");
+        std::fs::create_dir(&tokens).unwrap();
+        let conf = dir.join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                tokens.display()
+            ),
+        )
+        .unwrap();
+        std::env::set_var("SOFTHSM2_CONF", &conf);
+        let output = std::process::Command::new("softhsm2-util")
+            .args(["--init-token", "--free", "--label", TOKEN])
+            .args(["--pin", TOKEN_PIN, "--so-pin", "97531"])
+            .env("SOFTHSM2_CONF", &conf)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "softhsm2-util --init-token failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        dir
+    })
 }

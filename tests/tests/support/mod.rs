@@ -265,6 +265,15 @@ impl Testnet {
         self.up();
     }
 
+    /// Stops the deployment, runs `between` on its folder (to wipe a
+    /// node's data, say), and starts it again on the same folder and
+    /// database.
+    pub fn restart_after(&mut self, between: impl FnOnce(&Path)) {
+        self.down();
+        between(self.dir.path());
+        self.up();
+    }
+
     fn down(&mut self) {
         let _ = Command::new(bin_dir().join("custos-testnet"))
             .arg("--dir")
@@ -279,19 +288,14 @@ impl Testnet {
         }
     }
 
-    /// Starts a second control-plane replica on the same database, nodes
-    /// and coordinator key (what a production deployment of several
-    /// replicas behind a load balancer does). Answers its address and
-    /// process; the caller kills it.
+    /// Starts a second control-plane replica on the same database and nodes
+    /// (what a production deployment of several replicas behind a load
+    /// balancer does); it finds the coordinator key under the shared
+    /// keyring. Answers its address and process; the caller kills it.
     pub fn start_replica(&self, name: &str) -> (SocketAddr, Child) {
         let source = self.dir.path().join("control-plane");
         let data_dir = self.dir.path().join(name);
         std::fs::create_dir_all(&data_dir).unwrap();
-        std::fs::copy(
-            source.join("coordinator.key"),
-            data_dir.join("coordinator.key"),
-        )
-        .unwrap();
         let port = free_port();
         let config = std::fs::read_to_string(source.join("custos.toml")).unwrap();
         let mut lines: Vec<String> = config

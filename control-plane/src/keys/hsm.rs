@@ -1,0 +1,2062 @@
+//! Keys of the key registry (`/api/v1/keys`) that live inside a PKCS#11
+//! token (an HSM; SoftHSM2 in tests) and never leave it.
+//!
+//! # Design
+//!
+//! Every private or secret key is generated inside the token with
+//! `CKA_TOKEN`, `CKA_PRIVATE` and `CKA_SENSITIVE` true and `CKA_EXTRACTABLE`
+//! false, so no PKCS#11 call can return its value, in clear or wrapped: the
+//! token refuses `C_GetAttributeValue(CKA_VALUE)` with
+//! `CKR_ATTRIBUTE_SENSITIVE` and `C_WrapKey` with `CKR_KEY_UNEXTRACTABLE`.
+//! A compromised control plane can use the keys while it runs, but cannot
+//! copy them. Each key also gets only the usages its kind needs (no AES key
+//! can wrap token keys, no signing key can derive).
+//!
+//! A key is named by a random 128-bit [`HsmKeyId`] stored in `CKA_ID` on
+//! every object of the key (secret key, or private and public key); the
+//! caller's label goes to `CKA_LABEL` and is informational only. Operations
+//! take the id and the [`HsmKeyKind`] the registry recorded, and check the
+//! kind against the token's object before using it.
+//!
+//! | kind | generation | operations |
+//! | --- | --- | --- |
+//! | AES-256 | `CKM_AES_KEY_GEN` | AES-256-GCM encrypt/decrypt and data-key wrap (`CKM_AES_GCM`, 96-bit IV from the host RNG, 128-bit tag; output `iv \|\| ciphertext \|\| tag`) |
+//! | P-256, secp256k1 | `CKM_EC_KEY_PAIR_GEN`, curve by OID | ECDSA over a SHA-256 digest (`CKM_ECDSA`), DER output; secp256k1 signatures are normalised to low s |
+//! | Ed25519 | `CKM_EC_EDWARDS_KEY_PAIR_GEN` | pure Ed25519 over the message (`CKM_EDDSA`) |
+//! | RSA-2048/3072 | `CKM_RSA_PKCS_KEY_PAIR_GEN`, e = 65537 | RSA-PSS SHA-256, MGF1-SHA256, 32-byte salt (`CKM_SHA256_RSA_PKCS_PSS` / `CKM_RSA_PKCS_PSS`); RSA-OAEP SHA-256 + MGF1-SHA256 |
+//!
+//! Public keys are returned as SubjectPublicKeyInfo DER, built with OpenSSL
+//! from `CKA_EC_POINT` (which SoftHSM2 returns DER-wrapped in an OCTET
+//! STRING; a raw point is accepted too) or from `CKA_MODULUS` and
+//! `CKA_PUBLIC_EXPONENT`. OpenSSL also checks that an EC point is on its
+//! curve before it is handed out.
+//!
+//! Public-key operations need no secret and run on the host: RSA-OAEP
+//! encryption (and data-key wrapping under an RSA key) uses OpenSSL with
+//! the public key read from the token. Decryption always runs in the token.
+//!
+//! # Data-key wrapping
+//!
+//! [`HsmKeyStore::wrap_data_key`] protects a caller's 32-byte data key:
+//! AES-256-GCM under an AES key, RSA-OAEP under an RSA key. The caller's
+//! `context` is bound as GCM associated data or OAEP label, behind a domain
+//! prefix, so a wrapped key is not a valid [`HsmKeyStore::encrypt`]
+//! ciphertext and the other way round. GCM is used rather than `CKM_AES_KEY_WRAP_PAD` because
+//! SoftHSM2 offers key wrap only for `C_WrapKey` of token objects (the data
+//! key would first have to be imported as an extractable object), and
+//! because GCM binds the context.
+//!
+//! The GCM IVs are random (PKCS#11 2.40 leaves IV generation to the caller,
+//! and SoftHSM2 takes the IV it is given), so one AES key must not seal more
+//! than 2^32 messages (NIST SP 800-38D, 8.3); the registry rotates keys long
+//! before that.
+//!
+//! # Token limitations (SoftHSM2 2.6.1)
+//!
+//! SoftHSM2 2.6.1 accepts `CKM_RSA_PKCS_OAEP` only with SHA-1, MGF1-SHA1 and
+//! no label; it answers SHA-256 with `CKR_ARGUMENTS_BAD`. RSA decryption and
+//! data-key unwrapping under an RSA key therefore fail there with
+//! [`HsmError::UnsupportedMechanism`]; tokens that implement OAEP with
+//! SHA-256 (the PKCS#11 2.40 standard mechanism) work. There is no
+//! fallback to SHA-1 or to raw RSA with host-side unpadding.
+//!
+//! # Errors
+//!
+//! [`HsmError::code`] gives stable snake_case codes for the API. Every failed
+//! decryption or unwrap (wrong key, AAD, label or context, changed or
+//! truncated ciphertext; SoftHSM2 answers a bad GCM tag with
+//! `CKR_GENERAL_ERROR`, the standard answer is `CKR_ENCRYPTED_DATA_INVALID`)
+//! is the one opaque [`HsmError::DecryptFailed`].
+//!
+//! # Threads
+//!
+//! [`HsmKeyStore`] is `Clone + Send + Sync`. Its calls block (RSA key
+//! generation takes seconds): async callers run them in
+//! `tokio::task::spawn_blocking`. Each call opens its own PKCS#11 session,
+//! so calls run in parallel; one further session, opened at login and kept
+//! for the life of the store, keeps the token logged in (PKCS#11 logs the
+//! application out when its last session closes).
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use cryptoki::context::{Function, Pkcs11};
+use cryptoki::error::{Error as CryptokiError, RvError};
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use custos_signer_node::master_key::{shared_pkcs11_context, slots_with_token};
+use openssl::bn::{BigNum, BigNumContext};
+use openssl::ec::{EcGroup, EcKey, EcPoint};
+use openssl::ecdsa::EcdsaSig;
+use openssl::md::Md;
+use openssl::nid::Nid;
+use openssl::pkey::{Id, PKey, Public};
+use openssl::pkey_ctx::PkeyCtx;
+use openssl::rsa::{Padding, Rsa};
+use rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+/// Length of a SHA-256 digest, in bytes.
+pub const DIGEST_LEN: usize = 32;
+/// Length of a data key [`HsmKeyStore::wrap_data_key`] protects, in bytes.
+pub const DATA_KEY_LEN: usize = 32;
+/// Length of an AES-GCM IV, in bytes.
+pub const GCM_IV_LEN: usize = 12;
+/// Length of an AES-GCM tag, in bytes.
+pub const GCM_TAG_LEN: usize = 16;
+/// Length of a [`HsmKeyId`], in bytes.
+pub const KEY_ID_LEN: usize = 16;
+/// Longest `CKA_LABEL` accepted, in bytes.
+pub const MAX_LABEL_LEN: usize = 128;
+/// PSS salt length, in bytes.
+const PSS_SALT_LEN: u64 = 32;
+const GCM_TAG_BITS: u64 = 128;
+const AES_KEY_LEN: u64 = 32;
+/// OAEP overhead for SHA-256: two digests and two bytes (RFC 8017, 7.1.1).
+const OAEP_OVERHEAD: usize = 2 * DIGEST_LEN + 2;
+/// Domain prefixes of the GCM associated data and OAEP labels this module
+/// adds. Both have the same fixed length, so `prefix || context` is
+/// unambiguous.
+const ENCRYPT_DOMAIN: &[u8] = b"custos/keys/hsm/encrypt/v1";
+const WRAP_DOMAIN: &[u8] = b"custos/keys/hsm/wrapkey/v1";
+
+/// DER of the curve OIDs, the `CKA_EC_PARAMS` of each curve.
+const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+const SECP256K1_PARAMS: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a];
+const ED25519_PARAMS: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+/// `PrintableString "edwards25519"`, the PKCS#11 3.0 alternative some
+/// tokens store for Ed25519 keys.
+const ED25519_PARAMS_NAME: &[u8] = b"\x13\x0cedwards25519";
+/// Lengths of an uncompressed Weierstrass point and an Ed25519 key.
+const EC_POINT_LEN: usize = 65;
+const ED25519_POINT_LEN: usize = 32;
+
+/// The kinds of key the store generates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HsmKeyKind {
+    /// AES-256 secret key (encryption, data-key wrapping).
+    Aes256,
+    /// ECDSA key on NIST P-256.
+    EcP256,
+    /// ECDSA key on secp256k1.
+    EcSecp256k1,
+    /// Ed25519 key.
+    Ed25519,
+    /// RSA-2048 key (PSS signatures, OAEP encryption).
+    Rsa2048,
+    /// RSA-3072 key (PSS signatures, OAEP encryption).
+    Rsa3072,
+}
+
+impl HsmKeyKind {
+    /// A stable name for logs and error messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Aes256 => "aes-256",
+            Self::EcP256 => "ec-p256",
+            Self::EcSecp256k1 => "ec-secp256k1",
+            Self::Ed25519 => "ed25519",
+            Self::Rsa2048 => "rsa-2048",
+            Self::Rsa3072 => "rsa-3072",
+        }
+    }
+
+    fn rsa_modulus_len(self) -> Option<usize> {
+        match self {
+            Self::Rsa2048 => Some(256),
+            Self::Rsa3072 => Some(384),
+            _ => None,
+        }
+    }
+
+    fn is_rsa(self) -> bool {
+        self.rsa_modulus_len().is_some()
+    }
+}
+
+impl fmt::Display for HsmKeyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The random id of a key: the `CKA_ID` of each of its token objects.
+/// Shown as lowercase hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HsmKeyId([u8; KEY_ID_LEN]);
+
+impl HsmKeyId {
+    fn random() -> Self {
+        let mut id = [0u8; KEY_ID_LEN];
+        OsRng.fill_bytes(&mut id);
+        Self(id)
+    }
+
+    /// The id's bytes.
+    pub fn as_bytes(&self) -> &[u8; KEY_ID_LEN] {
+        &self.0
+    }
+
+    /// An id from its bytes (exactly [`KEY_ID_LEN`]).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, HsmError> {
+        bytes
+            .try_into()
+            .map(Self)
+            .map_err(|_| HsmError::InvalidKeyId)
+    }
+
+    /// An id from its hex form.
+    pub fn from_hex(text: &str) -> Result<Self, HsmError> {
+        let bytes = hex::decode(text).map_err(|_| HsmError::InvalidKeyId)?;
+        Self::from_bytes(&bytes)
+    }
+}
+
+impl fmt::Display for HsmKeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for HsmKeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HsmKeyId({self})")
+    }
+}
+
+/// A key just generated in the token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HsmKey {
+    /// The key's id (`CKA_ID`).
+    pub id: HsmKeyId,
+    /// The key's kind.
+    pub kind: HsmKeyKind,
+    /// The public key as SubjectPublicKeyInfo DER; `None` for AES keys.
+    pub public_key_der: Option<Vec<u8>>,
+}
+
+/// Errors of the HSM key store. Messages name operations, kinds and
+/// PKCS#11 return codes; never key bytes, plaintexts or the PIN.
+#[derive(Debug, thiserror::Error)]
+pub enum HsmError {
+    /// The module could not be loaded or initialised, or the token stopped
+    /// answering (no session, logged out, device error).
+    #[error("HSM unavailable: {operation} failed: {source}")]
+    Unavailable {
+        /// What the store was doing.
+        operation: &'static str,
+        /// The module's answer.
+        #[source]
+        source: CryptokiError,
+    },
+    /// No initialised token carries the configured label.
+    #[error("no PKCS#11 token labelled {token_label:?} in module {module}")]
+    TokenNotFound {
+        /// The module searched.
+        module: PathBuf,
+        /// The label looked for.
+        token_label: String,
+    },
+    /// Logging in failed (a wrong PIN shows as `CKR_PIN_INCORRECT`).
+    #[error("login to PKCS#11 token {token_label:?} failed: {source}")]
+    Login {
+        /// The token.
+        token_label: String,
+        /// The module's answer.
+        #[source]
+        source: CryptokiError,
+    },
+    /// More than one token carries the label, or more than one object of one
+    /// class carries the key id: the store refuses to guess.
+    #[error("more than one PKCS#11 {what} named {name}")]
+    Ambiguous {
+        /// "token" or "key object".
+        what: &'static str,
+        /// The token label or key id.
+        name: String,
+    },
+    /// No key with this id is in the token (never created, or destroyed).
+    #[error("no key {id} in the HSM")]
+    KeyNotFound {
+        /// The id looked for.
+        id: HsmKeyId,
+    },
+    /// The key in the token is not of the kind the caller named.
+    #[error("key {id} is not a {expected} key")]
+    KeyKindMismatch {
+        /// The key.
+        id: HsmKeyId,
+        /// The kind the caller named.
+        expected: HsmKeyKind,
+    },
+    /// The token cannot generate keys of this kind.
+    #[error("the HSM cannot generate {kind} keys: {source}")]
+    UnsupportedKeyType {
+        /// The kind asked for.
+        kind: HsmKeyKind,
+        /// The module's answer.
+        #[source]
+        source: CryptokiError,
+    },
+    /// The operation does not exist for this kind of key (sign with AES,
+    /// encrypt with an EC key, sign a digest with Ed25519).
+    #[error("{operation} is not supported for {kind} keys")]
+    UnsupportedOperation {
+        /// The operation.
+        operation: &'static str,
+        /// The key's kind.
+        kind: HsmKeyKind,
+    },
+    /// The token does not implement the mechanism with the parameters this
+    /// store uses (SoftHSM2 2.6.1: RSA-OAEP with SHA-256).
+    #[error("the HSM does not support {mechanism}: {source}")]
+    UnsupportedMechanism {
+        /// The mechanism and parameters.
+        mechanism: &'static str,
+        /// The module's answer.
+        #[source]
+        source: CryptokiError,
+    },
+    /// A label that is empty or longer than [`MAX_LABEL_LEN`] bytes.
+    #[error("key label must be 1 to {MAX_LABEL_LEN} bytes, got {len}")]
+    InvalidLabel {
+        /// The label's length.
+        len: usize,
+    },
+    /// A key id that is not [`KEY_ID_LEN`] bytes (or their hex).
+    #[error("invalid key id: {KEY_ID_LEN} bytes (hex) expected")]
+    InvalidKeyId,
+    /// A digest that is not 32 bytes (SHA-256) long.
+    #[error("invalid digest: SHA-256 digests are 32 bytes, got {len}")]
+    InvalidDigest {
+        /// The digest length given.
+        len: usize,
+    },
+    /// A data key that is not [`DATA_KEY_LEN`] bytes long.
+    #[error("data keys are {DATA_KEY_LEN} bytes, got {len}")]
+    InvalidDataKey {
+        /// The data key length given.
+        len: usize,
+    },
+    /// The plaintext is longer than RSA-OAEP-SHA256 allows for this key.
+    #[error("plaintext of {len} bytes is too large for this key (at most {max} bytes)")]
+    PlaintextTooLarge {
+        /// The plaintext length.
+        len: usize,
+        /// The maximum for this key.
+        max: usize,
+    },
+    /// The ciphertext or wrapped key does not open under this key and
+    /// AAD, label or context. Deliberately does not say why.
+    #[error("decryption failed")]
+    DecryptFailed,
+    /// The token returned something this store cannot use (a public key that
+    /// does not parse, a signature of the wrong size).
+    #[error("the HSM returned an invalid {what}")]
+    InvalidTokenResponse {
+        /// What was malformed.
+        what: &'static str,
+    },
+    /// Another PKCS#11 call failed.
+    #[error("PKCS#11 {operation} failed: {source}")]
+    Pkcs11 {
+        /// What the store was doing.
+        operation: &'static str,
+        /// The module's answer.
+        #[source]
+        source: CryptokiError,
+    },
+    /// OpenSSL failed on the host side (building a public key, encrypting
+    /// under a public key, encoding a signature).
+    #[error("OpenSSL {operation} failed: {source}")]
+    Crypto {
+        /// What the store was doing.
+        operation: &'static str,
+        /// OpenSSL's error queue.
+        #[source]
+        source: openssl::error::ErrorStack,
+    },
+}
+
+impl HsmError {
+    /// A stable snake_case code for the API's error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unavailable { .. } => "hsm_unavailable",
+            Self::TokenNotFound { .. } => "hsm_token_not_found",
+            Self::Login { .. } => "hsm_login_failed",
+            Self::Ambiguous { .. } => "hsm_ambiguous",
+            Self::KeyNotFound { .. } => "key_not_found",
+            Self::KeyKindMismatch { .. } => "key_kind_mismatch",
+            Self::UnsupportedKeyType { .. } => "unsupported_key_type",
+            Self::UnsupportedOperation { .. } => "unsupported_operation",
+            Self::UnsupportedMechanism { .. } => "unsupported_mechanism",
+            Self::InvalidLabel { .. } => "invalid_label",
+            Self::InvalidKeyId => "invalid_key_id",
+            Self::InvalidDigest { .. } => "invalid_digest",
+            Self::InvalidDataKey { .. } => "invalid_data_key",
+            Self::PlaintextTooLarge { .. } => "plaintext_too_large",
+            Self::DecryptFailed => "decrypt_failed",
+            Self::InvalidTokenResponse { .. } => "hsm_invalid_response",
+            Self::Pkcs11 { .. } => "hsm_error",
+            Self::Crypto { .. } => "crypto_error",
+        }
+    }
+}
+
+/// Maps a PKCS#11 failure: the token going away (session or login lost,
+/// device trouble) is [`HsmError::Unavailable`], anything else
+/// [`HsmError::Pkcs11`].
+fn pkcs11_error(operation: &'static str) -> impl Fn(CryptokiError) -> HsmError {
+    move |source| match source {
+        CryptokiError::Pkcs11(
+            RvError::DeviceError
+            | RvError::DeviceMemory
+            | RvError::DeviceRemoved
+            | RvError::TokenNotPresent
+            | RvError::SessionClosed
+            | RvError::SessionHandleInvalid
+            | RvError::SessionCount
+            | RvError::UserNotLoggedIn
+            | RvError::CryptokiNotInitialized,
+            _,
+        ) => HsmError::Unavailable { operation, source },
+        source => HsmError::Pkcs11 { operation, source },
+    }
+}
+
+fn crypto_error(operation: &'static str) -> impl Fn(openssl::error::ErrorStack) -> HsmError {
+    move |source| HsmError::Crypto { operation, source }
+}
+
+/// A key store in one PKCS#11 token. Cheap to clone (the clones share the
+/// login); `Send + Sync`; every method blocks (see the module docs).
+#[derive(Clone)]
+pub struct HsmKeyStore {
+    inner: Arc<StoreInner>,
+}
+
+struct StoreInner {
+    context: Pkcs11,
+    slot: Slot,
+    module: PathBuf,
+    token_label: String,
+    /// Held, never used, so that the token stays logged in: the mutex only
+    /// makes the (`Send`, not `Sync`) session shareable.
+    _login_session: Mutex<Session>,
+}
+
+impl fmt::Debug for HsmKeyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HsmKeyStore")
+            .field("module", &self.inner.module)
+            .field("token_label", &self.inner.token_label)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HsmKeyStore {
+    /// Loads `module` (once per process), finds the token labelled
+    /// `token_label` and logs in as the user with `pin`. The PIN is not
+    /// kept.
+    ///
+    /// Login state is per process and token: if another store of this
+    /// process is already logged in, the token answers
+    /// `CKR_USER_ALREADY_LOGGED_IN` without checking this PIN (SoftHSM2 does
+    /// so even for a wrong one). The PIN guards the token against other
+    /// processes, not against a second opener inside this one.
+    pub fn open(module: &Path, token_label: &str, pin: &str) -> Result<Self, HsmError> {
+        let context = pkcs11_context(module)?;
+        let slot = find_token(&context, module, token_label)?;
+        let session = context
+            .open_ro_session(slot)
+            .map_err(unavailable("C_OpenSession"))?;
+        match session.login(UserType::User, Some(&AuthPin::from(pin))) {
+            Ok(()) | Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(source) => {
+                return Err(HsmError::Login {
+                    token_label: token_label.to_owned(),
+                    source,
+                })
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(StoreInner {
+                context,
+                slot,
+                module: module.to_path_buf(),
+                token_label: token_label.to_owned(),
+                _login_session: Mutex::new(session),
+            }),
+        })
+    }
+
+    /// Generates a non-extractable key of `kind` in the token, labelled
+    /// `label` (1 to [`MAX_LABEL_LEN`] bytes), under a fresh random id.
+    /// Fails with [`HsmError::UnsupportedKeyType`] if the token cannot
+    /// generate that kind.
+    pub fn generate(&self, kind: HsmKeyKind, label: &str) -> Result<HsmKey, HsmError> {
+        if label.is_empty() || label.len() > MAX_LABEL_LEN {
+            return Err(HsmError::InvalidLabel { len: label.len() });
+        }
+        // SoftHSM2 2.6.1 fails a key generation now and then while other
+        // sessions of the process work (CKR_GENERAL_ERROR or
+        // CKR_TEMPLATE_INCONSISTENT on a valid template, seen in this
+        // file's tests under parallel load): one generation at a time per
+        // process, and a failed attempt of that kind is retried under a
+        // fresh id. Generation is rare; the other operations run in
+        // parallel.
+        static GENERATING: Mutex<()> = Mutex::new(());
+        let _one_at_a_time = GENERATING.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.generate_once(kind, label) {
+                Err(HsmError::Pkcs11 {
+                    source:
+                        CryptokiError::Pkcs11(RvError::GeneralError | RvError::TemplateInconsistent, _),
+                    ..
+                }) if attempt < 3 => continue,
+                outcome => return outcome,
+            }
+        }
+    }
+
+    fn generate_once(&self, kind: HsmKeyKind, label: &str) -> Result<HsmKey, HsmError> {
+        let id = HsmKeyId::random();
+        let session = self.session(true)?;
+        let common = KeyTemplate { id, label };
+        let unsupported = |source| match source {
+            CryptokiError::Pkcs11(
+                RvError::MechanismInvalid
+                | RvError::MechanismParamInvalid
+                | RvError::CurveNotSupported
+                | RvError::DomainParamsInvalid
+                | RvError::KeySizeRange,
+                _,
+            ) => HsmError::UnsupportedKeyType { kind, source },
+            source => pkcs11_error("key generation")(source),
+        };
+        let Some((mechanism, public_template, private_template)) = common.key_pair(kind) else {
+            session
+                .generate_key(&Mechanism::AesKeyGen, &common.aes())
+                .map_err(unsupported)?;
+            return Ok(HsmKey {
+                id,
+                kind,
+                public_key_der: None,
+            });
+        };
+        let (public, _private) = session
+            .generate_key_pair(&mechanism, &public_template, &private_template)
+            .map_err(unsupported)?;
+        match public_key_der(&session, public, kind) {
+            Ok(der) => Ok(HsmKey {
+                id,
+                kind,
+                public_key_der: Some(der),
+            }),
+            Err(error) => {
+                // Do not leave a key behind that the caller never learns of.
+                let _ = destroy_all(&session, id);
+                Err(error)
+            }
+        }
+    }
+
+    /// The public key of an asymmetric key, as SubjectPublicKeyInfo DER.
+    pub fn public_key_der(&self, id: &HsmKeyId, kind: HsmKeyKind) -> Result<Vec<u8>, HsmError> {
+        if kind == HsmKeyKind::Aes256 {
+            return Err(HsmError::UnsupportedOperation {
+                operation: "public key",
+                kind,
+            });
+        }
+        let session = self.session(false)?;
+        let public = find_key(&session, id, kind, ObjectClass::PUBLIC_KEY)?;
+        public_key_der(&session, public, kind)
+    }
+
+    /// Whether any object with this id is in the token.
+    pub fn exists(&self, id: &HsmKeyId) -> Result<bool, HsmError> {
+        let session = self.session(false)?;
+        Ok(!find_objects(&session, id, None)?.is_empty())
+    }
+
+    /// Destroys every object (secret, private and public key) with this id.
+    /// Afterwards every operation on the id answers
+    /// [`HsmError::KeyNotFound`], as does a second `destroy`.
+    pub fn destroy(&self, id: &HsmKeyId) -> Result<(), HsmError> {
+        let session = self.session(true)?;
+        if destroy_all(&session, *id)? == 0 {
+            return Err(HsmError::KeyNotFound { id: *id });
+        }
+        Ok(())
+    }
+
+    /// Signs a message. ECDSA (P-256, secp256k1): SHA-256 of the message on
+    /// the host, then as [`HsmKeyStore::sign_digest`]. Ed25519: pure Ed25519
+    /// of the message (64 bytes). RSA: PSS with SHA-256, MGF1-SHA256 and a
+    /// 32-byte salt, hashed in the token.
+    pub fn sign_message(
+        &self,
+        id: &HsmKeyId,
+        kind: HsmKeyKind,
+        message: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        match kind {
+            HsmKeyKind::EcP256 | HsmKeyKind::EcSecp256k1 => {
+                self.sign_digest(id, kind, &Sha256::digest(message))
+            }
+            HsmKeyKind::Ed25519 => {
+                let mechanism = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
+                self.sign_in_token(id, kind, &mechanism, message)
+            }
+            HsmKeyKind::Rsa2048 | HsmKeyKind::Rsa3072 => self.sign_in_token(
+                id,
+                kind,
+                &Mechanism::Sha256RsaPkcsPss(pss_params()),
+                message,
+            ),
+            HsmKeyKind::Aes256 => Err(HsmError::UnsupportedOperation {
+                operation: "sign",
+                kind,
+            }),
+        }
+    }
+
+    /// Signs a SHA-256 `digest` (exactly 32 bytes). ECDSA (`CKM_ECDSA`):
+    /// DER `ECDSA-Sig-Value`; secp256k1 signatures are normalised to low s
+    /// (`s <= n/2`, as Bitcoin and Ethereum require), P-256 ones are left as
+    /// the token made them. RSA (`CKM_RSA_PKCS_PSS`): the same signature
+    /// [`HsmKeyStore::sign_message`] makes of the digested message. Ed25519
+    /// and AES: [`HsmError::UnsupportedOperation`].
+    pub fn sign_digest(
+        &self,
+        id: &HsmKeyId,
+        kind: HsmKeyKind,
+        digest: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        if matches!(kind, HsmKeyKind::Ed25519 | HsmKeyKind::Aes256) {
+            return Err(HsmError::UnsupportedOperation {
+                operation: "sign a digest",
+                kind,
+            });
+        }
+        if digest.len() != DIGEST_LEN {
+            return Err(HsmError::InvalidDigest { len: digest.len() });
+        }
+        if kind.is_rsa() {
+            return self.sign_in_token(id, kind, &Mechanism::RsaPkcsPss(pss_params()), digest);
+        }
+        let raw = self.sign_in_token(id, kind, &Mechanism::Ecdsa, digest)?;
+        ecdsa_der(&raw, kind)
+    }
+
+    fn sign_in_token(
+        &self,
+        id: &HsmKeyId,
+        kind: HsmKeyKind,
+        mechanism: &Mechanism,
+        data: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        let session = self.session(false)?;
+        let private = find_key(&session, id, kind, ObjectClass::PRIVATE_KEY)?;
+        session
+            .sign(mechanism, private, data)
+            .map_err(pkcs11_error("C_Sign"))
+    }
+
+    /// Encrypts `plaintext`. AES-256: GCM in the token with a random 96-bit
+    /// IV, `aad` as associated data (behind this module's domain prefix);
+    /// output `iv || ciphertext || tag`. RSA:
+    /// OAEP with SHA-256 and MGF1-SHA256 on the host under the token's public
+    /// key, `aad` as the OAEP label (empty: no label), at most
+    /// `modulus - 66` bytes. EC and Ed25519: unsupported.
+    pub fn encrypt(
+        &self,
+        id: &HsmKeyId,
+        kind: HsmKeyKind,
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        match kind {
+            HsmKeyKind::Aes256 => self.gcm_seal(id, &domain_bound(ENCRYPT_DOMAIN, aad), plaintext),
+            HsmKeyKind::Rsa2048 | HsmKeyKind::Rsa3072 => {
+                self.oaep_encrypt(id, kind, plaintext, aad)
+            }
+            _ => Err(HsmError::UnsupportedOperation {
+                operation: "encrypt",
+                kind,
+            }),
+        }
+    }
+
+    /// Decrypts what [`HsmKeyStore::encrypt`] made (or, for RSA, any
+    /// RSA-OAEP-SHA256 ciphertext with label `aad`), inside the token.
+    /// Every failure to open is [`HsmError::DecryptFailed`].
+    pub fn decrypt(
+        &self,
+        id: &HsmKeyId,
+        kind: HsmKeyKind,
+        ciphertext: &[u8],
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        match kind {
+            HsmKeyKind::Aes256 => self.gcm_open(id, &domain_bound(ENCRYPT_DOMAIN, aad), ciphertext),
+            HsmKeyKind::Rsa2048 | HsmKeyKind::Rsa3072 => {
+                self.oaep_decrypt(id, kind, ciphertext, aad)
+            }
+            _ => Err(HsmError::UnsupportedOperation {
+                operation: "decrypt",
+                kind,
+            }),
+        }
+    }
+
+    /// Wraps a caller's [`DATA_KEY_LEN`]-byte data key: AES-256-GCM (output
+    /// `iv || ciphertext || tag`, 60 bytes) or RSA-OAEP-SHA256, with
+    /// `context` (what the data key protects) bound to the result.
+    pub fn wrap_data_key(
+        &self,
+        id: &HsmKeyId,
+        kind: HsmKeyKind,
+        data_key: &[u8],
+        context: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        if data_key.len() != DATA_KEY_LEN {
+            return Err(HsmError::InvalidDataKey {
+                len: data_key.len(),
+            });
+        }
+        let bound = domain_bound(WRAP_DOMAIN, context);
+        match kind {
+            HsmKeyKind::Aes256 => self.gcm_seal(id, &bound, data_key),
+            HsmKeyKind::Rsa2048 | HsmKeyKind::Rsa3072 => {
+                self.oaep_encrypt(id, kind, data_key, &bound)
+            }
+            _ => Err(HsmError::UnsupportedOperation {
+                operation: "wrap",
+                kind,
+            }),
+        }
+    }
+
+    /// Unwraps a data key from [`HsmKeyStore::wrap_data_key`] with the same
+    /// `context`. Any failure to open, or a result that is not a data key,
+    /// is [`HsmError::DecryptFailed`].
+    pub fn unwrap_data_key(
+        &self,
+        id: &HsmKeyId,
+        kind: HsmKeyKind,
+        wrapped: &[u8],
+        context: &[u8],
+    ) -> Result<Zeroizing<[u8; DATA_KEY_LEN]>, HsmError> {
+        let bound = domain_bound(WRAP_DOMAIN, context);
+        let plaintext = match kind {
+            HsmKeyKind::Aes256 => self.gcm_open(id, &bound, wrapped)?,
+            HsmKeyKind::Rsa2048 | HsmKeyKind::Rsa3072 => {
+                self.oaep_decrypt(id, kind, wrapped, &bound)?
+            }
+            _ => {
+                return Err(HsmError::UnsupportedOperation {
+                    operation: "unwrap",
+                    kind,
+                })
+            }
+        };
+        if plaintext.len() != DATA_KEY_LEN {
+            return Err(HsmError::DecryptFailed);
+        }
+        let mut data_key = Zeroizing::new([0u8; DATA_KEY_LEN]);
+        data_key.copy_from_slice(&plaintext);
+        Ok(data_key)
+    }
+
+    fn gcm_seal(&self, id: &HsmKeyId, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, HsmError> {
+        let session = self.session(false)?;
+        let key = find_key(&session, id, HsmKeyKind::Aes256, ObjectClass::SECRET_KEY)?;
+        let mut iv = [0u8; GCM_IV_LEN];
+        OsRng.fill_bytes(&mut iv);
+        // GcmParams borrows the IV mutably (PKCS#11 3.0 lets a token write
+        // a generated IV back); SoftHSM2 uses it as given.
+        let mut iv_param = iv;
+        let params = GcmParams::new(&mut iv_param, aad, GCM_TAG_BITS.into())
+            .map_err(pkcs11_error("GCM parameters"))?;
+        let sealed = session
+            .encrypt(&Mechanism::AesGcm(params), key, plaintext)
+            .map_err(pkcs11_error("C_Encrypt (AES-GCM)"))?;
+        if sealed.len() != plaintext.len() + GCM_TAG_LEN {
+            return Err(HsmError::InvalidTokenResponse {
+                what: "AES-GCM ciphertext",
+            });
+        }
+        let mut output = Vec::with_capacity(GCM_IV_LEN + sealed.len());
+        output.extend_from_slice(&iv);
+        output.extend_from_slice(&sealed);
+        Ok(output)
+    }
+
+    fn gcm_open(
+        &self,
+        id: &HsmKeyId,
+        aad: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        if ciphertext.len() < GCM_IV_LEN + GCM_TAG_LEN {
+            return Err(HsmError::DecryptFailed);
+        }
+        let (iv, sealed) = ciphertext.split_at(GCM_IV_LEN);
+        let session = self.session(false)?;
+        let key = find_key(&session, id, HsmKeyKind::Aes256, ObjectClass::SECRET_KEY)?;
+        let mut iv_param = [0u8; GCM_IV_LEN];
+        iv_param.copy_from_slice(iv);
+        let params = GcmParams::new(&mut iv_param, aad, GCM_TAG_BITS.into())
+            .map_err(pkcs11_error("GCM parameters"))?;
+        session
+            .decrypt(&Mechanism::AesGcm(params), key, sealed)
+            .map(Zeroizing::new)
+            .map_err(decrypt_error("AES-GCM"))
+    }
+
+    fn oaep_encrypt(
+        &self,
+        id: &HsmKeyId,
+        kind: HsmKeyKind,
+        plaintext: &[u8],
+        label: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        let session = self.session(false)?;
+        let public = find_key(&session, id, kind, ObjectClass::PUBLIC_KEY)?;
+        let key = rsa_public_key(&session, public)?;
+        drop(session);
+        let max = key.size().saturating_sub(OAEP_OVERHEAD);
+        if plaintext.len() > max {
+            return Err(HsmError::PlaintextTooLarge {
+                len: plaintext.len(),
+                max,
+            });
+        }
+        oaep_encrypt_on_host(&key, plaintext, label).map_err(crypto_error("RSA-OAEP encrypt"))
+    }
+
+    fn oaep_decrypt(
+        &self,
+        id: &HsmKeyId,
+        kind: HsmKeyKind,
+        ciphertext: &[u8],
+        label: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        if Some(ciphertext.len()) != kind.rsa_modulus_len() {
+            return Err(HsmError::DecryptFailed);
+        }
+        let session = self.session(false)?;
+        let private = find_key(&session, id, kind, ObjectClass::PRIVATE_KEY)?;
+        let source = if label.is_empty() {
+            PkcsOaepSource::empty()
+        } else {
+            PkcsOaepSource::data_specified(label)
+        };
+        let params = PkcsOaepParams::new(MechanismType::SHA256, PkcsMgfType::MGF1_SHA256, source);
+        session
+            .decrypt(&Mechanism::RsaPkcsOaep(params), private, ciphertext)
+            .map(Zeroizing::new)
+            .map_err(decrypt_error("RSA-OAEP with SHA-256 and MGF1-SHA256"))
+    }
+
+    /// A new session on the token; it is already logged in through the
+    /// store's login session. Closed when dropped.
+    fn session(&self, read_write: bool) -> Result<Session, HsmError> {
+        let inner = &self.inner;
+        if read_write {
+            inner.context.open_rw_session(inner.slot)
+        } else {
+            inner.context.open_ro_session(inner.slot)
+        }
+        .map_err(unavailable("C_OpenSession"))
+    }
+}
+
+fn unavailable(operation: &'static str) -> impl Fn(CryptokiError) -> HsmError {
+    move |source| HsmError::Unavailable { operation, source }
+}
+
+/// Maps a `C_DecryptInit`/`C_Decrypt` failure. Parameters the token refuses
+/// at init are [`HsmError::UnsupportedMechanism`]; every refusal of the
+/// ciphertext itself is the opaque [`HsmError::DecryptFailed`].
+fn decrypt_error(mechanism: &'static str) -> impl Fn(CryptokiError) -> HsmError {
+    move |source| match source {
+        CryptokiError::Pkcs11(
+            RvError::ArgumentsBad | RvError::MechanismInvalid | RvError::MechanismParamInvalid,
+            Function::DecryptInit,
+        ) => HsmError::UnsupportedMechanism { mechanism, source },
+        CryptokiError::Pkcs11(
+            RvError::GeneralError
+            | RvError::EncryptedDataInvalid
+            | RvError::EncryptedDataLenRange
+            | RvError::DataInvalid
+            | RvError::DataLenRange,
+            Function::Decrypt,
+        ) => HsmError::DecryptFailed,
+        source => pkcs11_error("C_Decrypt")(source),
+    }
+}
+
+/// `domain || data`; every domain has the same length, so the result is
+/// unambiguous.
+fn domain_bound(domain: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut bound = Vec::with_capacity(domain.len() + data.len());
+    bound.extend_from_slice(domain);
+    bound.extend_from_slice(data);
+    bound
+}
+
+fn pss_params() -> PkcsPssParams {
+    PkcsPssParams {
+        hash_alg: MechanismType::SHA256,
+        mgf: PkcsMgfType::MGF1_SHA256,
+        s_len: PSS_SALT_LEN.into(),
+    }
+}
+
+/// The generation templates shared by every kind.
+struct KeyTemplate<'a> {
+    id: HsmKeyId,
+    label: &'a str,
+}
+
+impl KeyTemplate<'_> {
+    fn naming(&self) -> [Attribute; 3] {
+        [
+            Attribute::Id(self.id.as_bytes().to_vec()),
+            Attribute::Label(self.label.as_bytes().to_vec()),
+            Attribute::Token(true),
+        ]
+    }
+
+    /// Attributes of every secret and private key: in the token, usable
+    /// only after login, never readable or wrappable.
+    fn protected(&self) -> Vec<Attribute> {
+        let mut template = self.naming().to_vec();
+        template.extend([
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Derive(false),
+            Attribute::Unwrap(false),
+        ]);
+        template
+    }
+
+    fn aes(&self) -> Vec<Attribute> {
+        let mut template = self.protected();
+        template.extend([
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::ValueLen(AES_KEY_LEN.into()),
+            Attribute::Encrypt(true),
+            Attribute::Decrypt(true),
+            Attribute::Wrap(false),
+            Attribute::Sign(false),
+            Attribute::Verify(false),
+        ]);
+        template
+    }
+
+    /// Mechanism, public template and private template of an asymmetric
+    /// kind; `None` for [`HsmKeyKind::Aes256`].
+    fn key_pair(
+        &self,
+        kind: HsmKeyKind,
+    ) -> Option<(Mechanism<'static>, Vec<Attribute>, Vec<Attribute>)> {
+        let ec = |mechanism, key_type, params: &[u8]| {
+            let public = vec![
+                Attribute::KeyType(key_type),
+                Attribute::EcParams(params.to_vec()),
+            ];
+            (mechanism, public, vec![Attribute::KeyType(key_type)])
+        };
+        let rsa = |bits: u64| {
+            let public = vec![
+                Attribute::KeyType(KeyType::RSA),
+                Attribute::ModulusBits(bits.into()),
+                Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+                Attribute::Encrypt(true),
+            ];
+            let private = vec![Attribute::KeyType(KeyType::RSA), Attribute::Decrypt(true)];
+            (Mechanism::RsaPkcsKeyPairGen, public, private)
+        };
+        let (mechanism, public_extra, private_extra) = match kind {
+            HsmKeyKind::Aes256 => return None,
+            HsmKeyKind::EcP256 => ec(Mechanism::EccKeyPairGen, KeyType::EC, P256_PARAMS),
+            HsmKeyKind::EcSecp256k1 => ec(Mechanism::EccKeyPairGen, KeyType::EC, SECP256K1_PARAMS),
+            HsmKeyKind::Ed25519 => ec(
+                Mechanism::EccEdwardsKeyPairGen,
+                KeyType::EC_EDWARDS,
+                ED25519_PARAMS,
+            ),
+            HsmKeyKind::Rsa2048 => rsa(2048),
+            HsmKeyKind::Rsa3072 => rsa(3072),
+        };
+        let mut public = self.naming().to_vec();
+        public.extend([
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::Private(false),
+            Attribute::Verify(true),
+        ]);
+        public.extend(public_extra);
+        let mut private = self.protected();
+        private.extend([
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Sign(true),
+        ]);
+        private.extend(private_extra);
+        Some((mechanism, public, private))
+    }
+}
+
+/// Token objects with this id, of one class or of any.
+fn find_objects(
+    session: &Session,
+    id: &HsmKeyId,
+    class: Option<ObjectClass>,
+) -> Result<Vec<ObjectHandle>, HsmError> {
+    let mut template = vec![
+        Attribute::Token(true),
+        Attribute::Id(id.as_bytes().to_vec()),
+    ];
+    template.extend(class.map(Attribute::Class));
+    session
+        .find_objects(&template)
+        .map_err(pkcs11_error("C_FindObjects"))
+}
+
+/// The object of `class` with this id, checked to be of `kind`. An id
+/// whose objects are all of other classes (an EC key asked for as AES) is a
+/// kind mismatch, not a missing key.
+fn find_key(
+    session: &Session,
+    id: &HsmKeyId,
+    kind: HsmKeyKind,
+    class: ObjectClass,
+) -> Result<ObjectHandle, HsmError> {
+    let mismatch = HsmError::KeyKindMismatch {
+        id: *id,
+        expected: kind,
+    };
+    let object = match find_objects(session, id, Some(class))?.as_slice() {
+        [] if find_objects(session, id, None)?.is_empty() => {
+            return Err(HsmError::KeyNotFound { id: *id })
+        }
+        [] => return Err(mismatch),
+        [object] => *object,
+        _ => {
+            return Err(HsmError::Ambiguous {
+                what: "key object",
+                name: id.to_string(),
+            })
+        }
+    };
+    if object_kind(session, object)? == Some(kind) {
+        Ok(object)
+    } else {
+        Err(mismatch)
+    }
+}
+
+/// The kind of a key object, read from its key type and its curve, modulus
+/// or value length; `None` for a key this store does not make.
+fn object_kind(session: &Session, object: ObjectHandle) -> Result<Option<HsmKeyKind>, HsmError> {
+    let attributes = session
+        .get_attributes(
+            object,
+            &[
+                AttributeType::KeyType,
+                AttributeType::EcParams,
+                AttributeType::Modulus,
+                AttributeType::ValueLen,
+            ],
+        )
+        .map_err(pkcs11_error("C_GetAttributeValue"))?;
+    let mut key_type = None;
+    let mut ec_params: &[u8] = &[];
+    let mut size = 0usize;
+    for attribute in &attributes {
+        match attribute {
+            Attribute::KeyType(value) => key_type = Some(*value),
+            Attribute::EcParams(value) => ec_params = value,
+            Attribute::Modulus(value) => size = value.len(),
+            Attribute::ValueLen(value) => size = usize::from(*value),
+            _ => {}
+        }
+    }
+    Ok(match (key_type, ec_params, size) {
+        (Some(KeyType::AES), _, 32) => Some(HsmKeyKind::Aes256),
+        (Some(KeyType::EC), P256_PARAMS, _) => Some(HsmKeyKind::EcP256),
+        (Some(KeyType::EC), SECP256K1_PARAMS, _) => Some(HsmKeyKind::EcSecp256k1),
+        (Some(KeyType::EC_EDWARDS), ED25519_PARAMS | ED25519_PARAMS_NAME, _) => {
+            Some(HsmKeyKind::Ed25519)
+        }
+        (Some(KeyType::RSA), _, 256) => Some(HsmKeyKind::Rsa2048),
+        (Some(KeyType::RSA), _, 384) => Some(HsmKeyKind::Rsa3072),
+        _ => None,
+    })
+}
+
+/// Destroys every token object with this id; returns how many there were.
+fn destroy_all(session: &Session, id: HsmKeyId) -> Result<usize, HsmError> {
+    let objects = find_objects(session, &id, None)?;
+    for object in &objects {
+        session
+            .destroy_object(*object)
+            .map_err(pkcs11_error("C_DestroyObject"))?;
+    }
+    Ok(objects.len())
+}
+
+/// One attribute of an object, as bytes.
+fn bytes_attribute(
+    session: &Session,
+    object: ObjectHandle,
+    wanted: AttributeType,
+) -> Result<Vec<u8>, HsmError> {
+    let attributes = session
+        .get_attributes(object, &[wanted])
+        .map_err(pkcs11_error("C_GetAttributeValue"))?;
+    attributes
+        .into_iter()
+        .find_map(|attribute| match attribute {
+            Attribute::EcPoint(bytes)
+            | Attribute::Modulus(bytes)
+            | Attribute::PublicExponent(bytes) => Some(bytes),
+            _ => None,
+        })
+        .ok_or(HsmError::InvalidTokenResponse {
+            what: "public key attribute",
+        })
+}
+
+/// The SubjectPublicKeyInfo DER of a public key object of `kind`.
+fn public_key_der(
+    session: &Session,
+    public: ObjectHandle,
+    kind: HsmKeyKind,
+) -> Result<Vec<u8>, HsmError> {
+    let key = match kind {
+        HsmKeyKind::EcP256 | HsmKeyKind::EcSecp256k1 => {
+            let point = bytes_attribute(session, public, AttributeType::EcPoint)?;
+            weierstrass_public_key(unwrap_ec_point(&point, EC_POINT_LEN)?, kind)?
+        }
+        HsmKeyKind::Ed25519 => {
+            let point = bytes_attribute(session, public, AttributeType::EcPoint)?;
+            PKey::public_key_from_raw_bytes(
+                unwrap_ec_point(&point, ED25519_POINT_LEN)?,
+                Id::ED25519,
+            )
+            .map_err(|_| HsmError::InvalidTokenResponse {
+                what: "Ed25519 public key",
+            })?
+        }
+        HsmKeyKind::Rsa2048 | HsmKeyKind::Rsa3072 => rsa_public_key(session, public)?,
+        HsmKeyKind::Aes256 => {
+            return Err(HsmError::UnsupportedOperation {
+                operation: "public key",
+                kind,
+            })
+        }
+    };
+    key.public_key_to_der().map_err(crypto_error("i2d_PUBKEY"))
+}
+
+/// The point inside `CKA_EC_POINT`: PKCS#11 says it is the DER encoding of
+/// an OCTET STRING holding the point (SoftHSM2 does so); some tokens return
+/// the bare point. `len` (65 or 32) is below 128, so the DER length is one
+/// byte, and the two forms differ in length.
+fn unwrap_ec_point(bytes: &[u8], len: usize) -> Result<&[u8], HsmError> {
+    match bytes {
+        [0x04, inner_len, point @ ..] if usize::from(*inner_len) == len && point.len() == len => {
+            Ok(point)
+        }
+        point if point.len() == len => Ok(point),
+        _ => Err(HsmError::InvalidTokenResponse { what: "EC point" }),
+    }
+}
+
+fn curve(kind: HsmKeyKind) -> Result<EcGroup, HsmError> {
+    let nid = if kind == HsmKeyKind::EcSecp256k1 {
+        Nid::SECP256K1
+    } else {
+        Nid::X9_62_PRIME256V1
+    };
+    EcGroup::from_curve_name(nid).map_err(crypto_error("EC_GROUP_new_by_curve_name"))
+}
+
+/// A P-256 or secp256k1 public key from an uncompressed point, which
+/// OpenSSL checks to be on the curve.
+fn weierstrass_public_key(point: &[u8], kind: HsmKeyKind) -> Result<PKey<Public>, HsmError> {
+    let invalid = |_| HsmError::InvalidTokenResponse { what: "EC point" };
+    let group = curve(kind)?;
+    let mut bn_context = BigNumContext::new().map_err(crypto_error("BN_CTX_new"))?;
+    let point = EcPoint::from_bytes(&group, point, &mut bn_context).map_err(invalid)?;
+    let key = EcKey::from_public_key(&group, &point).map_err(invalid)?;
+    key.check_key().map_err(invalid)?;
+    PKey::from_ec_key(key).map_err(crypto_error("EVP_PKEY_assign_EC_KEY"))
+}
+
+fn rsa_public_key(session: &Session, public: ObjectHandle) -> Result<PKey<Public>, HsmError> {
+    let invalid = |_| HsmError::InvalidTokenResponse {
+        what: "RSA public key",
+    };
+    let modulus = bytes_attribute(session, public, AttributeType::Modulus)?;
+    let exponent = bytes_attribute(session, public, AttributeType::PublicExponent)?;
+    let rsa = Rsa::from_public_components(
+        BigNum::from_slice(&modulus).map_err(invalid)?,
+        BigNum::from_slice(&exponent).map_err(invalid)?,
+    )
+    .map_err(invalid)?;
+    PKey::from_rsa(rsa).map_err(crypto_error("EVP_PKEY_assign_RSA"))
+}
+
+fn oaep_encrypt_on_host(
+    key: &PKey<Public>,
+    plaintext: &[u8],
+    label: &[u8],
+) -> Result<Vec<u8>, openssl::error::ErrorStack> {
+    let mut ctx = PkeyCtx::new(key)?;
+    ctx.encrypt_init()?;
+    ctx.set_rsa_padding(Padding::PKCS1_OAEP)?;
+    ctx.set_rsa_oaep_md(Md::sha256())?;
+    ctx.set_rsa_mgf1_md(Md::sha256())?;
+    if !label.is_empty() {
+        ctx.set_rsa_oaep_label(label)?;
+    }
+    let mut ciphertext = Vec::new();
+    ctx.encrypt_to_vec(plaintext, &mut ciphertext)?;
+    Ok(ciphertext)
+}
+
+/// DER `ECDSA-Sig-Value` from the token's raw `r || s` (PKCS#11 returns
+/// both as fixed-length big-endian numbers). secp256k1: `s` above `n/2` is
+/// replaced by `n - s`, the other valid signature of the same digest.
+fn ecdsa_der(raw: &[u8], kind: HsmKeyKind) -> Result<Vec<u8>, HsmError> {
+    let invalid = |_| HsmError::InvalidTokenResponse {
+        what: "ECDSA signature",
+    };
+    if raw.len() != 64 {
+        return Err(HsmError::InvalidTokenResponse {
+            what: "ECDSA signature",
+        });
+    }
+    let (r, s) = raw.split_at(32);
+    let r = BigNum::from_slice(r).map_err(invalid)?;
+    let mut s = BigNum::from_slice(s).map_err(invalid)?;
+    if kind == HsmKeyKind::EcSecp256k1 {
+        s = low_s(s, &curve(kind)?)?;
+    }
+    EcdsaSig::from_private_components(r, s)
+        .and_then(|signature| signature.to_der())
+        .map_err(crypto_error("ECDSA signature encoding"))
+}
+
+fn low_s(s: BigNum, group: &EcGroup) -> Result<BigNum, HsmError> {
+    let mut bn_context = BigNumContext::new().map_err(crypto_error("BN_CTX_new"))?;
+    let mut order = BigNum::new().map_err(crypto_error("BN_new"))?;
+    group
+        .order(&mut order, &mut bn_context)
+        .map_err(crypto_error("EC_GROUP_get_order"))?;
+    let mut half = BigNum::new().map_err(crypto_error("BN_new"))?;
+    half.rshift1(&order).map_err(crypto_error("BN_rshift1"))?;
+    if s.ucmp(&half) != Ordering::Greater {
+        return Ok(s);
+    }
+    let mut flipped = BigNum::new().map_err(crypto_error("BN_new"))?;
+    flipped
+        .checked_sub(&order, &s)
+        .map_err(crypto_error("BN_sub"))?;
+    Ok(flipped)
+}
+
+/// The process-wide PKCS#11 context of `module`, shared with the keyring's
+/// master key (PKCS#11 allows `C_Initialize` once per process).
+fn pkcs11_context(module: &Path) -> Result<Pkcs11, HsmError> {
+    shared_pkcs11_context(module).map_err(|failure| HsmError::Unavailable {
+        operation: failure.operation,
+        source: failure.source,
+    })
+}
+
+/// The slot of the one initialised token labelled `token_label`.
+fn find_token(context: &Pkcs11, module: &Path, token_label: &str) -> Result<Slot, HsmError> {
+    let found =
+        slots_with_token(context, token_label).map_err(|failure| HsmError::Unavailable {
+            operation: failure.operation,
+            source: failure.source,
+        })?;
+    match found.as_slice() {
+        [] => Err(HsmError::TokenNotFound {
+            module: module.to_path_buf(),
+            token_label: token_label.to_owned(),
+        }),
+        [slot] => Ok(*slot),
+        _ => Err(HsmError::Ambiguous {
+            what: "token",
+            name: token_label.to_owned(),
+        }),
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+mod tests {
+    //! Tests against a real SoftHSM2 token. `SOFTHSM2_CONF` is process-wide
+    //! and the module is initialised once per process, so every test of this
+    //! file shares one token (created on first use) and uses its own labels.
+    //! Every signature is verified with an independent software
+    //! implementation (`p256`, `k256`, `ed25519-dalek`, `rsa`).
+
+    use std::sync::OnceLock;
+
+    use ::rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
+    use ::rsa::signature::Verifier;
+    use ::rsa::traits::PublicKeyParts;
+    use cryptoki::object::AttributeInfo;
+    use p256::ecdsa::signature::hazmat::PrehashVerifier;
+
+    use super::*;
+
+    const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+    const TOKEN: &str = "custos-keys-test";
+    /// A second token nobody logs in to with the right PIN, so that a wrong
+    /// PIN is really checked (see [`HsmKeyStore::open`]).
+    const PIN_TEST_TOKEN: &str = "custos-keys-pin";
+    const PIN: &str = "1234";
+    /// `SEQUENCE { SEQUENCE { OID 1.3.101.112 } BIT STRING (32 bytes) }`.
+    const ED25519_SPKI_PREFIX: &[u8] = &[
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+
+    /// Creates the token directory and both tokens before the first PKCS#11
+    /// call of the process (SoftHSM2 reads `SOFTHSM2_CONF` in C_Initialize).
+    fn softhsm() {
+        static TOKENS: OnceLock<PathBuf> = OnceLock::new();
+        TOKENS.get_or_init(|| {
+            let install = "install the Debian package softhsm2";
+            assert!(
+                Path::new(MODULE).exists(),
+                "the SoftHSM2 module {MODULE} is missing: {install}"
+            );
+            // Kept: the static is never dropped, and the module uses the
+            // files until the process exits.
+            let dir = tempfile::Builder::new()
+                .prefix("custos-softhsm-keys-")
+                .tempdir()
+                .unwrap()
+                .keep();
+            let tokens = dir.join("tokens");
+            std::fs::create_dir(&tokens).unwrap();
+            let conf = dir.join("softhsm2.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+                    tokens.display()
+                ),
+            )
+            .unwrap();
+            std::env::set_var("SOFTHSM2_CONF", &conf);
+            for label in [TOKEN, PIN_TEST_TOKEN] {
+                let output = std::process::Command::new("softhsm2-util")
+                    .args(["--init-token", "--free", "--label", label])
+                    .args(["--pin", PIN, "--so-pin", "5678"])
+                    .env("SOFTHSM2_CONF", &conf)
+                    .output()
+                    .unwrap_or_else(|error| panic!("cannot run softhsm2-util ({error}): {install}"));
+                assert!(
+                    output.status.success(),
+                    "softhsm2-util --init-token failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            dir
+        });
+    }
+
+    fn store() -> &'static HsmKeyStore {
+        static STORE: OnceLock<HsmKeyStore> = OnceLock::new();
+        STORE.get_or_init(|| {
+            softhsm();
+            HsmKeyStore::open(Path::new(MODULE), TOKEN, PIN).unwrap()
+        })
+    }
+
+    /// One RSA-2048 key for all RSA tests: generation is the slow part.
+    fn rsa_2048() -> &'static HsmKey {
+        static KEY: OnceLock<HsmKey> = OnceLock::new();
+        KEY.get_or_init(|| {
+            store()
+                .generate(HsmKeyKind::Rsa2048, "test-rsa-2048")
+                .unwrap()
+        })
+    }
+
+    fn spki(key: &HsmKey) -> &[u8] {
+        key.public_key_der.as_deref().unwrap()
+    }
+
+    fn rsa_verifies(key: &HsmKey, message: &[u8], signature: &[u8]) -> bool {
+        let public = ::rsa::RsaPublicKey::from_public_key_der(spki(key)).unwrap();
+        let verifier = ::rsa::pss::VerifyingKey::<Sha256>::new_with_salt_len(public, 32);
+        let signature = ::rsa::pss::Signature::try_from(signature).unwrap();
+        verifier.verify(message, &signature).is_ok()
+    }
+
+    /// The token object of `class` with this id (through a test session).
+    fn object(session: &Session, key: &HsmKey, class: ObjectClass) -> ObjectHandle {
+        find_key(session, &key.id, key.kind, class).unwrap()
+    }
+
+    #[test]
+    fn store_is_clone_send_sync_and_debug_shows_no_pin() {
+        fn shareable<T: Clone + Send + Sync + 'static>() {}
+        shareable::<HsmKeyStore>();
+        let debug = format!("{:?}", store().clone());
+        assert!(debug.contains(TOKEN), "{debug}");
+        assert!(!debug.contains(PIN), "{debug}");
+    }
+
+    #[test]
+    fn open_fails_clearly_for_a_missing_module_token_or_wrong_pin() {
+        softhsm();
+        let error =
+            HsmKeyStore::open(Path::new("/nonexistent/libpkcs11.so"), TOKEN, PIN).unwrap_err();
+        assert_eq!(error.code(), "hsm_unavailable", "{error}");
+
+        let error = HsmKeyStore::open(Path::new(MODULE), "no-such-token", PIN).unwrap_err();
+        assert_eq!(error.code(), "hsm_token_not_found", "{error}");
+
+        let error = HsmKeyStore::open(Path::new(MODULE), PIN_TEST_TOKEN, "0000").unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                HsmError::Login {
+                    source: CryptokiError::Pkcs11(RvError::PinIncorrect, _),
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert_eq!(error.code(), "hsm_login_failed");
+        assert!(!error.to_string().contains("0000"));
+    }
+
+    #[test]
+    fn aes_gcm_round_trips_and_rejects_wrong_aad_and_tampering() {
+        let store = store();
+        let key = store.generate(HsmKeyKind::Aes256, "test-aes-gcm").unwrap();
+        assert_eq!(key.public_key_der, None);
+        let plaintext = b"customer record 42";
+        let ciphertext = store
+            .encrypt(&key.id, key.kind, plaintext, b"aad:42")
+            .unwrap();
+        assert_eq!(ciphertext.len(), GCM_IV_LEN + plaintext.len() + GCM_TAG_LEN);
+        let again = store
+            .encrypt(&key.id, key.kind, plaintext, b"aad:42")
+            .unwrap();
+        assert_ne!(ciphertext[..GCM_IV_LEN], again[..GCM_IV_LEN], "fresh IV");
+        assert_eq!(
+            store
+                .decrypt(&key.id, key.kind, &ciphertext, b"aad:42")
+                .unwrap()
+                .as_slice(),
+            plaintext
+        );
+        assert!(store.decrypt(&key.id, key.kind, &again, b"aad:42").is_ok());
+
+        let mut failures = vec![
+            store.decrypt(&key.id, key.kind, &ciphertext, b"aad:43"),
+            store.decrypt(&key.id, key.kind, &ciphertext, b""),
+            store.decrypt(
+                &key.id,
+                key.kind,
+                &ciphertext[..GCM_IV_LEN + GCM_TAG_LEN - 1],
+                b"aad:42",
+            ),
+            store.decrypt(
+                &key.id,
+                key.kind,
+                &ciphertext[..ciphertext.len() - 1],
+                b"aad:42",
+            ),
+        ];
+        // Flip one bit in the IV, the ciphertext body and the tag.
+        for position in [0, GCM_IV_LEN + 3, ciphertext.len() - 1] {
+            let mut tampered = ciphertext.clone();
+            tampered[position] ^= 0x01;
+            failures.push(store.decrypt(&key.id, key.kind, &tampered, b"aad:42"));
+        }
+        for failure in failures {
+            let error = failure.unwrap_err();
+            assert!(matches!(error, HsmError::DecryptFailed), "{error:?}");
+            assert_eq!(error.code(), "decrypt_failed");
+        }
+        // Another AES key does not open it either.
+        let other = store
+            .generate(HsmKeyKind::Aes256, "test-aes-gcm-other")
+            .unwrap();
+        let error = store
+            .decrypt(&other.id, other.kind, &ciphertext, b"aad:42")
+            .unwrap_err();
+        assert!(matches!(error, HsmError::DecryptFailed), "{error:?}");
+        // An empty plaintext is fine.
+        let empty = store.encrypt(&key.id, key.kind, b"", b"").unwrap();
+        assert!(store
+            .decrypt(&key.id, key.kind, &empty, b"")
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn aes_data_key_wrapping_binds_the_context() {
+        let store = store();
+        let key = store.generate(HsmKeyKind::Aes256, "test-aes-wrap").unwrap();
+        let data_key = [0x5au8; DATA_KEY_LEN];
+        let wrapped = store
+            .wrap_data_key(&key.id, key.kind, &data_key, b"blob:7")
+            .unwrap();
+        assert_eq!(wrapped.len(), GCM_IV_LEN + DATA_KEY_LEN + GCM_TAG_LEN);
+        let unwrapped = store
+            .unwrap_data_key(&key.id, key.kind, &wrapped, b"blob:7")
+            .unwrap();
+        assert_eq!(*unwrapped, data_key);
+
+        let error = store
+            .unwrap_data_key(&key.id, key.kind, &wrapped, b"blob:8")
+            .unwrap_err();
+        assert!(matches!(error, HsmError::DecryptFailed), "{error:?}");
+        // A wrapped key is not an encrypt() ciphertext, nor the reverse.
+        let error = store
+            .decrypt(&key.id, key.kind, &wrapped, b"blob:7")
+            .unwrap_err();
+        assert!(matches!(error, HsmError::DecryptFailed), "{error:?}");
+        let encrypted = store
+            .encrypt(&key.id, key.kind, &data_key, b"blob:7")
+            .unwrap();
+        let error = store
+            .unwrap_data_key(&key.id, key.kind, &encrypted, b"blob:7")
+            .unwrap_err();
+        assert!(matches!(error, HsmError::DecryptFailed), "{error:?}");
+
+        let error = store
+            .wrap_data_key(&key.id, key.kind, &[1; 31], b"blob:7")
+            .unwrap_err();
+        assert!(matches!(error, HsmError::InvalidDataKey { len: 31 }));
+        assert_eq!(error.code(), "invalid_data_key");
+    }
+
+    #[test]
+    fn p256_signatures_verify_with_the_p256_crate() {
+        use p256::ecdsa::{Signature, VerifyingKey};
+        let store = store();
+        let key = store.generate(HsmKeyKind::EcP256, "test-p256").unwrap();
+        let verifying_key = VerifyingKey::from_public_key_der(spki(&key)).unwrap();
+        assert_eq!(store.public_key_der(&key.id, key.kind).unwrap(), spki(&key));
+
+        let digest = Sha256::digest(b"p256 digest");
+        let signature = store.sign_digest(&key.id, key.kind, &digest).unwrap();
+        let signature = Signature::from_der(&signature).unwrap();
+        verifying_key.verify_prehash(&digest, &signature).unwrap();
+        assert!(verifying_key
+            .verify_prehash(&Sha256::digest(b"other"), &signature)
+            .is_err());
+
+        let message = b"p256 message";
+        let signature = store.sign_message(&key.id, key.kind, message).unwrap();
+        let signature = Signature::from_der(&signature).unwrap();
+        p256::ecdsa::signature::Verifier::verify(&verifying_key, message, &signature).unwrap();
+
+        let error = store.sign_digest(&key.id, key.kind, &[0; 31]).unwrap_err();
+        assert!(matches!(error, HsmError::InvalidDigest { len: 31 }));
+        assert_eq!(error.code(), "invalid_digest");
+    }
+
+    #[test]
+    fn secp256k1_signatures_are_low_s_and_verify_with_k256() {
+        use k256::ecdsa::{Signature, VerifyingKey};
+        let store = store();
+        let key = store
+            .generate(HsmKeyKind::EcSecp256k1, "test-secp256k1")
+            .unwrap();
+        let verifying_key = VerifyingKey::from_public_key_der(spki(&key)).unwrap();
+        // Half of raw ECDSA signatures have a high s: 16 of them make it
+        // all but certain that the normalisation ran.
+        for round in 0u8..16 {
+            let digest = Sha256::digest([round]);
+            let der = store.sign_digest(&key.id, key.kind, &digest).unwrap();
+            let signature = Signature::from_der(&der).unwrap();
+            assert!(signature.normalize_s().is_none(), "high s in round {round}");
+            verifying_key.verify_prehash(&digest, &signature).unwrap();
+        }
+        let der = store
+            .sign_message(&key.id, key.kind, b"k1 message")
+            .unwrap();
+        let signature = Signature::from_der(&der).unwrap();
+        k256::ecdsa::signature::Verifier::verify(&verifying_key, b"k1 message", &signature)
+            .unwrap();
+    }
+
+    #[test]
+    fn high_s_is_normalised_for_secp256k1_only() {
+        use k256::ecdsa::signature::hazmat::PrehashSigner;
+        let signing_key = k256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let digest = Sha256::digest(b"normalise me");
+        let signature: k256::ecdsa::Signature = signing_key.sign_prehash(&digest).unwrap();
+        let (r, s) = signature.split_scalars();
+        let high_s: k256::Scalar = -*s;
+        let mut raw = r.to_bytes().to_vec();
+        raw.extend_from_slice(&high_s.to_bytes());
+
+        let normalised = ecdsa_der(&raw, HsmKeyKind::EcSecp256k1).unwrap();
+        let normalised = k256::ecdsa::Signature::from_der(&normalised).unwrap();
+        assert_eq!(normalised, signature.normalize_s().unwrap_or(signature));
+        signing_key
+            .verifying_key()
+            .verify_prehash(&digest, &normalised)
+            .unwrap();
+
+        // P-256 signatures keep the s the token chose.
+        let kept = ecdsa_der(&raw, HsmKeyKind::EcP256).unwrap();
+        let kept = p256::ecdsa::Signature::from_der(&kept).unwrap();
+        assert_eq!(kept.to_bytes().as_slice(), raw.as_slice());
+
+        let error = ecdsa_der(&raw[..63], HsmKeyKind::EcP256).unwrap_err();
+        assert_eq!(error.code(), "hsm_invalid_response");
+    }
+
+    #[test]
+    fn ed25519_signatures_verify_with_ed25519_dalek() {
+        let store = store();
+        let key = match store.generate(HsmKeyKind::Ed25519, "test-ed25519") {
+            Ok(key) => key,
+            Err(error) => panic!("this SoftHSM2 build cannot make Ed25519 keys: {error}"),
+        };
+        let der = spki(&key);
+        assert_eq!(der.len(), 44);
+        assert_eq!(&der[..12], ED25519_SPKI_PREFIX);
+        let public: [u8; 32] = der[12..].try_into().unwrap();
+        let verifying_key = ed25519_dalek::VerifyingKey::from_bytes(&public).unwrap();
+
+        let message = b"ed25519 signs the message itself";
+        let signature = store.sign_message(&key.id, key.kind, message).unwrap();
+        let signature = ed25519_dalek::Signature::from_slice(&signature).unwrap();
+        verifying_key.verify_strict(message, &signature).unwrap();
+        assert!(verifying_key.verify_strict(b"other", &signature).is_err());
+
+        let error = store
+            .sign_digest(&key.id, key.kind, &Sha256::digest(message))
+            .unwrap_err();
+        assert_eq!(error.code(), "unsupported_operation");
+    }
+
+    #[test]
+    fn rsa_pss_signatures_verify_with_the_rsa_crate() {
+        let store = store();
+        let key = rsa_2048();
+        let public = ::rsa::RsaPublicKey::from_public_key_der(spki(key)).unwrap();
+        assert_eq!(public.size(), 256);
+        assert_eq!(public.e(), &::rsa::BigUint::from(65_537u32));
+
+        let message = b"rsa-pss over a message";
+        let signature = store.sign_message(&key.id, key.kind, message).unwrap();
+        assert_eq!(signature.len(), 256);
+        assert!(rsa_verifies(key, message, &signature));
+        assert!(!rsa_verifies(key, b"another message", &signature));
+
+        let signature = store
+            .sign_digest(&key.id, key.kind, &Sha256::digest(message))
+            .unwrap();
+        assert!(rsa_verifies(key, message, &signature));
+    }
+
+    #[test]
+    fn rsa_3072_generates_and_signs() {
+        let store = store();
+        let key = store
+            .generate(HsmKeyKind::Rsa3072, "test-rsa-3072")
+            .unwrap();
+        let public = ::rsa::RsaPublicKey::from_public_key_der(spki(&key)).unwrap();
+        assert_eq!(public.size(), 384);
+        let signature = store.sign_message(&key.id, key.kind, b"3072").unwrap();
+        assert_eq!(signature.len(), 384);
+        assert!(rsa_verifies(&key, b"3072", &signature));
+        let error = store
+            .sign_message(&key.id, HsmKeyKind::Rsa2048, b"3072")
+            .unwrap_err();
+        assert_eq!(error.code(), "key_kind_mismatch");
+    }
+
+    /// RSA-OAEP-SHA256 decryption in the token: SoftHSM2 2.6.1 refuses the
+    /// mechanism, which must come out as `unsupported_mechanism`; a token
+    /// that has it must decrypt what the `rsa` crate encrypted.
+    #[test]
+    fn rsa_oaep_decrypts_in_tokens_that_support_sha256() {
+        let store = store();
+        let key = rsa_2048();
+        let public = ::rsa::RsaPublicKey::from_public_key_der(spki(key)).unwrap();
+        let ciphertext = public
+            .encrypt(
+                &mut OsRng,
+                ::rsa::Oaep::new_with_label::<Sha256, _>("label"),
+                b"oaep plaintext",
+            )
+            .unwrap();
+        match store.decrypt(&key.id, key.kind, &ciphertext, b"label") {
+            Ok(plaintext) => {
+                assert_eq!(plaintext.as_slice(), b"oaep plaintext");
+                let error = store
+                    .decrypt(&key.id, key.kind, &ciphertext, b"other")
+                    .unwrap_err();
+                assert!(matches!(error, HsmError::DecryptFailed), "{error:?}");
+            }
+            Err(error) => {
+                assert!(
+                    matches!(error, HsmError::UnsupportedMechanism { .. }),
+                    "{error:?}"
+                );
+                assert_eq!(error.code(), "unsupported_mechanism");
+                eprintln!("note: this token cannot decrypt RSA-OAEP-SHA256: {error}");
+            }
+        }
+        // Wrong lengths never reach the token.
+        let error = store
+            .decrypt(&key.id, key.kind, &ciphertext[1..], b"label")
+            .unwrap_err();
+        assert!(matches!(error, HsmError::DecryptFailed), "{error:?}");
+    }
+
+    /// RSA encryption runs on the host under the token's public key: checked
+    /// by putting the public half of a software key in the token under a new
+    /// id and decrypting with the `rsa` crate.
+    #[test]
+    fn rsa_oaep_encryption_and_wrapping_are_standard_oaep_sha256() {
+        let store = store();
+        let software = Rsa::generate(2048).unwrap();
+        let private = ::rsa::RsaPrivateKey::from_pkcs8_der(
+            &PKey::from_rsa(software.clone())
+                .unwrap()
+                .private_key_to_pkcs8()
+                .unwrap(),
+        )
+        .unwrap();
+        let id = HsmKeyId::random();
+        let session = store.session(true).unwrap();
+        session
+            .create_object(&[
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::KeyType(KeyType::RSA),
+                Attribute::Token(true),
+                Attribute::Id(id.as_bytes().to_vec()),
+                Attribute::Label(b"test-rsa-imported-public".to_vec()),
+                Attribute::Modulus(software.n().to_vec()),
+                Attribute::PublicExponent(software.e().to_vec()),
+                Attribute::Encrypt(true),
+                Attribute::Verify(true),
+            ])
+            .unwrap();
+        let kind = HsmKeyKind::Rsa2048;
+
+        let ciphertext = store.encrypt(&id, kind, b"to the token key", b"").unwrap();
+        assert_eq!(
+            private
+                .decrypt(::rsa::Oaep::new::<Sha256>(), &ciphertext)
+                .unwrap(),
+            b"to the token key"
+        );
+        let ciphertext = store.encrypt(&id, kind, b"labelled", b"label").unwrap();
+        assert_eq!(
+            private
+                .decrypt(
+                    ::rsa::Oaep::new_with_label::<Sha256, _>("label"),
+                    &ciphertext
+                )
+                .unwrap(),
+            b"labelled"
+        );
+
+        let wrapped = store
+            .wrap_data_key(&id, kind, &[3u8; DATA_KEY_LEN], b"blob:9")
+            .unwrap();
+        let label = String::from_utf8(domain_bound(WRAP_DOMAIN, b"blob:9")).unwrap();
+        assert_eq!(
+            private
+                .decrypt(::rsa::Oaep::new_with_label::<Sha256, _>(label), &wrapped)
+                .unwrap(),
+            [3u8; DATA_KEY_LEN]
+        );
+
+        assert!(store.encrypt(&id, kind, &[0; 190], b"").is_ok());
+        let error = store.encrypt(&id, kind, &[0; 191], b"").unwrap_err();
+        assert!(matches!(
+            error,
+            HsmError::PlaintextTooLarge { len: 191, max: 190 }
+        ));
+        assert_eq!(error.code(), "plaintext_too_large");
+        store.destroy(&id).unwrap();
+    }
+
+    #[test]
+    fn keys_are_sensitive_and_never_leave_the_token() {
+        let store = store();
+        let aes = store
+            .generate(HsmKeyKind::Aes256, "test-sensitive-aes")
+            .unwrap();
+        let ec = store
+            .generate(HsmKeyKind::EcP256, "test-sensitive-ec")
+            .unwrap();
+        let ed = store
+            .generate(HsmKeyKind::Ed25519, "test-sensitive-ed25519")
+            .unwrap();
+        let session = store.session(true).unwrap();
+        // A key that may wrap others, in this session only.
+        let wrapping_key = session
+            .generate_key(
+                &Mechanism::AesKeyGen,
+                &[
+                    Attribute::ValueLen(32.into()),
+                    Attribute::Token(false),
+                    Attribute::Wrap(true),
+                ],
+            )
+            .unwrap();
+        let cases = [
+            (
+                &aes,
+                ObjectClass::SECRET_KEY,
+                AttributeType::Value,
+                "test-sensitive-aes",
+            ),
+            (
+                &ec,
+                ObjectClass::PRIVATE_KEY,
+                AttributeType::Value,
+                "test-sensitive-ec",
+            ),
+            (
+                &ed,
+                ObjectClass::PRIVATE_KEY,
+                AttributeType::Value,
+                "test-sensitive-ed25519",
+            ),
+            (
+                rsa_2048(),
+                ObjectClass::PRIVATE_KEY,
+                AttributeType::PrivateExponent,
+                "test-rsa-2048",
+            ),
+        ];
+        for (key, class, secret, label) in cases {
+            let object = object(&session, key, class);
+            let attributes = session
+                .get_attributes(
+                    object,
+                    &[
+                        AttributeType::Token,
+                        AttributeType::Private,
+                        AttributeType::Sensitive,
+                        AttributeType::Extractable,
+                        AttributeType::AlwaysSensitive,
+                        AttributeType::NeverExtractable,
+                        AttributeType::Unwrap,
+                        AttributeType::Derive,
+                        AttributeType::Id,
+                        AttributeType::Label,
+                    ],
+                )
+                .unwrap();
+            for expected in [
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::AlwaysSensitive(true),
+                Attribute::NeverExtractable(true),
+                Attribute::Unwrap(false),
+                Attribute::Derive(false),
+                Attribute::Id(key.id.as_bytes().to_vec()),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ] {
+                assert!(
+                    attributes.contains(&expected),
+                    "{}: {expected:?} missing from {attributes:?}",
+                    key.kind
+                );
+            }
+            // The secret cannot be read...
+            let info = session.get_attribute_info(object, &[secret]).unwrap();
+            assert!(
+                matches!(info.as_slice(), [AttributeInfo::Sensitive]),
+                "{}: {info:?}",
+                key.kind
+            );
+            assert!(session
+                .get_attributes(object, &[secret])
+                .unwrap()
+                .is_empty());
+            // ...nor wrapped out of the token.
+            let error = session
+                .wrap_key(&Mechanism::AesKeyWrapPad, wrapping_key, object)
+                .unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    CryptokiError::Pkcs11(RvError::KeyUnextractable, Function::WrapKey)
+                ),
+                "{}: {error:?}",
+                key.kind
+            );
+        }
+    }
+
+    #[test]
+    fn destroy_removes_every_object_and_the_id_is_then_unknown() {
+        let store = store();
+        let key = store.generate(HsmKeyKind::EcP256, "test-destroy").unwrap();
+        let session = store.session(false).unwrap();
+        assert_eq!(find_objects(&session, &key.id, None).unwrap().len(), 2);
+        assert!(store.exists(&key.id).unwrap());
+
+        store.destroy(&key.id).unwrap();
+        assert!(find_objects(&session, &key.id, None).unwrap().is_empty());
+        assert!(!store.exists(&key.id).unwrap());
+        let digest = Sha256::digest(b"gone");
+        for error in [
+            store.sign_digest(&key.id, key.kind, &digest).unwrap_err(),
+            store.public_key_der(&key.id, key.kind).unwrap_err(),
+            store.destroy(&key.id).unwrap_err(),
+        ] {
+            assert!(
+                matches!(error, HsmError::KeyNotFound { id } if id == key.id),
+                "{error:?}"
+            );
+            assert_eq!(error.code(), "key_not_found");
+        }
+
+        let aes = store
+            .generate(HsmKeyKind::Aes256, "test-destroy-aes")
+            .unwrap();
+        let wrapped = store
+            .wrap_data_key(&aes.id, aes.kind, &[1; DATA_KEY_LEN], b"")
+            .unwrap();
+        store.destroy(&aes.id).unwrap();
+        let error = store
+            .unwrap_data_key(&aes.id, aes.kind, &wrapped, b"")
+            .unwrap_err();
+        assert_eq!(error.code(), "key_not_found");
+    }
+
+    #[test]
+    fn the_kind_is_checked_against_the_token() {
+        let store = store();
+        let key = store
+            .generate(HsmKeyKind::EcP256, "test-kind-check")
+            .unwrap();
+        let digest = Sha256::digest(b"kind");
+        for wrong in [HsmKeyKind::EcSecp256k1, HsmKeyKind::Rsa2048] {
+            let error = store.sign_digest(&key.id, wrong, &digest).unwrap_err();
+            assert!(
+                matches!(error, HsmError::KeyKindMismatch { expected, .. } if expected == wrong),
+                "{error:?}"
+            );
+            assert_eq!(error.code(), "key_kind_mismatch");
+        }
+        let error = store
+            .sign_message(&key.id, HsmKeyKind::Ed25519, b"kind")
+            .unwrap_err();
+        assert_eq!(error.code(), "key_kind_mismatch");
+        let error = store
+            .encrypt(&key.id, HsmKeyKind::Aes256, b"kind", b"")
+            .unwrap_err();
+        assert_eq!(error.code(), "key_kind_mismatch");
+    }
+
+    #[test]
+    fn operations_a_kind_does_not_have_are_refused_before_the_token() {
+        let store = store();
+        let id = HsmKeyId::random();
+        let refused = [
+            store
+                .sign_message(&id, HsmKeyKind::Aes256, b"x")
+                .unwrap_err(),
+            store
+                .sign_digest(&id, HsmKeyKind::Aes256, &[0; 32])
+                .unwrap_err(),
+            store
+                .sign_digest(&id, HsmKeyKind::Ed25519, &[0; 32])
+                .unwrap_err(),
+            store
+                .encrypt(&id, HsmKeyKind::EcP256, b"x", b"")
+                .unwrap_err(),
+            store
+                .decrypt(&id, HsmKeyKind::Ed25519, b"x", b"")
+                .unwrap_err(),
+            store
+                .wrap_data_key(&id, HsmKeyKind::EcSecp256k1, &[0; 32], b"")
+                .unwrap_err(),
+            store
+                .unwrap_data_key(&id, HsmKeyKind::EcSecp256k1, b"x", b"")
+                .unwrap_err(),
+            store.public_key_der(&id, HsmKeyKind::Aes256).unwrap_err(),
+        ];
+        for error in refused {
+            assert_eq!(error.code(), "unsupported_operation", "{error:?}");
+        }
+        // An unknown id of a kind that has the operation.
+        let error = store
+            .sign_message(&id, HsmKeyKind::EcP256, b"x")
+            .unwrap_err();
+        assert_eq!(error.code(), "key_not_found");
+    }
+
+    #[test]
+    fn labels_and_ids_are_validated() {
+        let store = store();
+        for label in [String::new(), "x".repeat(MAX_LABEL_LEN + 1)] {
+            let error = store.generate(HsmKeyKind::Aes256, &label).unwrap_err();
+            assert!(matches!(error, HsmError::InvalidLabel { len } if len == label.len()));
+            assert_eq!(error.code(), "invalid_label");
+        }
+        let id = HsmKeyId::random();
+        assert_eq!(HsmKeyId::from_hex(&id.to_string()).unwrap(), id);
+        assert_eq!(HsmKeyId::from_bytes(id.as_bytes()).unwrap(), id);
+        assert_eq!(id.to_string().len(), 2 * KEY_ID_LEN);
+        assert_eq!(format!("{id:?}"), format!("HsmKeyId({id})"));
+        for bad in ["", "00", "zz", &"0".repeat(2 * KEY_ID_LEN + 2)] {
+            let error = HsmKeyId::from_hex(bad).unwrap_err();
+            assert_eq!(error.code(), "invalid_key_id");
+        }
+    }
+
+    #[test]
+    fn ec_points_are_read_in_both_encodings() {
+        let point = [0x04u8; EC_POINT_LEN];
+        let mut wrapped = vec![0x04, EC_POINT_LEN as u8];
+        wrapped.extend_from_slice(&point);
+        assert_eq!(unwrap_ec_point(&wrapped, EC_POINT_LEN).unwrap(), point);
+        assert_eq!(unwrap_ec_point(&point, EC_POINT_LEN).unwrap(), point);
+        assert!(unwrap_ec_point(&wrapped[..66], EC_POINT_LEN).is_err());
+        assert!(unwrap_ec_point(&[0x04, 0x20, 1, 2], ED25519_POINT_LEN).is_err());
+    }
+}

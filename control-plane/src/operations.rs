@@ -1,0 +1,467 @@
+//! Operations behind an approval: the control-group pattern of
+//! kms-semantics.md for everything that is not a signing request (deleting
+//! and destroying secrets, rotating transit keys, ...).
+//!
+//! * [`gate`] evaluates the org's policy for an action. Allowed: the caller
+//!   runs it at once. Approval required: the exact request is stored sealed
+//!   under the org's keyring (kind `operation`, record id = the operation's
+//!   id, because a request may carry a secret value), with an approval
+//!   (`approvals.subject = 'operation'`), and the caller answers `202`.
+//! * When the last approver approves, [`execute`] runs the stored request,
+//!   not a new one, in one transaction with the move to `executed`, so it
+//!   runs at most once. What a request assumed (a secret's current version)
+//!   is checked again at execution: a request made stale by another change
+//!   fails with `stale_request` instead of overwriting it.
+//! * A process that dies between the approval and the execution leaves the
+//!   operation `approved`; [`execute_approved`] (called by the worker) runs
+//!   it later.
+//!
+//! Statuses: `pending_approval` → `approved` → `executed` | `failed`, or
+//! `rejected` / `expired`. An action with effects outside the database (a
+//! share restore) passes through `executing`: it is claimed in one
+//! transaction and run outside any, at most once.
+
+use serde_json::{json, Value};
+use sqlx::Row;
+
+use crate::audit::{self, AuditEvent};
+use crate::auth::Caller;
+use crate::db::{new_id, now_ms, Tx};
+use crate::error::{AppError, AppResult};
+use crate::policy::Decision;
+use crate::signing::{self, NewApproval, Requirement, SUBJECT_OPERATION};
+use crate::state::AppState;
+
+/// The keyring record kind of stored operation bodies.
+const BODY_RECORD: &str = "operation";
+
+/// What [`gate`] decided.
+#[derive(Debug)]
+pub enum Gate {
+    /// Run it now.
+    Proceed,
+    /// Stored for approval: answer `202` with this body.
+    Pending(Value),
+}
+
+/// Checks the caller's role and the org's policy for `action` on
+/// `resource`. Denials are audited and answered 403; an approval stores
+/// `body` (the complete request, as [`execute`] will run it) and returns
+/// [`Gate::Pending`] with `{status, operationId, approvalId}`.
+pub async fn gate(
+    state: &AppState,
+    caller: &Caller,
+    action: &str,
+    resource: &str,
+    body: &Value,
+    totp: Option<&str>,
+) -> AppResult<Gate> {
+    let ip = caller.ip.to_string();
+    let event = |approved: &'static str, outcome: &'static str, detail: Value| AuditEvent {
+        org: &caller.org,
+        action,
+        resource,
+        identity: &caller.identity,
+        ip: &ip,
+        approved,
+        outcome,
+        request_id: &caller.request_id,
+        detail,
+    };
+    let mut tx = state.db.begin().await?;
+    if let Err(error) = caller.require(action) {
+        audit::append(
+            &state.db,
+            &mut tx,
+            &event("denied", "denied", json!({"reason": "role"})),
+        )
+        .await?;
+        tx.commit().await?;
+        return Err(error);
+    }
+    let facts = signing::facts(caller, action, resource.to_string(), None, None);
+    let decision = signing::decide(&mut tx, &caller.org, &facts).await?;
+    match decision {
+        Decision::Allow { require_mfa, .. } => {
+            if require_mfa {
+                signing::check_totp(state, &mut tx, &caller.identity, totp).await?;
+                tx.commit().await?;
+            }
+            Ok(Gate::Proceed)
+        }
+        Decision::Deny { rule, reason } => {
+            audit::append(
+                &state.db,
+                &mut tx,
+                &event("denied", "denied", json!({"rule": rule, "reason": reason})),
+            )
+            .await?;
+            tx.commit().await?;
+            Err(AppError::forbidden(
+                "policy_denied",
+                format!("denied by policy: {reason}"),
+            ))
+        }
+        Decision::RequireApproval {
+            rule,
+            count,
+            roles,
+            require_mfa,
+        } => {
+            let id = new_id("op");
+            let hash = request_hash(&caller.org, &caller.identity, action, resource, body);
+            let sealed = state
+                .keyring
+                .seal_record(
+                    &mut tx,
+                    &caller.org,
+                    BODY_RECORD,
+                    &id,
+                    body.to_string().as_bytes(),
+                )
+                .await?;
+            let requirement = Requirement {
+                count,
+                roles,
+                require_mfa,
+            };
+            let approval_id = signing::insert_approval(
+                state,
+                &mut tx,
+                &NewApproval {
+                    org: &caller.org,
+                    subject: SUBJECT_OPERATION,
+                    request_id: &id,
+                    action,
+                    resource,
+                    request_hash: &hash,
+                    requirement: &requirement,
+                    rule: Some(&rule),
+                    requested_by: &caller.identity,
+                },
+            )
+            .await?;
+            let now = now_ms();
+            sqlx::query(
+                "INSERT INTO operations (id, org_id, action, resource, requested_by, body, \
+                 request_hash, status, approval_id, result, error, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending_approval', $8, NULL, NULL, $9, $9)",
+            )
+            .bind(&id)
+            .bind(&caller.org)
+            .bind(action)
+            .bind(resource)
+            .bind(&caller.identity)
+            .bind(sealed)
+            .bind(&hash)
+            .bind(&approval_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            audit::append(
+                &state.db,
+                &mut tx,
+                &event(
+                    "pending",
+                    "pending",
+                    json!({"rule": rule, "operation": id, "approval": approval_id, "requestHash": hash}),
+                ),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(Gate::Pending(json!({
+                "status": "pending_approval",
+                "operationId": id,
+                "approvalId": approval_id,
+            })))
+        }
+    }
+}
+
+/// SHA-256 over the request's org, requester, action, resource and body:
+/// what approvers see and approve.
+fn request_hash(org: &str, identity: &str, action: &str, resource: &str, body: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for part in [org, identity, action, resource, &body.to_string()] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Records an approver's final decision inside the vote's transaction:
+/// `approved`, `rejected` or `expired`.
+pub async fn decided(
+    tx: &mut Tx,
+    org: &str,
+    id: &str,
+    status: &str,
+    error: Option<String>,
+) -> AppResult<()> {
+    let status = match status {
+        "approved" => "approved",
+        "expired" => "expired",
+        _ => "rejected",
+    };
+    sqlx::query(
+        "UPDATE operations SET status = $1, error = $2, updated_at = $3 \
+         WHERE id = $4 AND org_id = $5 AND status = 'pending_approval'",
+    )
+    .bind(status)
+    .bind(if status == "approved" { None } else { error })
+    .bind(now_ms())
+    .bind(id)
+    .bind(org)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// An approved operation, opened.
+pub struct Approved {
+    /// Its id.
+    pub id: String,
+    /// The org.
+    pub org: String,
+    /// The action (`secret.delete`, ...).
+    pub action: String,
+    /// The resource.
+    pub resource: String,
+    /// The requester, on whose behalf it runs.
+    pub requested_by: String,
+    /// The stored request.
+    pub body: Value,
+    /// The approval that released it.
+    pub approval_id: String,
+}
+
+/// Runs the approved operation `id`, if it is still `approved`, and records
+/// `executed` with its result or `failed` with the error. Returns `Ok` in
+/// both cases: the outcome is on the operation.
+pub async fn execute(state: &AppState, id: &str) -> AppResult<()> {
+    let mut tx = state.db.begin().await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT * FROM operations WHERE id = $1 AND status = 'approved'{}",
+        state.db.for_update()
+    )))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(());
+    };
+    let org: String = row.try_get("org_id")?;
+    let sealed: Vec<u8> = row.try_get("body")?;
+    let opened = state
+        .keyring
+        .open_record(&mut tx, &org, BODY_RECORD, id, &sealed)
+        .await?;
+    let body: Value = serde_json::from_slice(&opened)
+        .map_err(|_| AppError::internal("operation", "a stored operation is not JSON"))?;
+    let operation = Approved {
+        id: id.to_string(),
+        org,
+        action: row.try_get("action")?,
+        resource: row.try_get("resource")?,
+        requested_by: row.try_get("requested_by")?,
+        body,
+        approval_id: row
+            .try_get::<Option<String>, _>("approval_id")?
+            .unwrap_or_default(),
+    };
+    let event = |outcome: &'static str, detail: Value| AuditEvent {
+        org: &operation.org,
+        action: &operation.action,
+        resource: &operation.resource,
+        identity: &operation.requested_by,
+        ip: "",
+        approved: "approved",
+        outcome,
+        request_id: &operation.id,
+        detail,
+    };
+    let outcome = if is_external(&operation.action) {
+        // Claimed in its own transaction, then run without one: it talks to
+        // the token and the nodes, and must not hold the database (SQLite's
+        // write lock) meanwhile. At most once: a process that dies while it
+        // runs leaves it `executing`, never run again.
+        finish(&mut tx, id, "approved", "executing", None, None).await?;
+        tx.commit().await?;
+        let outcome = run_external(state, &operation).await;
+        tx = state.db.begin().await?;
+        outcome
+    } else {
+        run(state, &mut tx, &operation).await
+    };
+    let from = if is_external(&operation.action) {
+        "executing"
+    } else {
+        "approved"
+    };
+    match outcome {
+        Ok(result) => {
+            finish(
+                &mut tx,
+                id,
+                from,
+                "executed",
+                Some(result.to_string()),
+                None,
+            )
+            .await?;
+            audit::append(
+                &state.db,
+                &mut tx,
+                &event(
+                    "success",
+                    json!({"operation": operation.id, "approval": operation.approval_id, "result": result}),
+                ),
+            )
+            .await?;
+            tx.commit().await?;
+        }
+        Err(error) => {
+            tx.rollback().await?;
+            let mut tx = state.db.begin().await?;
+            let error_json = json!({"code": error.code, "message": error.message}).to_string();
+            finish(&mut tx, id, from, "failed", None, Some(error_json)).await?;
+            audit::append(
+                &state.db,
+                &mut tx,
+                &event(
+                    "failure",
+                    json!({"operation": operation.id, "approval": operation.approval_id, "error": error.code}),
+                ),
+            )
+            .await?;
+            tx.commit().await?;
+        }
+    }
+    Ok(())
+}
+
+async fn finish(
+    tx: &mut Tx,
+    id: &str,
+    from: &str,
+    status: &str,
+    result: Option<String>,
+    error: Option<String>,
+) -> AppResult<()> {
+    sqlx::query(
+        "UPDATE operations SET status = $1, result = $2, error = $3, updated_at = $4 \
+         WHERE id = $5 AND status = $6",
+    )
+    .bind(status)
+    .bind(result)
+    .bind(error)
+    .bind(now_ms())
+    .bind(id)
+    .bind(from)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Dispatches a stored operation to the module that owns its action.
+async fn run(state: &AppState, tx: &mut Tx, operation: &Approved) -> AppResult<Value> {
+    let actor = crate::secrets::Actor {
+        org: &operation.org,
+        identity: &operation.requested_by,
+    };
+    match operation.action.as_str() {
+        "secret.create" => crate::secrets::create(state, tx, &actor, &operation.body).await,
+        "secret.update" | "secret.rotate" => {
+            crate::secrets::write_version(state, tx, &actor, &operation.body).await
+        }
+        "secret.delete" => crate::secrets::delete(tx, &actor, &operation.body).await,
+        "secret.restore" => crate::secrets::restore(tx, &actor, &operation.body).await,
+        "secret.destroy" => crate::secrets::destroy(tx, &actor, &operation.body).await,
+        "transit.rotate" => crate::transit::rotate_stored(state, tx, &actor, &operation.body).await,
+        "key.rotate" => {
+            crate::keys::rotate_stored(state, tx, &operation.org, &operation.body).await
+        }
+        "key.destroy" => {
+            crate::keys::destroy_stored(state, tx, &operation.org, &operation.body).await
+        }
+        "transit.config" => {
+            crate::transit::configure_stored(state, tx, &actor, &operation.body).await
+        }
+        other => Err(AppError::internal(
+            "operation",
+            format!("no executor for stored action {other}"),
+        )),
+    }
+}
+
+/// Whether an action acts outside the database (the token, the nodes) and
+/// so runs outside the execution's transaction.
+fn is_external(action: &str) -> bool {
+    action == crate::backups::RESTORE_ACTION
+}
+
+/// Dispatches a stored operation with outside effects.
+async fn run_external(state: &AppState, operation: &Approved) -> AppResult<Value> {
+    match operation.action.as_str() {
+        crate::backups::RESTORE_ACTION => {
+            crate::backups::restore_stored(state, &operation.org, &operation.body).await
+        }
+        other => Err(AppError::internal(
+            "operation",
+            format!("no executor for stored action {other}"),
+        )),
+    }
+}
+
+/// Runs operations left `approved` by a process that stopped before
+/// executing them. Returns how many ran.
+pub async fn execute_approved(state: &AppState) -> AppResult<usize> {
+    let rows = sqlx::query("SELECT id FROM operations WHERE status = 'approved' LIMIT 100")
+        .fetch_all(state.db.pool())
+        .await?;
+    for row in &rows {
+        let id: String = row.try_get("id")?;
+        execute(state, &id).await?;
+    }
+    Ok(rows.len())
+}
+
+/// An operation as the API shows it (`GET /api/v1/operations/{id}`).
+pub async fn view(state: &AppState, org: &str, id: &str) -> AppResult<Value> {
+    let row = sqlx::query(
+        "SELECT id, action, resource, requested_by, request_hash, status, approval_id, \
+         result, error, created_at, updated_at FROM operations WHERE id = $1 AND org_id = $2",
+    )
+    .bind(id)
+    .bind(org)
+    .fetch_optional(state.db.pool())
+    .await?
+    .ok_or_else(|| AppError::not_found("operation"))?;
+    let parse = |text: Option<String>| {
+        text.and_then(|text| serde_json::from_str::<Value>(&text).ok())
+            .unwrap_or(Value::Null)
+    };
+    let mut view = json!({
+        "id": row.try_get::<String, _>("id")?,
+        "action": row.try_get::<String, _>("action")?,
+        "resource": row.try_get::<String, _>("resource")?,
+        "requestedBy": row.try_get::<String, _>("requested_by")?,
+        "requestHash": row.try_get::<String, _>("request_hash")?,
+        "status": row.try_get::<String, _>("status")?,
+        "approvalId": row.try_get::<Option<String>, _>("approval_id")?,
+        "createdAt": row.try_get::<i64, _>("created_at")?,
+        "updatedAt": row.try_get::<i64, _>("updated_at")?,
+    });
+    if let Some(map) = view.as_object_mut() {
+        let result = parse(row.try_get("result")?);
+        if !result.is_null() {
+            map.insert("result".into(), result);
+        }
+        let error = parse(row.try_get("error")?);
+        if !error.is_null() {
+            map.insert("error".into(), error);
+        }
+    }
+    Ok(view)
+}
