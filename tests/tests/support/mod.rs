@@ -329,6 +329,11 @@ impl Testnet {
                 "CUSTOS_MASTER_KEY",
                 std::fs::read_to_string(source.join("master-key.hex")).unwrap(),
             )
+            // The deployment's SoftHSM2 token ([keys.pkcs11] in the config).
+            .env(
+                "SOFTHSM2_CONF",
+                self.dir.path().join("softhsm").join("softhsm2.conf"),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
