@@ -75,10 +75,12 @@ impl Db {
                 .max_connections(16)
                 .acquire_timeout(Duration::from_secs(10)),
             // WAL lets readers run beside the one writer; writers queue on
-            // the busy timeout instead of failing.
+            // the busy timeout instead of failing. An embedded database's
+            // connections do not go stale: no ping before each use.
             Dialect::Sqlite => AnyPoolOptions::new()
                 .max_connections(4)
                 .acquire_timeout(Duration::from_secs(30))
+                .test_before_acquire(false)
                 .after_connect(|connection, _| {
                     Box::pin(async move {
                         connection.execute("PRAGMA journal_mode = WAL").await?;

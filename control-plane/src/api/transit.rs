@@ -89,6 +89,17 @@ async fn load(
         .map_err(store_error)
 }
 
+/// [`load`] for the data plane: a cached key costs no database
+/// connection (with SQLite's small pool, a connection per call would queue
+/// calls behind the audit writer).
+async fn load_data_plane(state: &AppState, org: &str, name: &str) -> AppResult<Arc<LoadedKey>> {
+    if let Some(key) = state.transit.cached(org, name) {
+        return Ok(key);
+    }
+    let mut conn = state.db.pool().acquire().await?;
+    load(state, &mut conn, org, name).await
+}
+
 fn binding<'a>(key: &'a LoadedKey, version: u32, context: Option<&'a [u8]>) -> Binding<'a> {
     Binding {
         org_id: &key.org,
@@ -316,10 +327,7 @@ async fn encrypt_items<T>(
     vault: bool,
     prepare: impl Fn(&T) -> AppResult<(Secret, Option<Secret>)>,
 ) -> AppResult<(Vec<AppResult<String>>, u32)> {
-    let key = {
-        let mut conn = state.db.pool().acquire().await?;
-        load(state, &mut conn, &caller.org, name).await?
-    };
+    let key = load_data_plane(state, &caller.org, name).await?;
     let count = i64::try_from(items.len()).unwrap_or(i64::MAX);
     let key = if state.transit.take_reserved(&key, count) {
         key
@@ -353,10 +361,7 @@ async fn decrypt_items<'a, T>(
     prepare: impl Fn(&'a T) -> AppResult<(&'a str, Option<Secret>)>,
     present: impl Fn(Secret) -> AppResult<String>,
 ) -> AppResult<Vec<AppResult<String>>> {
-    let key = {
-        let mut conn = state.db.pool().acquire().await?;
-        load(state, &mut conn, &caller.org, name).await?
-    };
+    let key = load_data_plane(state, &caller.org, name).await?;
     let results: Vec<AppResult<String>> = items
         .iter()
         .map(|item| {

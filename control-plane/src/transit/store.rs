@@ -233,6 +233,17 @@ impl TransitKeys {
             .remove(&(org.to_string(), name.to_string()));
     }
 
+    /// The opened key `name` of `org` if the cache holds it fresh: no
+    /// database connection needed (the data plane's common case).
+    pub fn cached(&self, org: &str, name: &str) -> Option<Arc<LoadedKey>> {
+        self.cache
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(&(org.to_string(), name.to_string()))
+            .filter(|key| key.loaded.elapsed() < CACHE_TTL)
+            .cloned()
+    }
+
     /// The opened key `name` of `org` (from the cache while fresh).
     pub async fn get(
         &self,
@@ -241,13 +252,7 @@ impl TransitKeys {
         org: &str,
         name: &str,
     ) -> Result<Arc<LoadedKey>, StoreError> {
-        let cached = self
-            .cache
-            .read()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .get(&(org.to_string(), name.to_string()))
-            .cloned();
-        if let Some(key) = cached.filter(|key| key.loaded.elapsed() < CACHE_TTL) {
+        if let Some(key) = self.cached(org, name) {
             return Ok(key);
         }
         let row = sqlx::query(
