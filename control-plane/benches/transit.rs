@@ -428,6 +428,75 @@ async fn run() {
     );
     let _ = stop.send(());
     let _ = server.await;
+
+    audit_writer(dir.path()).await;
+}
+
+/// The audit writer alone, in process, on its own SQLite database: one
+/// statement's round trip through sqlx, one group of 8 records committed,
+/// and `audit::AuditBatcher` fed by 8 callers (as the single-item figure's
+/// 8 connections). Tells the writer's share of the single-item rate.
+async fn audit_writer(dir: &std::path::Path) {
+    use custos_control_plane::audit::{AuditBatcher, OwnedAuditEvent};
+    let url = format!("sqlite://{}", dir.join("writer.db").display());
+    let db = custos_control_plane::db::Db::connect(&url)
+        .await
+        .expect("store");
+    let event = |n: usize| OwnedAuditEvent {
+        org: "org_bench".into(),
+        action: "transit.encrypt".into(),
+        resource: "transit-key:bench".into(),
+        identity: "id_bench".into(),
+        ip: "127.0.0.1".into(),
+        approved: "not_required".into(),
+        outcome: "success".into(),
+        request_id: format!("rq_{n:032x}"),
+        detail: json!({"items": 1, "failed": 0, "version": 1}),
+    };
+
+    let started = Instant::now();
+    let rounds = 2000u32;
+    for _ in 0..rounds {
+        let _: (i64,) = sqlx::query_as("SELECT 1")
+            .fetch_one(db.pool())
+            .await
+            .expect("a query");
+    }
+    let hop = started.elapsed() / rounds;
+    bench_line(
+        "sqlx_sqlite_statement_round_trip",
+        "us",
+        hop.as_secs_f64() * 1e6,
+        json!({}),
+    );
+
+    let batcher = AuditBatcher::start(db.clone());
+    let per_caller = 1000;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|caller| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move {
+                for n in 0..per_caller {
+                    batcher
+                        .record(event(caller * per_caller + n))
+                        .await
+                        .expect("recorded");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("caller");
+    }
+    let records = (CONNECTIONS * per_caller) as f64 / started.elapsed().as_secs_f64();
+    bench_line(
+        "audit_group_commit_8_callers_inprocess",
+        "records/s",
+        records,
+        json!({"connections": CONNECTIONS}),
+    );
+    db.close().await;
 }
 
 /// Median time of appending 300 bytes to a file and `fdatasync`ing it, in
