@@ -281,7 +281,13 @@ pub async fn execute(state: &AppState, id: &str) -> AppResult<()> {
         request_id: &operation.id,
         detail,
     };
-    let outcome = if is_external(&operation.action) {
+    // The status the operation holds while it runs.
+    let from = if is_external(&operation.action) {
+        "executing"
+    } else {
+        "approved"
+    };
+    let outcome = if from == "executing" {
         // Claimed in its own transaction, then run without one: it talks to
         // the token and the nodes, and must not hold the database (SQLite's
         // write lock) meanwhile. At most once: a process that dies while it
@@ -293,11 +299,6 @@ pub async fn execute(state: &AppState, id: &str) -> AppResult<()> {
         outcome
     } else {
         run(state, &mut tx, &operation).await
-    };
-    let from = if is_external(&operation.action) {
-        "executing"
-    } else {
-        "approved"
     };
     match outcome {
         Ok(result) => {
