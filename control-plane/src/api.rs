@@ -235,6 +235,14 @@ impl FromRequestParts<Arc<AppState>> for Caller {
     }
 }
 
+/// The caller's current TOTP code (`X-Custos-TOTP`), for rules that
+/// require MFA.
+fn totp_header(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get("x-custos-totp")
+        .and_then(|value| value.to_str().ok())
+}
+
 /// The request id and client IP, for handlers without a caller.
 struct Context {
     request_id: String,
@@ -1352,9 +1360,7 @@ async fn sign(
     caller.require("wallet.sign")?;
     let wallet = wallets::load(state.db.pool(), &caller.org, &id).await?;
     let plan = signing::plan(&wallet, &input)?;
-    let totp = headers
-        .get("x-custos-totp")
-        .and_then(|value| value.to_str().ok());
+    let totp = totp_header(&headers);
     let submitted = signing::submit(
         &state,
         &caller,

@@ -178,9 +178,7 @@ async fn restore(
     })
     .map_err(|error| AppError::internal("backups", error))?;
     let resource = format!("wallet:{}", wallet.name);
-    let totp = headers
-        .get("x-custos-totp")
-        .and_then(|value| value.to_str().ok());
+    let totp = super::totp_header(&headers);
     match operations::gate(&state, &caller, RESTORE_ACTION, &resource, &stored, totp).await? {
         Gate::Pending(answer) => Ok((StatusCode::ACCEPTED, Json(answer))),
         Gate::Proceed => {

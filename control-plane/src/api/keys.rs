@@ -590,9 +590,7 @@ async fn gated(
             "the key was destroyed: its material no longer exists",
         ));
     }
-    let totp = headers
-        .get("x-custos-totp")
-        .and_then(|value| value.to_str().ok());
+    let totp = super::totp_header(headers);
     let body = json!({ "id": key.id });
     let resource = key.resource();
     match operations::gate(state, caller, action, &resource, &body, totp).await? {

@@ -46,12 +46,6 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/api/v1/webhooks/deliveries/{id}", get(get_delivery))
 }
 
-fn totp(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get("x-custos-totp")
-        .and_then(|value| value.to_str().ok())
-}
-
 fn body_json(body: &impl serde::Serialize) -> AppResult<Value> {
     serde_json::to_value(body).map_err(|_| AppError::internal("secrets", "request body"))
 }
@@ -67,7 +61,16 @@ async fn change(
     body: Value,
     done: StatusCode,
 ) -> AppResult<(StatusCode, Json<Value>)> {
-    match operations::gate(state, caller, action, resource, &body, totp(headers)).await? {
+    match operations::gate(
+        state,
+        caller,
+        action,
+        resource,
+        &body,
+        super::totp_header(headers),
+    )
+    .await?
+    {
         Gate::Pending(answer) => Ok((StatusCode::ACCEPTED, Json(answer))),
         Gate::Proceed => {
             let actor = Actor {

@@ -484,9 +484,7 @@ async fn rotate(
         let mut tx = state.db.begin().await?;
         load(state, &mut tx, &caller.org, name).await?;
     }
-    let totp = headers
-        .get("x-custos-totp")
-        .and_then(|value| value.to_str().ok());
+    let totp = super::totp_header(headers);
     let body = serde_json::to_value(crate::transit::RotateBody {
         name: name.to_string(),
     })
@@ -611,9 +609,7 @@ async fn set_config(
             ),
         ));
     }
-    let totp = headers
-        .get("x-custos-totp")
-        .and_then(|value| value.to_str().ok());
+    let totp = super::totp_header(headers);
     let body = serde_json::to_value(&settings)
         .map_err(|_| AppError::internal("transit", "settings body"))?;
     let resource = format!("transit-key:{}", settings.name);
