@@ -113,10 +113,32 @@ fn record_hash(
     hasher.finalize().into()
 }
 
+impl AuditEvent<'_> {
+    /// The chain hash of this event as record `seq` after `prev_hash`,
+    /// with its detail serialised as `detail`.
+    fn chain_hash(&self, prev_hash: &[u8], seq: i64, timestamp: i64, detail: &str) -> [u8; 32] {
+        record_hash(
+            prev_hash,
+            self.org,
+            seq,
+            timestamp,
+            self.action,
+            self.resource,
+            self.identity,
+            self.ip,
+            self.approved,
+            self.outcome,
+            self.request_id,
+            detail,
+        )
+    }
+}
+
 /// Appends `event` to its org's chain inside `tx`. Returns the record's
 /// sequence number. An error here must fail the caller's operation.
 pub async fn append(db: &Db, tx: &mut Tx, event: &AuditEvent<'_>) -> Result<i64, sqlx::Error> {
-    let seqs = append_chain(db, tx, event.org, std::slice::from_ref(event)).await?;
+    let detail = event.detail.to_string();
+    let seqs = append_chain(db, tx, event.org, &[(event, detail.as_str())]).await?;
     seqs.first()
         .copied()
         .ok_or_else(|| sqlx::Error::Protocol("no audit record was appended".into()))
@@ -131,20 +153,28 @@ pub async fn append_many(
     tx: &mut Tx,
     events: &[AuditEvent<'_>],
 ) -> Result<Vec<i64>, sqlx::Error> {
+    let details: Vec<String> = events
+        .iter()
+        .map(|event| event.detail.to_string())
+        .collect();
+    let details: Vec<&str> = details.iter().map(String::as_str).collect();
+    append_serialised(db, tx, events, &details).await
+}
+
+/// [`append_many`] with each event's detail already serialised
+/// (`details[i]` is `events[i].detail`, whose own value is not read).
+async fn append_serialised(
+    db: &Db,
+    tx: &mut Tx,
+    events: &[AuditEvent<'_>],
+    details: &[&str],
+) -> Result<Vec<i64>, sqlx::Error> {
     let mut seqs = vec![0i64; events.len()];
-    let mut orgs: Vec<&str> = Vec::new();
-    for event in events {
-        if !orgs.contains(&event.org) {
-            orgs.push(event.org);
-        }
-    }
-    for org in orgs {
-        let (positions, of_org): (Vec<usize>, Vec<AuditEvent<'_>>) = events
+    for (org, positions) in by_org(events.iter().map(|event| event.org)) {
+        let of_org: Vec<(&AuditEvent<'_>, &str)> = positions
             .iter()
-            .enumerate()
-            .filter(|(_, event)| event.org == org)
-            .map(|(position, event)| (position, event.clone()))
-            .unzip();
+            .filter_map(|&position| Some((events.get(position)?, *details.get(position)?)))
+            .collect();
         let appended = append_chain(db, tx, org, &of_org).await?;
         for (position, seq) in positions.into_iter().zip(appended) {
             if let Some(slot) = seqs.get_mut(position) {
@@ -153,6 +183,19 @@ pub async fn append_many(
         }
     }
     Ok(seqs)
+}
+
+/// The positions of each org's events, orgs in order of first appearance
+/// and positions ascending: the order in which a group appends them.
+fn by_org<'e>(orgs: impl Iterator<Item = &'e str>) -> Vec<(&'e str, Vec<usize>)> {
+    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (position, org) in orgs.enumerate() {
+        match groups.iter_mut().find(|(seen, _)| *seen == org) {
+            Some((_, positions)) => positions.push(position),
+            None => groups.push((org, vec![position])),
+        }
+    }
+    groups
 }
 
 /// Rows per multi-row insert: 13 parameters each, within SQLite's limit
@@ -165,7 +208,7 @@ async fn append_chain(
     db: &Db,
     tx: &mut Tx,
     org: &str,
-    events: &[AuditEvent<'_>],
+    events: &[(&AuditEvent<'_>, &str)],
 ) -> Result<Vec<i64>, sqlx::Error> {
     let head = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT seq, hash FROM audit_heads WHERE org_id = $1{}",
@@ -205,23 +248,9 @@ async fn append_chain(
             sql.push(')');
         }
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for event in chunk {
+        for &(event, detail) in chunk {
             seq += 1;
-            let detail = event.detail.to_string();
-            let hash = record_hash(
-                &prev_hash,
-                org,
-                seq,
-                timestamp,
-                event.action,
-                event.resource,
-                event.identity,
-                event.ip,
-                event.approved,
-                event.outcome,
-                event.request_id,
-                &detail,
-            );
+            let hash = event.chain_hash(&prev_hash, seq, timestamp, detail);
             query = query
                 .bind(org.to_string())
                 .bind(seq)
@@ -233,7 +262,7 @@ async fn append_chain(
                 .bind(event.approved.to_string())
                 .bind(event.outcome.to_string())
                 .bind(event.request_id.to_string())
-                .bind(detail)
+                .bind(detail.to_string())
                 .bind(std::mem::replace(&mut prev_hash, hash.to_vec()))
                 .bind(hash.to_vec());
             seqs.push(seq);
@@ -531,10 +560,13 @@ impl OwnedAuditEvent {
     }
 }
 
-type Waiting = (
-    OwnedAuditEvent,
-    tokio::sync::oneshot::Sender<Result<i64, String>>,
-);
+/// A call waiting for its record: the event, its detail already
+/// serialised (by the caller, off the writer's path), and where to answer.
+struct Waiting {
+    event: OwnedAuditEvent,
+    detail: String,
+    answer: tokio::sync::oneshot::Sender<Result<i64, String>>,
+}
 
 /// Group commit of audit records for calls whose only write is their
 /// record (transit encrypt and decrypt): the records of the calls waiting
@@ -542,6 +574,15 @@ type Waiting = (
 /// answered only once that transaction committed (fail closed, as with
 /// [`append`] in the call's own transaction). One commit then carries many
 /// records, instead of one fsync per call.
+///
+/// On SQLite the writer is a thread of its own with its own connection and
+/// prepared statements ([`SqliteWriter`]): a statement through sqlx's
+/// SQLite driver is a round trip to the driver's worker thread (about
+/// 56 µs here), and five of them per commit made the writer, not the disk,
+/// the limit of single-item transit calls. On PostgreSQL the writer is a
+/// task on the pool, as any other transaction. Either way the head row is
+/// read inside the write transaction, so records appended meanwhile by
+/// other transactions ([`append`]) and other replicas chain correctly.
 #[derive(Clone)]
 pub struct AuditBatcher {
     sender: tokio::sync::mpsc::Sender<Waiting>,
@@ -550,34 +591,52 @@ pub struct AuditBatcher {
 /// The most records one transaction carries.
 const MAX_BATCH: usize = 512;
 
+/// Calls waiting for the writer before new ones wait to be queued.
+const QUEUE: usize = 4096;
+
 impl AuditBatcher {
-    /// Starts the writer task on the current runtime.
+    /// Starts the writer: a thread on its own SQLite connection when the
+    /// store is a SQLite file, otherwise a task on the current runtime.
     pub fn start(db: Db) -> AuditBatcher {
-        let (sender, mut receiver) = tokio::sync::mpsc::channel::<Waiting>(4096);
-        tokio::spawn(async move {
-            while let Some(first) = receiver.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match receiver.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
+        let (sender, receiver) = tokio::sync::mpsc::channel::<Waiting>(QUEUE);
+        let receiver = match db.sqlite_file() {
+            Some(file) => match SqliteWriter::open(file) {
+                Ok(writer) => {
+                    match std::thread::Builder::new()
+                        .name("custos-audit".into())
+                        .spawn(move || writer.run(receiver))
+                    {
+                        Ok(_) => return AuditBatcher { sender },
+                        Err(error) => {
+                            // The receiver went with the closure; calls
+                            // then fail closed with "the writer stopped".
+                            tracing::error!(%error, "the audit writer thread did not start");
+                            return AuditBatcher { sender };
+                        }
                     }
                 }
-                let outcome = write_batch(&db, &batch).await;
-                for ((_, answer), result) in batch.into_iter().zip(outcome) {
-                    let _ = answer.send(result);
+                Err(error) => {
+                    tracing::warn!(%error, "the audit writer's own SQLite connection did not open; using the pool");
+                    receiver
                 }
-            }
-        });
+            },
+            None => receiver,
+        };
+        tokio::spawn(pool_writer(db, receiver));
         AuditBatcher { sender }
     }
 
     /// Appends `event` and waits until it is durable; returns its sequence
     /// number.
-    pub async fn record(&self, event: OwnedAuditEvent) -> Result<i64, String> {
+    pub async fn record(&self, mut event: OwnedAuditEvent) -> Result<i64, String> {
         let (answer, done) = tokio::sync::oneshot::channel();
+        let detail = std::mem::take(&mut event.detail).to_string();
         self.sender
-            .send((event, answer))
+            .send(Waiting {
+                event,
+                detail,
+                answer,
+            })
             .await
             .map_err(|_| "the audit writer stopped".to_string())?;
         done.await
@@ -585,25 +644,172 @@ impl AuditBatcher {
     }
 }
 
-/// Appends every record of `batch` in one transaction; every caller gets
-/// its sequence number, or the same error when the transaction failed.
-async fn write_batch(db: &Db, batch: &[Waiting]) -> Vec<Result<i64, String>> {
-    let attempt = async {
-        let mut tx = db.begin().await?;
-        let events: Vec<AuditEvent<'_>> = batch.iter().map(|(event, _)| event.borrowed()).collect();
-        let seqs = append_many(db, &mut tx, &events).await?;
-        tx.commit().await?;
-        Ok::<_, sqlx::Error>(seqs)
-    };
-    match attempt.await {
-        Ok(seqs) => seqs.into_iter().map(Ok).collect(),
-        Err(error) => {
-            tracing::error!(%error, records = batch.len(), "an audit batch failed to commit");
-            batch
-                .iter()
-                .map(|_| Err(format!("the audit record could not be written: {error}")))
-                .collect()
+/// Takes the first waiting call and every call queued behind it, up to
+/// [`MAX_BATCH`]: one group.
+fn fill_group(first: Waiting, receiver: &mut tokio::sync::mpsc::Receiver<Waiting>) -> Vec<Waiting> {
+    let mut group = vec![first];
+    while group.len() < MAX_BATCH {
+        match receiver.try_recv() {
+            Ok(next) => group.push(next),
+            Err(_) => break,
         }
+    }
+    group
+}
+
+/// Answers every call of `group` with its outcome.
+fn answer_group(group: Vec<Waiting>, outcome: Result<Vec<i64>, String>) {
+    match outcome {
+        Ok(seqs) => {
+            for (waiting, seq) in group.into_iter().zip(seqs) {
+                let _ = waiting.answer.send(Ok(seq));
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, records = group.len(), "an audit group failed to commit");
+            for waiting in group {
+                let _ = waiting.answer.send(Err(format!(
+                    "the audit record could not be written: {error}"
+                )));
+            }
+        }
+    }
+}
+
+/// The writer on the pool (PostgreSQL, or SQLite in memory).
+async fn pool_writer(db: Db, mut receiver: tokio::sync::mpsc::Receiver<Waiting>) {
+    while let Some(first) = receiver.recv().await {
+        let group = fill_group(first, &mut receiver);
+        let attempt = async {
+            let mut tx = db.begin().await?;
+            let events: Vec<AuditEvent<'_>> = group
+                .iter()
+                .map(|waiting| waiting.event.borrowed())
+                .collect();
+            let details: Vec<&str> = group
+                .iter()
+                .map(|waiting| waiting.detail.as_str())
+                .collect();
+            let seqs = append_serialised(&db, &mut tx, &events, &details).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(seqs)
+        };
+        let outcome = attempt.await.map_err(|error| error.to_string());
+        answer_group(group, outcome);
+    }
+}
+
+/// The writer's wait for SQLite's write lock, held by another transaction
+/// (a data-plane transaction is short): 50 µs at a time at first, then
+/// 1 ms, up to about 10 s, as the pool's `busy_timeout`. SQLite's own
+/// busy timeout first sleeps a whole millisecond, several group commits.
+fn wait_for_lock(attempts: i32) -> bool {
+    const SHORT: i32 = 100;
+    if attempts < SHORT {
+        std::thread::sleep(std::time::Duration::from_micros(50));
+        true
+    } else if attempts < SHORT + 10_000 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        true
+    } else {
+        false
+    }
+}
+
+/// The SQLite writer: one connection of its own, used only by its thread.
+struct SqliteWriter {
+    connection: rusqlite::Connection,
+}
+
+impl SqliteWriter {
+    /// Opens the (migrated) database file with the pool's settings: WAL,
+    /// a commit is durable when it returns (`synchronous = FULL`), writers
+    /// wait for each other up to 10 s.
+    fn open(file: &std::path::Path) -> Result<SqliteWriter, rusqlite::Error> {
+        let connection = rusqlite::Connection::open_with_flags(
+            file,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        connection.pragma_update(None, "foreign_keys", "ON")?;
+        connection.busy_handler(Some(wait_for_lock))?;
+        Ok(SqliteWriter { connection })
+    }
+
+    /// Writes groups until every sender is gone.
+    fn run(mut self, mut receiver: tokio::sync::mpsc::Receiver<Waiting>) {
+        while let Some(first) = receiver.blocking_recv() {
+            let group = fill_group(first, &mut receiver);
+            let outcome = self.write(&group).map_err(|error| error.to_string());
+            answer_group(group, outcome);
+        }
+    }
+
+    /// Appends the group's records in one `BEGIN IMMEDIATE` transaction, as
+    /// [`append_many`] does through the pool; nothing of a group that fails
+    /// is kept.
+    fn write(&mut self, group: &[Waiting]) -> Result<Vec<i64>, rusqlite::Error> {
+        use rusqlite::OptionalExtension;
+        let tx = self
+            .connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut seqs = vec![0i64; group.len()];
+        for (org, positions) in by_org(group.iter().map(|waiting| waiting.event.org.as_str())) {
+            let head: Option<(i64, Vec<u8>)> = tx
+                .prepare_cached("SELECT seq, hash FROM audit_heads WHERE org_id = ?1")?
+                .query_row([org], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            let (mut seq, mut prev_hash) = match head {
+                Some(head) => head,
+                None => {
+                    tx.prepare_cached(
+                        "INSERT INTO audit_heads (org_id, seq, hash) VALUES (?1, 0, ?2)",
+                    )?
+                    .execute(rusqlite::params![org, [0u8; 32].as_slice()])?;
+                    (0, vec![0u8; 32])
+                }
+            };
+            let timestamp = now_ms();
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO audit_log (org_id, seq, timestamp, action, resource, identity_id, \
+                 ip, approved, outcome, request_id, detail, prev_hash, hash) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )?;
+            for position in positions {
+                let Some(Waiting { event, detail, .. }) = group.get(position) else {
+                    continue;
+                };
+                seq += 1;
+                let hash = event
+                    .borrowed()
+                    .chain_hash(&prev_hash, seq, timestamp, detail);
+                insert.execute(rusqlite::params![
+                    org,
+                    seq,
+                    timestamp,
+                    event.action,
+                    event.resource,
+                    event.identity,
+                    event.ip,
+                    event.approved,
+                    event.outcome,
+                    event.request_id,
+                    detail,
+                    prev_hash,
+                    hash.as_slice(),
+                ])?;
+                prev_hash = hash.to_vec();
+                if let Some(slot) = seqs.get_mut(position) {
+                    *slot = seq;
+                }
+            }
+            drop(insert);
+            tx.prepare_cached("UPDATE audit_heads SET seq = ?1, hash = ?2 WHERE org_id = ?3")?
+                .execute(rusqlite::params![seq, prev_hash, org])?;
+        }
+        tx.commit()?;
+        Ok(seqs)
     }
 }
 
@@ -668,5 +874,136 @@ mod tests {
         let report = verify(&db, Some("org_b")).await.unwrap();
         assert!(!report.valid);
         assert_eq!(report.first_broken.unwrap().seq, 5);
+    }
+
+    fn owned(org: &str, request_id: &str) -> OwnedAuditEvent {
+        let event = event(org, request_id);
+        OwnedAuditEvent {
+            org: event.org.into(),
+            action: event.action.into(),
+            resource: event.resource.into(),
+            identity: event.identity.into(),
+            ip: event.ip.into(),
+            approved: event.approved.into(),
+            outcome: event.outcome.into(),
+            request_id: event.request_id.into(),
+            detail: event.detail,
+        }
+    }
+
+    async fn sqlite_file_db(dir: &tempfile::TempDir) -> Db {
+        let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+        let db = Db::connect(&url).await.unwrap();
+        assert!(db.sqlite_file().is_some(), "the writer needs the file");
+        db
+    }
+
+    /// The writer's own connection and the pool's transactions append to
+    /// the same chains at the same time: every answered record is stored
+    /// once, at the sequence number it was answered with, and the chains
+    /// verify.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sqlite_writer_and_pool_transactions_share_the_chains() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sqlite_file_db(&dir).await;
+        let batcher = AuditBatcher::start(db.clone());
+        let mut tasks = Vec::new();
+        for caller in 0..24 {
+            let (batcher, db) = (batcher.clone(), db.clone());
+            tasks.push(tokio::spawn(async move {
+                let org = if caller % 2 == 0 { "org_a" } else { "org_b" };
+                let mut answered = Vec::new();
+                for n in 0..20 {
+                    let request_id = format!("c{caller}-{n}");
+                    let seq = if caller % 6 == 5 {
+                        append_alone(&db, &event(org, &request_id)).await.unwrap()
+                    } else {
+                        batcher.record(owned(org, &request_id)).await.unwrap()
+                    };
+                    answered.push((org, request_id, seq));
+                }
+                answered
+            }));
+        }
+        let mut answered = Vec::new();
+        for task in tasks {
+            answered.extend(task.await.unwrap());
+        }
+        assert_eq!(answered.len(), 24 * 20);
+        for (org, request_id, seq) in &answered {
+            let stored: String = sqlx::query_scalar(
+                "SELECT request_id FROM audit_log WHERE org_id = $1 AND seq = $2",
+            )
+            .bind(*org)
+            .bind(*seq)
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+            assert_eq!(&stored, request_id);
+        }
+        let report = verify(&db, None).await.unwrap();
+        assert!(report.valid, "{report:?}");
+        assert_eq!(report.entries, 24 * 20);
+    }
+
+    /// A group that cannot commit answers every one of its calls with an
+    /// error and keeps none of its records (fail closed); the writer goes
+    /// on with the next group, and the chain stays whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_group_answers_errors_and_keeps_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sqlite_file_db(&dir).await;
+        sqlx::query(
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON audit_log \
+             WHEN NEW.request_id = 'poison' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .execute(db.pool())
+        .await
+        .unwrap();
+        let batcher = AuditBatcher::start(db.clone());
+        let mut tasks = Vec::new();
+        for caller in 0..16 {
+            let batcher = batcher.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                for n in 0..10 {
+                    let request_id = if caller == 3 && n == 4 {
+                        "poison".to_string()
+                    } else {
+                        format!("c{caller}-{n}")
+                    };
+                    let outcome = batcher.record(owned("org_a", &request_id)).await;
+                    outcomes.push((request_id, outcome));
+                }
+                outcomes
+            }));
+        }
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.extend(task.await.unwrap());
+        }
+        let poisoned = outcomes.iter().find(|(id, _)| id == "poison").unwrap();
+        assert!(poisoned.1.as_ref().unwrap_err().contains("refused"));
+        for (request_id, outcome) in &outcomes {
+            let stored: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE request_id = $1")
+                    .bind(request_id)
+                    .fetch_one(db.pool())
+                    .await
+                    .unwrap();
+            assert_eq!(
+                stored,
+                i64::from(outcome.is_ok()),
+                "{request_id}: {outcome:?}"
+            );
+        }
+        let kept = outcomes
+            .iter()
+            .filter(|(_, outcome)| outcome.is_ok())
+            .count();
+        assert!(kept >= 16 * 10 - MAX_BATCH.min(16), "only one group fails");
+        let report = verify(&db, None).await.unwrap();
+        assert!(report.valid, "{report:?}");
+        assert_eq!(report.entries, i64::try_from(kept).unwrap());
     }
 }

@@ -8,6 +8,7 @@
 //! BIGINT/INTEGER (times in unix milliseconds, flags 0/1), TEXT (ids, JSON)
 //! and BYTEA/BLOB.
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -45,6 +46,8 @@ pub enum DbError {
 pub struct Db {
     pool: AnyPool,
     dialect: Dialect,
+    /// The SQLite database's file (none on PostgreSQL or in memory).
+    sqlite_file: Option<PathBuf>,
 }
 
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -70,6 +73,15 @@ impl Db {
             _ => url.to_string(),
         };
         let options = AnyConnectOptions::from_str(&url).map_err(DbError::Connect)?;
+        let sqlite_file = match dialect {
+            Dialect::Sqlite if !url.contains("mode=memory") => {
+                let options =
+                    sqlx::sqlite::SqliteConnectOptions::from_str(&url).map_err(DbError::Connect)?;
+                Some(options.get_filename().to_path_buf())
+                    .filter(|file| file.as_os_str() != ":memory:")
+            }
+            _ => None,
+        };
         let pool = match dialect {
             Dialect::Postgres => AnyPoolOptions::new()
                 .max_connections(16)
@@ -98,7 +110,11 @@ impl Db {
             Dialect::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
             Dialect::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
         }
-        Ok(Db { pool, dialect })
+        Ok(Db {
+            pool,
+            dialect,
+            sqlite_file,
+        })
     }
 
     /// The pool, for reads outside a transaction.
@@ -109,6 +125,12 @@ impl Db {
     /// The dialect.
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    /// The SQLite database's file, for a connection of one's own (the
+    /// audit writer's); `None` on PostgreSQL and for an in-memory database.
+    pub fn sqlite_file(&self) -> Option<&Path> {
+        self.sqlite_file.as_deref()
     }
 
     /// Begins a write transaction. On SQLite it takes the write lock at

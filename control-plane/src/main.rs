@@ -7,6 +7,10 @@ use custos_control_plane::config::Config;
 
 mod operator;
 
+/// See Cargo.toml: the allocator of the server.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "custos", version, about = "Custos control plane")]
 struct Cli {

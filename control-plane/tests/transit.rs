@@ -357,27 +357,35 @@ async fn transit_encrypts_decrypts_rotates_and_refuses_bad_ciphertexts_with_thei
             .execute(&pool)
             .await
             .unwrap();
-        // A batch larger than the replica's cached block makes it reserve
-        // from the database, which finds the budget spent.
-        let batch: Vec<Value> = (0..custos_control_plane::transit::store::RESERVE_BLOCK)
-            .map(|_| json!({"plaintext": "x"}))
-            .collect();
-        let (status, sealed) = post(
-            &server,
-            "/api/v1/transit/encrypt",
-            &service,
-            json!({"keyName": "payments", "batch": batch}),
-        )
-        .await;
-        assert_eq!(status, 200);
-        assert!(
-            sealed["batch"][0]["ciphertext"]
-                .as_str()
-                .unwrap()
-                .starts_with("vault:v3:"),
-            "{}",
-            sealed["batch"][0]
+        // The calls go on with the block this replica reserved before; the
+        // call that takes it below the refill mark reserves the next one,
+        // finds the budget spent and rotates, so that the calls after it
+        // encrypt under v3. Batches of the largest size get there within
+        // a block.
+        // The largest batch (`MAX_BATCH` of api/transit.rs).
+        let batch: Vec<Value> = (0..10_000).map(|_| json!({"plaintext": "x"})).collect();
+        let mut versions = Vec::new();
+        for _ in 0..8 {
+            let (status, sealed) = post(
+                &server,
+                "/api/v1/transit/encrypt",
+                &service,
+                json!({"keyName": "payments", "batch": batch}),
+            )
+            .await;
+            assert_eq!(status, 200);
+            let ciphertext = sealed["batch"][0]["ciphertext"].as_str().unwrap();
+            versions.push(ciphertext.split(':').nth(1).unwrap().to_string());
+            if ciphertext.starts_with("vault:v3:") {
+                break;
+            }
+        }
+        assert_eq!(
+            versions.last().map(String::as_str),
+            Some("v3"),
+            "{versions:?}"
         );
+        assert!(versions.len() <= 4, "rotated within a block: {versions:?}");
         pool.close().await;
 
         // Data keys: plaintext + wrapped, or wrapped only; the wrapped one
@@ -812,6 +820,62 @@ async fn concurrent_calls_share_audit_commits_and_every_call_has_its_record() {
             .request("GET", "/api/v1/audit/verify", Some(&root), None)
             .await;
         assert_eq!(verified["valid"], true, "{verified}");
+        server.stop().await;
+    }
+}
+
+/// The encryptions reserved for the key's version, as stored.
+async fn reserved(database_url: &str) -> i64 {
+    let pool = sqlx::AnyPool::connect(database_url).await.unwrap();
+    let row = sqlx::query("SELECT CAST(SUM(encryptions) AS BIGINT) AS n FROM transit_key_versions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    sqlx::Row::get(&row, "n")
+}
+
+/// The encryption budget of the data plane: one block is reserved for the
+/// first call; it stays with the version when the cached key is re-read
+/// (no second reservation); the call that takes the block below the
+/// refill mark reserves exactly one more block, and calls go on meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_encryption_budget_is_reserved_a_block_ahead_and_survives_cache_re_reads() {
+    use custos_control_plane::transit::store::{CACHE_TTL, RESERVE_BLOCK};
+    for backend in BACKENDS {
+        eprintln!("-- on {backend:?}");
+        let server = Server::start(backend).await;
+        let root = server.root_token().await;
+        post(&server, "/api/v1/transit/keys", &root, json!({"name": "k"})).await;
+        let encrypt = |items: usize| {
+            let batch: Vec<Value> = (0..items).map(|_| json!({"plaintext": "x"})).collect();
+            post(
+                &server,
+                "/api/v1/transit/encrypt",
+                &root,
+                json!({"keyName": "k", "batch": batch}),
+            )
+        };
+        assert_eq!(encrypt(1).await.0, 200);
+        assert_eq!(reserved(&server.database_url).await, RESERVE_BLOCK);
+        tokio::time::sleep(CACHE_TTL + std::time::Duration::from_millis(200)).await;
+        assert_eq!(encrypt(1).await.0, 200);
+        assert_eq!(
+            reserved(&server.database_url).await,
+            RESERVE_BLOCK,
+            "the re-read key kept its block"
+        );
+        // 2 + 10,000 leaves more than three quarters; 20,002 does not.
+        assert_eq!(encrypt(10_000).await.0, 200);
+        assert_eq!(reserved(&server.database_url).await, RESERVE_BLOCK);
+        let concurrent = (0..8).map(|_| encrypt(1_250));
+        let answers = futures::future::join_all(concurrent).await;
+        assert!(answers.iter().all(|(status, _)| *status == 200));
+        assert_eq!(
+            reserved(&server.database_url).await,
+            2 * RESERVE_BLOCK,
+            "one call reserved the next block"
+        );
         server.stop().await;
     }
 }

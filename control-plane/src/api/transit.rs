@@ -28,7 +28,7 @@ use crate::state::AppState;
 use crate::transit::crypto::{
     self, Binding, HashAlgorithm, KeyType, Marshaling, SignatureOptions, TransitError,
 };
-use crate::transit::store::{KeyInfo, LoadedKey};
+use crate::transit::store::{KeyInfo, LoadedKey, Take};
 
 /// Items one batch may hold.
 pub const MAX_BATCH: usize = 10_000;
@@ -168,6 +168,19 @@ async fn reserve(
         .reserve(&state.keyring, tx, key, count)
         .await
         .map_err(store_error)
+}
+
+/// Reserves the next block of encryptions of `key` in a transaction of its
+/// own, after [`Take::CoveredRefill`].
+async fn refill(state: &AppState, key: &LoadedKey) -> AppResult<()> {
+    let mut tx = state.db.begin().await?;
+    state
+        .transit
+        .refill(&state.keyring, &mut tx, key)
+        .await
+        .map_err(store_error)?;
+    tx.commit().await?;
+    Ok(())
 }
 
 fn parse_key_type(name: Option<&str>) -> AppResult<KeyType> {
@@ -329,13 +342,22 @@ async fn encrypt_items<T>(
 ) -> AppResult<(Vec<AppResult<String>>, u32)> {
     let key = load_data_plane(state, &caller.org, name).await?;
     let count = i64::try_from(items.len()).unwrap_or(i64::MAX);
-    let key = if state.transit.take_reserved(&key, count) {
-        key
-    } else {
-        let mut tx = state.db.begin().await?;
-        let key = reserve(state, &mut tx, key, items.len()).await?;
-        tx.commit().await?;
-        key
+    let key = match state.transit.take_reserved(&key, count) {
+        Take::Covered => key,
+        Take::CoveredRefill => {
+            // This call is covered: a failed refill is left to the next
+            // call to try (a later `Short` reserves before encrypting).
+            if let Err(error) = refill(state, &key).await {
+                tracing::warn!(key = %key.name, error = %error.message, "reserving the next block of encryptions failed");
+            }
+            key
+        }
+        Take::Short => {
+            let mut tx = state.db.begin().await?;
+            let key = reserve(state, &mut tx, key, items.len()).await?;
+            tx.commit().await?;
+            key
+        }
     };
     let results: Vec<AppResult<String>> = items
         .iter()

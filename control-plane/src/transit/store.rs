@@ -4,17 +4,24 @@
 //!
 //! Encryption budget: every version counts the encryptions reserved
 //! against it (`transit_key_versions.encryptions`, in blocks of
-//! [`RESERVE_BLOCK`]). A version whose count reached
+//! [`RESERVE_BLOCK`]). The call that takes the block below
+//! [`REFILL_BELOW`] reserves
+//! the next one while the others go on with the rest, so the data plane
+//! does not stop at the end of a block; the block stays with the version
+//! when the cached key is re-read. A version whose count reached
 //! [`ROTATE_AFTER_ENCRYPTIONS`] is replaced by a new version automatically,
 //! far below the 2^32 random-nonce bound of AES-GCM; a crash loses at most
 //! the unused rest of a block, which only makes the count conservative.
 //!
 //! Several replicas: a replica re-reads a key's row when its cached copy
 //! is older than [`CACHE_TTL`], so a rotation elsewhere is seen within that
-//! time; until then the replica keeps encrypting under the previous version,
-//! which stays valid.
+//! time (and the one re-read it takes); until then the replica keeps
+//! encrypting under the previous version, which stays valid. One call
+//! re-reads a stale key while the others use the stale copy, for at most
+//! another [`CACHE_TTL`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -25,8 +32,13 @@ use super::crypto::{KeyType, KeyVersionMaterial, TransitError};
 use crate::db::{new_id, now_ms};
 use crate::keyring::{Keyring, KeyringError};
 
-/// Encryptions reserved from the database at a time.
-pub const RESERVE_BLOCK: i64 = 4096;
+/// Encryptions reserved from the database at a time. A crash loses at most
+/// this many of a version's 2^30.
+pub const RESERVE_BLOCK: i64 = 65_536;
+/// The reserved rest below which the next block is reserved: early, so
+/// that on SQLite, whose one write lock the audit writer holds most of the
+/// time under load, the reservation has about a second to get the lock.
+const REFILL_BELOW: i64 = RESERVE_BLOCK * 3 / 4;
 /// A version is replaced after this many encryptions (2^30).
 pub const ROTATE_AFTER_ENCRYPTIONS: i64 = 1 << 30;
 /// How long a replica trusts its cached key metadata.
@@ -90,14 +102,32 @@ pub struct LoadedKey {
     pub min_decryption: u32,
     created_at: i64,
     versions: HashMap<u32, Arc<KeyVersionMaterial>>,
-    /// Encryptions left in the block reserved for `latest`.
-    budget: Mutex<Budget>,
+    /// Encryptions left in the block reserved for `latest`; shared with
+    /// the next copy of the key when it is re-read at the same version.
+    budget: Arc<Mutex<Budget>>,
     loaded: Instant,
+    /// A call is re-reading this (stale) copy.
+    reloading: AtomicBool,
 }
 
 #[derive(Default)]
 struct Budget {
     left: i64,
+    /// A call is reserving the next block.
+    refilling: bool,
+}
+
+/// What [`TransitKeys::take_reserved`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Take {
+    /// Taken from the reserved block.
+    Covered,
+    /// Taken, and the rest is below [`REFILL_BELOW`]: the caller reserves
+    /// the next block ([`TransitKeys::refill`]).
+    CoveredRefill,
+    /// The block does not cover the count: reserve first
+    /// ([`TransitKeys::reserve`]).
+    Short,
 }
 
 impl LoadedKey {
@@ -234,14 +264,21 @@ impl TransitKeys {
     }
 
     /// The opened key `name` of `org` if the cache holds it fresh: no
-    /// database connection needed (the data plane's common case).
+    /// database connection needed (the data plane's common case). When the
+    /// copy is stale, the first caller gets `None` and re-reads it while
+    /// the others keep using the stale copy, up to twice [`CACHE_TTL`].
     pub fn cached(&self, org: &str, name: &str) -> Option<Arc<LoadedKey>> {
-        self.cache
+        let cache = self
+            .cache
             .read()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .get(&(org.to_string(), name.to_string()))
-            .filter(|key| key.loaded.elapsed() < CACHE_TTL)
-            .cloned()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let key = cache.get(&(org.to_string(), name.to_string()))?;
+        let age = key.loaded.elapsed();
+        if age < CACHE_TTL {
+            return Some(key.clone());
+        }
+        let someone_reloads = key.reloading.swap(true, Ordering::AcqRel);
+        (someone_reloads && age < 2 * CACHE_TTL).then(|| key.clone())
     }
 
     /// The opened key `name` of `org` (from the cache while fresh).
@@ -272,8 +309,9 @@ impl TransitKeys {
         let min_decryption = u32::try_from(row.try_get::<i64, _>("min_decryption_version")?)
             .map_err(|_| StoreError::Invalid("stored version out of range"))?;
         let created_at: i64 = row.try_get("created_at")?;
-        // Reuse versions already opened (material never changes).
-        let previous = cached_versions(&self.cache, org, name);
+        // Reuse versions already opened (material never changes), and the
+        // block reserved for the same latest version.
+        let (previous, previous_budget) = cached_versions(&self.cache, org, name, latest);
         let rows = sqlx::query(
             "SELECT version, material FROM transit_key_versions \
              WHERE key_id = $1 AND version >= $2 ORDER BY version",
@@ -314,8 +352,9 @@ impl TransitKeys {
             min_decryption,
             created_at,
             versions,
-            budget: Mutex::new(Budget::default()),
+            budget: previous_budget.unwrap_or_default(),
             loaded: Instant::now(),
+            reloading: AtomicBool::new(false),
         });
         self.cache
             .write()
@@ -324,19 +363,85 @@ impl TransitKeys {
         Ok(key)
     }
 
-    /// Takes `count` encryptions from the block reserved in memory, if it
-    /// covers them (no database work); `false` when [`Self::reserve`] must
-    /// reserve more.
-    pub fn take_reserved(&self, key: &LoadedKey, count: i64) -> bool {
+    /// Takes `count` encryptions from the block reserved in memory when it
+    /// covers them (no database work).
+    pub fn take_reserved(&self, key: &LoadedKey, count: i64) -> Take {
         let mut budget = key
             .budget
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        let covered = budget.left >= count;
-        if covered {
-            budget.left -= count;
+        if budget.left < count {
+            return Take::Short;
         }
-        covered
+        budget.left -= count;
+        if budget.left < REFILL_BELOW && !budget.refilling {
+            budget.refilling = true;
+            return Take::CoveredRefill;
+        }
+        Take::Covered
+    }
+
+    /// Reserves the next block for `key`'s latest version, after
+    /// [`Take::CoveredRefill`]. When the version reached its budget, it is
+    /// rotated instead: calls go on with the rest of the block, then
+    /// reserve under the new version.
+    pub async fn refill(
+        &self,
+        keyring: &Keyring,
+        conn: &mut AnyConnection,
+        key: &LoadedKey,
+    ) -> Result<(), StoreError> {
+        /// Clears the flag however the refill ends, also when the calling
+        /// request is dropped half-way.
+        struct Refilling<'a>(&'a Mutex<Budget>);
+        impl Drop for Refilling<'_> {
+            fn drop(&mut self) {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .refilling = false;
+            }
+        }
+        let _refilling = Refilling(&key.budget);
+        if self
+            .reserve_block(keyring, conn, key, RESERVE_BLOCK)
+            .await?
+        {
+            key.budget
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .left += RESERVE_BLOCK;
+        }
+        Ok(())
+    }
+
+    /// Adds `block` to the count of `key`'s latest version; `false` when
+    /// that reached [`ROTATE_AFTER_ENCRYPTIONS`] and the key was rotated
+    /// (and dropped from the cache) instead.
+    async fn reserve_block(
+        &self,
+        keyring: &Keyring,
+        conn: &mut AnyConnection,
+        key: &LoadedKey,
+        block: i64,
+    ) -> Result<bool, StoreError> {
+        let used: i64 = sqlx::query(
+            "UPDATE transit_key_versions SET encryptions = encryptions + $1 \
+             WHERE key_id = $2 AND version = $3 RETURNING encryptions",
+        )
+        .bind(block)
+        .bind(&key.id)
+        .bind(i64::from(key.latest))
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get("encryptions")?;
+        if used > ROTATE_AFTER_ENCRYPTIONS {
+            tracing::info!(key = %key.name, version = key.latest, "transit key version reached its encryption budget: rotating");
+            rotate_row(keyring, conn, key).await?;
+            self.forget(&key.org, &key.name);
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// Takes `count` encryptions from `key`'s latest version: from the
@@ -350,24 +455,16 @@ impl TransitKeys {
         key: Arc<LoadedKey>,
         count: i64,
     ) -> Result<Arc<LoadedKey>, StoreError> {
-        if self.take_reserved(&key, count) {
-            return Ok(key);
+        match self.take_reserved(&key, count) {
+            Take::Covered => return Ok(key),
+            Take::CoveredRefill => {
+                self.refill(keyring, conn, &key).await?;
+                return Ok(key);
+            }
+            Take::Short => {}
         }
         let block = count.max(RESERVE_BLOCK);
-        let used: i64 = sqlx::query(
-            "UPDATE transit_key_versions SET encryptions = encryptions + $1 \
-             WHERE key_id = $2 AND version = $3 RETURNING encryptions",
-        )
-        .bind(block)
-        .bind(&key.id)
-        .bind(i64::from(key.latest))
-        .fetch_one(&mut *conn)
-        .await?
-        .try_get("encryptions")?;
-        if used > ROTATE_AFTER_ENCRYPTIONS {
-            tracing::info!(key = %key.name, version = key.latest, "transit key version reached its encryption budget: rotating");
-            rotate_row(keyring, conn, &key).await?;
-            self.forget(&key.org, &key.name);
+        if !self.reserve_block(keyring, conn, &key, block).await? {
             let rotated = self.get(keyring, conn, &key.org, &key.name).await?;
             return Box::pin(self.reserve(keyring, conn, rotated, count)).await;
         }
@@ -379,17 +476,27 @@ impl TransitKeys {
     }
 }
 
+/// Opened key versions by number.
+type Versions = HashMap<u32, Arc<KeyVersionMaterial>>;
+/// A version's reserved block, shared by the copies of a key.
+type SharedBudget = Arc<Mutex<Budget>>;
+
+/// The opened versions of the cached copy of a key, and its budget when
+/// that copy's latest version is still `latest`.
 fn cached_versions(
     cache: &RwLock<HashMap<(String, String), Arc<LoadedKey>>>,
     org: &str,
     name: &str,
-) -> HashMap<u32, Arc<KeyVersionMaterial>> {
-    cache
-        .read()
-        .unwrap_or_else(|poison| poison.into_inner())
-        .get(&(org.to_string(), name.to_string()))
-        .map(|key| key.versions.clone())
-        .unwrap_or_default()
+    latest: u32,
+) -> (Versions, Option<SharedBudget>) {
+    let cache = cache.read().unwrap_or_else(|poison| poison.into_inner());
+    match cache.get(&(org.to_string(), name.to_string())) {
+        Some(key) => (
+            key.versions.clone(),
+            (key.latest == latest).then(|| key.budget.clone()),
+        ),
+        None => (HashMap::new(), None),
+    }
 }
 
 fn material_id(key_id: &str, version: u32) -> String {
@@ -449,4 +556,80 @@ async fn rotate_row(
         .execute(&mut *conn)
         .await?;
     Ok(next)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn key(left: i64, age: Duration) -> Arc<LoadedKey> {
+        Arc::new(LoadedKey {
+            id: "tk_1".into(),
+            org: "org".into(),
+            name: "k".into(),
+            key_type: KeyType::default(),
+            latest: 1,
+            min_decryption: 1,
+            created_at: 0,
+            versions: HashMap::new(),
+            budget: Arc::new(Mutex::new(Budget {
+                left,
+                refilling: false,
+            })),
+            loaded: Instant::now().checked_sub(age).unwrap(),
+            reloading: AtomicBool::new(false),
+        })
+    }
+
+    fn left(key: &LoadedKey) -> i64 {
+        key.budget.lock().unwrap().left
+    }
+
+    #[test]
+    fn one_call_at_a_time_refills_below_the_mark_and_a_short_block_takes_nothing() {
+        let keys = TransitKeys::default();
+        let key = key(REFILL_BELOW + 2, Duration::ZERO);
+        assert_eq!(keys.take_reserved(&key, 1), Take::Covered);
+        assert_eq!(keys.take_reserved(&key, 2), Take::CoveredRefill);
+        assert_eq!(
+            keys.take_reserved(&key, 1),
+            Take::Covered,
+            "one refill at a time"
+        );
+        assert_eq!(left(&key), REFILL_BELOW - 2);
+        assert_eq!(keys.take_reserved(&key, REFILL_BELOW), Take::Short);
+        assert_eq!(
+            left(&key),
+            REFILL_BELOW - 2,
+            "a short block is left as it was"
+        );
+        // The refill's end (here its guard's, as when the request is
+        // dropped half-way) lets the next call below the mark refill.
+        key.budget.lock().unwrap().refilling = false;
+        assert_eq!(keys.take_reserved(&key, 1), Take::CoveredRefill);
+    }
+
+    #[test]
+    fn a_stale_copy_is_re_read_by_one_call_while_the_others_use_it_for_a_while() {
+        let keys = TransitKeys::default();
+        let put = |key: Arc<LoadedKey>| {
+            keys.cache
+                .write()
+                .unwrap()
+                .insert(("org".into(), "k".into()), key);
+        };
+        put(key(0, Duration::ZERO));
+        assert!(keys.cached("org", "k").is_some(), "fresh");
+        assert!(keys.cached("org", "other").is_none());
+        put(key(0, CACHE_TTL + Duration::from_millis(1)));
+        assert!(keys.cached("org", "k").is_none(), "the first call re-reads");
+        assert!(
+            keys.cached("org", "k").is_some(),
+            "the others use the stale copy"
+        );
+        put(key(0, 2 * CACHE_TTL + Duration::from_millis(1)));
+        assert!(keys.cached("org", "k").is_none());
+        assert!(keys.cached("org", "k").is_none(), "too stale for anyone");
+    }
 }
