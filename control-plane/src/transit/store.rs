@@ -117,6 +117,19 @@ struct Budget {
     refilling: bool,
 }
 
+/// Clears [`Budget::refilling`] however a refill ends, also when the
+/// calling request is dropped half-way.
+struct Refilling<'a>(&'a Mutex<Budget>);
+
+impl Drop for Refilling<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .refilling = false;
+    }
+}
+
 /// What [`TransitKeys::take_reserved`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Take {
@@ -221,7 +234,7 @@ impl TransitKeys {
         name: &str,
     ) -> Result<Arc<LoadedKey>, StoreError> {
         let key = self.get(keyring, conn, org, name).await?;
-        rotate_row(keyring, conn, &key).await?;
+        rotate_row(keyring, conn, &key, None).await?;
         self.forget(org, name);
         self.get(keyring, conn, org, name).await
     }
@@ -391,17 +404,6 @@ impl TransitKeys {
         conn: &mut AnyConnection,
         key: &LoadedKey,
     ) -> Result<(), StoreError> {
-        /// Clears the flag however the refill ends, also when the calling
-        /// request is dropped half-way.
-        struct Refilling<'a>(&'a Mutex<Budget>);
-        impl Drop for Refilling<'_> {
-            fn drop(&mut self) {
-                self.0
-                    .lock()
-                    .unwrap_or_else(|poison| poison.into_inner())
-                    .refilling = false;
-            }
-        }
         let _refilling = Refilling(&key.budget);
         if self
             .reserve_block(keyring, conn, key, RESERVE_BLOCK)
@@ -436,8 +438,14 @@ impl TransitKeys {
         .await?
         .try_get("encryptions")?;
         if used > ROTATE_AFTER_ENCRYPTIONS {
-            tracing::info!(key = %key.name, version = key.latest, "transit key version reached its encryption budget: rotating");
-            rotate_row(keyring, conn, key).await?;
+            // Calls still holding this copy reach here again after the
+            // rotation: only the version that is still the latest rotates.
+            if rotate_row(keyring, conn, key, Some(key.latest))
+                .await?
+                .is_some()
+            {
+                tracing::info!(key = %key.name, version = key.latest, "transit key version reached its encryption budget: rotated");
+            }
             self.forget(&key.org, &key.name);
             return Ok(false);
         }
@@ -534,19 +542,25 @@ async fn add_version(
     Ok(())
 }
 
-/// Adds the next version of `key` and makes it the latest. Two replicas
-/// rotating at once: the version insert of the second fails on the primary
-/// key, and it answers that error; the key stays consistent.
+/// Adds the next version of `key` and makes it the latest; answers it.
+/// With `only_from`, nothing happens (`None`) unless that version is still
+/// the latest: another call rotated it already. Two replicas rotating at
+/// once: the version insert of the second fails on the primary key, and it
+/// answers that error; the key stays consistent.
 async fn rotate_row(
     keyring: &Keyring,
     conn: &mut AnyConnection,
     key: &LoadedKey,
-) -> Result<u32, StoreError> {
+    only_from: Option<u32>,
+) -> Result<Option<u32>, StoreError> {
     let current: i64 = sqlx::query("SELECT latest_version FROM transit_keys WHERE id = $1")
         .bind(&key.id)
         .fetch_one(&mut *conn)
         .await?
         .try_get("latest_version")?;
+    if only_from.is_some_and(|version| i64::from(version) != current) {
+        return Ok(None);
+    }
     let next = u32::try_from(current + 1).map_err(|_| StoreError::Invalid("too many versions"))?;
     add_version(keyring, conn, &key.org, &key.id, key.key_type, next).await?;
     sqlx::query("UPDATE transit_keys SET latest_version = $1, updated_at = $2 WHERE id = $3")
@@ -555,7 +569,7 @@ async fn rotate_row(
         .bind(&key.id)
         .execute(&mut *conn)
         .await?;
-    Ok(next)
+    Ok(Some(next))
 }
 
 #[cfg(test)]
@@ -604,10 +618,68 @@ mod tests {
             REFILL_BELOW - 2,
             "a short block is left as it was"
         );
-        // The refill's end (here its guard's, as when the request is
-        // dropped half-way) lets the next call below the mark refill.
-        key.budget.lock().unwrap().refilling = false;
+        // The refill's guard, dropped however the refill ends (here
+        // without reserving, as a request dropped half-way), lets the next
+        // call below the mark refill.
+        drop(Refilling(&key.budget));
         assert_eq!(keys.take_reserved(&key, 1), Take::CoveredRefill);
+    }
+
+    /// Calls in flight keep the copy of a version that reached its budget:
+    /// each may reserve on it again after it was rotated. The key rotates
+    /// once, not once per copy.
+    #[tokio::test]
+    async fn a_spent_version_rotates_once_whichever_copies_of_it_reserve() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("transit.db").display());
+        let db = crate::db::Db::connect(&url).await.unwrap();
+        let mut conn = db.pool().acquire().await.unwrap();
+        sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ('org_t', 't', 0)")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let keyring = Keyring::load(&mut conn, crate::config::SealMode::Env)
+            .await
+            .unwrap();
+        keyring
+            .init_env(
+                &mut conn,
+                custos_protocol::seal::SealingKey::generate(&mut OsRng),
+            )
+            .await
+            .unwrap();
+        keyring.ensure_org_key(&mut conn, "org_t").await.unwrap();
+        let keys = TransitKeys::default();
+        let spent = keys
+            .create(&keyring, &mut conn, "org_t", "k", KeyType::default())
+            .await
+            .unwrap();
+        sqlx::query("UPDATE transit_key_versions SET encryptions = $1")
+            .bind(ROTATE_AFTER_ENCRYPTIONS)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let rotated = keys
+            .reserve(&keyring, &mut conn, spent.clone(), 1)
+            .await
+            .unwrap();
+        assert_eq!(rotated.latest, 2);
+        let again = keys
+            .reserve(&keyring, &mut conn, spent.clone(), 1)
+            .await
+            .unwrap();
+        assert_eq!(again.latest, 2, "a second copy of v1 does not rotate again");
+        keys.refill(&keyring, &mut conn, &spent).await.unwrap();
+        assert!(!spent.budget.lock().unwrap().refilling);
+        let versions: i64 = sqlx::query("SELECT COUNT(*) AS n FROM transit_key_versions")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap()
+            .try_get("n")
+            .unwrap();
+        assert_eq!(versions, 2);
+        drop(conn);
+        db.close().await;
     }
 
     #[test]
