@@ -161,6 +161,24 @@ async fn rate_with(
     done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The no-op endpoint's rate with `connections` clients.
+async fn noop_rate(connections: usize, address: std::net::SocketAddr) -> f64 {
+    rate_with(
+        connections,
+        address,
+        "GET",
+        "/api/v1/sys/seal-status",
+        None,
+        Arc::new(String::new()),
+    )
+    .await
+}
+
+/// The body of a single-item encrypt request.
+fn single_item() -> Arc<String> {
+    Arc::new(json!({"keyName": "bench", "plaintext": "4111 1111 1111 1111"}).to_string())
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -226,14 +244,7 @@ async fn run() {
         "transit over HTTP: {CONNECTIONS} keep-alive connections, {} s per figure, SQLite, 2 cores shared by client and server",
         MEASURE.as_secs()
     );
-    let noop = rate(
-        address,
-        "GET",
-        "/api/v1/sys/seal-status",
-        None,
-        Arc::new(String::new()),
-    )
-    .await;
+    let noop = noop_rate(CONNECTIONS, address).await;
     bench_line(
         "noop_seal_status_http",
         "requests/s",
@@ -241,14 +252,12 @@ async fn run() {
         json!({"connections": CONNECTIONS}),
     );
 
-    let single =
-        Arc::new(json!({"keyName": "bench", "plaintext": "4111 1111 1111 1111"}).to_string());
     let encrypt = rate(
         address,
         "POST",
         "/api/v1/transit/encrypt",
         Some(token.clone()),
-        single,
+        single_item(),
     )
     .await;
     bench_line(
@@ -263,24 +272,14 @@ async fn run() {
     // measured at the same number of callers.
     let mut many = Vec::new();
     for callers in MANY_CONNECTIONS {
-        let noop_many = rate_with(
-            callers,
-            address,
-            "GET",
-            "/api/v1/sys/seal-status",
-            None,
-            Arc::new(String::new()),
-        )
-        .await;
-        let single =
-            Arc::new(json!({"keyName": "bench", "plaintext": "4111 1111 1111 1111"}).to_string());
+        let noop_many = noop_rate(callers, address).await;
         let encrypt_many = rate_with(
             callers,
             address,
             "POST",
             "/api/v1/transit/encrypt",
             Some(token.clone()),
-            single,
+            single_item(),
         )
         .await;
         let name = if callers == 64 {
@@ -306,7 +305,7 @@ async fn run() {
             "POST",
             "/api/v1/transit/encrypt",
             Some(&token),
-            &json!({"keyName": "bench", "plaintext": "4111 1111 1111 1111"}).to_string(),
+            &single_item(),
         )
         .await;
     let sealed: Value = serde_json::from_slice(&sealed).expect("json");
