@@ -372,7 +372,7 @@ async fn software_keys_of_every_type_sign_encrypt_and_wrap_checked_independently
             ),
             (
                 json!({"name": "x", "type": "AES_256", "usage": "ENCRYPT_DECRYPT", "backend": "hsm"}),
-                422,
+                409,
                 "hsm_not_configured",
             ),
         ] {

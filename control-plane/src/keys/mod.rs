@@ -272,8 +272,10 @@ async fn make_version(
     })
 }
 
+/// The same code and status as share backups without a token: the request
+/// is well formed, this server's configuration cannot serve it.
 fn hsm_not_configured() -> AppError {
-    AppError::invalid(
+    AppError::conflict(
         "hsm_not_configured",
         "this control plane has no PKCS#11 token for keys ([keys.pkcs11])",
     )
