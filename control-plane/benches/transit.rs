@@ -179,6 +179,23 @@ fn single_item() -> Arc<String> {
     Arc::new(json!({"keyName": "bench", "plaintext": "4111 1111 1111 1111"}).to_string())
 }
 
+/// Single-item encrypt's rate with `connections` clients.
+async fn encrypt_single_rate(
+    connections: usize,
+    address: std::net::SocketAddr,
+    token: &Arc<String>,
+) -> f64 {
+    rate_with(
+        connections,
+        address,
+        "POST",
+        "/api/v1/transit/encrypt",
+        Some(token.clone()),
+        single_item(),
+    )
+    .await
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -252,14 +269,7 @@ async fn run() {
         json!({"connections": CONNECTIONS}),
     );
 
-    let encrypt = rate(
-        address,
-        "POST",
-        "/api/v1/transit/encrypt",
-        Some(token.clone()),
-        single_item(),
-    )
-    .await;
+    let encrypt = encrypt_single_rate(CONNECTIONS, address, &token).await;
     bench_line(
         "transit_encrypt_single_http",
         "requests/s",
@@ -273,15 +283,7 @@ async fn run() {
     let mut many = Vec::new();
     for callers in MANY_CONNECTIONS {
         let noop_many = noop_rate(callers, address).await;
-        let encrypt_many = rate_with(
-            callers,
-            address,
-            "POST",
-            "/api/v1/transit/encrypt",
-            Some(token.clone()),
-            single_item(),
-        )
-        .await;
+        let encrypt_many = encrypt_single_rate(callers, address, &token).await;
         let name = if callers == 64 {
             "transit_encrypt_single_http_many_callers".to_string()
         } else {
