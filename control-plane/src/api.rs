@@ -33,7 +33,8 @@ use crate::audit::{self, AuditEvent, AuditFilter};
 use crate::auth::{self, Caller, NewIdentity, Role};
 use crate::db::{new_id, now_ms};
 use crate::error::{AppError, AppResult, ErrorBody};
-use crate::policy::{self, Decision};
+use crate::gate;
+use crate::policy;
 use crate::signing::{self, SignInput};
 use crate::state::AppState;
 use crate::wallets::{self, Protocol, Wallet};
@@ -71,6 +72,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v1/wallets/{id}/address", get(wallet_address))
         .route("/api/v1/wallets/{id}/sign", post(sign))
         .route("/api/v1/wallets/{id}/reshare", post(reshare))
+        .route("/api/v1/wallets/{id}/freeze", post(freeze_wallet))
+        .route("/api/v1/wallets/{id}/unfreeze", post(unfreeze_wallet))
         .route("/api/v1/signing-requests/{id}", get(get_signing_request))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::GATEWAY_TIMEOUT,
@@ -220,10 +223,11 @@ impl FromRequestParts<Arc<AppState>> for Caller {
                 "send Authorization: Bearer <token> (from POST /api/v1/auth/token)",
             ));
         };
-        let caller = state
+        let mut caller = state
             .tokens
             .authenticate(&state.db, token.trim(), client_ip(parts), &request_id)
             .await?;
+        caller.totp = totp_header(&parts.headers).map(str::to_string);
         if !state.limiter.allow(&caller.identity) {
             return Err(AppError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -324,66 +328,16 @@ where
     }
 }
 
-/// Checks the role, then the org's policy, for an action that has no
-/// approval flow of its own; writes the audit record of a refusal.
+/// Decides an action that has no approval flow of its own through the one
+/// authorisation path (`gate::allow`: role, policy, MFA; refusals audited).
 async fn authorize(
     state: &AppState,
     caller: &Caller,
     action: &str,
     resource: &str,
 ) -> AppResult<()> {
-    if let Err(error) = caller.require(action) {
-        audit_event(
-            state,
-            caller,
-            action,
-            resource,
-            "denied",
-            "denied",
-            json!({"reason": "role"}),
-        )
-        .await?;
-        return Err(error);
-    }
-    let mut tx = state.db.begin().await?;
-    let facts = signing::facts(caller, action, resource.to_string(), None, None);
-    let decision = signing::decide(&mut tx, &caller.org, &facts).await?;
-    tx.commit().await?;
-    match decision {
-        Decision::Allow { .. } => Ok(()),
-        Decision::Deny { rule, reason } => {
-            audit_event(
-                state,
-                caller,
-                action,
-                resource,
-                "denied",
-                "denied",
-                json!({"rule": rule, "reason": reason}),
-            )
-            .await?;
-            Err(AppError::forbidden(
-                "policy_denied",
-                format!("denied by policy: {reason}"),
-            ))
-        }
-        Decision::RequireApproval { rule, .. } => {
-            audit_event(
-                state,
-                caller,
-                action,
-                resource,
-                "denied",
-                "denied",
-                json!({"rule": rule}),
-            )
-            .await?;
-            Err(AppError::forbidden(
-                "approval_required",
-                format!("policy requires an approval for {action}, which has no approval flow yet"),
-            ))
-        }
-    }
+    gate::allow(state, caller, gate::Ask::new(action, resource)).await?;
+    Ok(())
 }
 
 async fn audit_event(
@@ -740,38 +694,64 @@ struct PolicyBody {
     rules: Vec<policy::Rule>,
 }
 
+/// Runs a policy change that `operations::gate` allowed now, with its
+/// audit record, and drops this replica's cached copy of the org's
+/// policies once it committed.
+async fn change_policy(
+    state: &AppState,
+    caller: &Caller,
+    action: &str,
+    resource: &str,
+    body: &Value,
+    verdict: gate::Verdict,
+) -> AppResult<Value> {
+    let mut tx = state.db.begin().await?;
+    let result = if action == "policy.create" {
+        crate::orgs::create_stored(&mut tx, &caller.org, body).await?
+    } else {
+        crate::orgs::update_stored(&mut tx, &caller.org, body).await?
+    };
+    let mut detail = verdict.detail();
+    detail["policyId"] = result["id"].clone();
+    detail["rules"] = json!(body["rules"].as_array().map_or(0, Vec::len));
+    record(
+        state, &mut tx, caller, action, resource, "allowed", "success", detail,
+    )
+    .await?;
+    tx.commit().await?;
+    state.policies.invalidate(&caller.org);
+    Ok(result)
+}
+
+/// A policy change goes through `operations::gate`: by default it waits
+/// for one admin's approval (separation of duties: one admin alone cannot
+/// rewrite the rules that ask for approvals).
 async fn create_policy(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     ApiJson(body): ApiJson<PolicyBody>,
-) -> AppResult<(StatusCode, Json<crate::orgs::Policy>)> {
+) -> AppResult<(StatusCode, Json<Value>)> {
     check_name(&body.name, "policy")?;
     policy::validate_rules(&body.rules)
         .map_err(|error| AppError::invalid(error.code(), error.to_string()))?;
     let resource = format!("policy:{}", body.name);
-    authorize(&state, &caller, "policy.create", &resource).await?;
-    let mut tx = state.db.begin().await?;
-    let created = crate::orgs::insert_policy(
-        &mut tx,
-        &caller.org,
-        &body.name,
-        body.priority.unwrap_or(100),
-        &body.rules,
-    )
-    .await?;
-    record(
-        &state,
-        &mut tx,
-        &caller,
-        "policy.create",
-        &resource,
-        "allowed",
-        "success",
-        json!({"policyId": created.id, "rules": body.rules.len()}),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(created)))
+    let stored =
+        json!({"name": body.name, "priority": body.priority.unwrap_or(100), "rules": body.rules});
+    match crate::operations::gate(&state, &caller, "policy.create", &resource, &stored).await? {
+        crate::operations::Gate::Pending(answer) => Ok((StatusCode::ACCEPTED, Json(answer))),
+        crate::operations::Gate::Proceed(verdict) => {
+            let created = change_policy(
+                &state,
+                &caller,
+                "policy.create",
+                &resource,
+                &stored,
+                verdict,
+            )
+            .await?;
+            Ok((StatusCode::CREATED, Json(created)))
+        }
+    }
 }
 
 async fn update_policy(
@@ -779,29 +759,33 @@ async fn update_policy(
     caller: Caller,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<PolicyBody>,
-) -> AppResult<Json<crate::orgs::Policy>> {
+) -> AppResult<(StatusCode, Json<Value>)> {
     policy::validate_rules(&body.rules)
         .map_err(|error| AppError::invalid(error.code(), error.to_string()))?;
     let existing = crate::orgs::policy(&state.db, &caller.org, &id).await?;
     let resource = format!("policy:{}", existing.name);
-    authorize(&state, &caller, "policy.update", &resource).await?;
-    let mut tx = state.db.begin().await?;
-    crate::orgs::update_policy(&mut tx, &caller.org, &id, &body.rules, body.priority).await?;
-    record(
-        &state,
-        &mut tx,
-        &caller,
-        "policy.update",
-        &resource,
-        "allowed",
-        "success",
-        json!({"policyId": id}),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Json(
-        crate::orgs::policy(&state.db, &caller.org, &id).await?,
-    ))
+    let stored = json!({"id": id, "priority": body.priority, "rules": body.rules});
+    match crate::operations::gate(&state, &caller, "policy.update", &resource, &stored).await? {
+        crate::operations::Gate::Pending(answer) => Ok((StatusCode::ACCEPTED, Json(answer))),
+        crate::operations::Gate::Proceed(verdict) => {
+            change_policy(
+                &state,
+                &caller,
+                "policy.update",
+                &resource,
+                &stored,
+                verdict,
+            )
+            .await?;
+            Ok((
+                StatusCode::OK,
+                Json(
+                    serde_json::to_value(crate::orgs::policy(&state.db, &caller.org, &id).await?)
+                        .unwrap_or(Value::Null),
+                ),
+            ))
+        }
+    }
 }
 
 async fn list_policies(
@@ -874,7 +858,8 @@ struct VoteBody {
     comment: Option<String>,
 }
 
-async fn vote_body(request: Request) -> AppResult<VoteBody> {
+/// An optional JSON body: none (no content type, empty) is the default.
+async fn optional_body<T: serde::de::DeserializeOwned + Default>(request: Request) -> AppResult<T> {
     let has_body = request
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -885,9 +870,14 @@ async fn vote_body(request: Request) -> AppResult<VoteBody> {
             .headers()
             .contains_key(axum::http::header::CONTENT_TYPE);
     if !has_body {
-        return Ok(VoteBody::default());
+        return Ok(T::default());
     }
-    let ApiJson(body) = ApiJson::<VoteBody>::from_request(request, &()).await?;
+    let ApiJson(body) = ApiJson::<T>::from_request(request, &()).await?;
+    Ok(body)
+}
+
+async fn vote_body(request: Request) -> AppResult<VoteBody> {
+    let body: VoteBody = optional_body(request).await?;
     if body
         .comment
         .as_ref()
@@ -907,8 +897,14 @@ async fn approve(
     Path(id): Path<String>,
     request: Request,
 ) -> AppResult<Json<Value>> {
-    caller.require("approval.approve")?;
     let body = vote_body(request).await?;
+    authorize(
+        &state,
+        &caller,
+        "approval.approve",
+        &format!("approval:{id}"),
+    )
+    .await?;
     Ok(Json(
         signing::vote(&state, &caller, &id, true, body.totp.as_deref()).await?,
     ))
@@ -920,8 +916,14 @@ async fn reject(
     Path(id): Path<String>,
     request: Request,
 ) -> AppResult<Json<Value>> {
-    caller.require("approval.reject")?;
     let body = vote_body(request).await?;
+    authorize(
+        &state,
+        &caller,
+        "approval.reject",
+        &format!("approval:{id}"),
+    )
+    .await?;
     Ok(Json(
         signing::vote(&state, &caller, &id, false, body.totp.as_deref()).await?,
     ))
@@ -1133,16 +1135,12 @@ async fn create_wallet(
             chosen
         }
     };
-    if body.threshold < 1 || usize::from(body.threshold) > committee.len() {
+    // A threshold of 1 would let any single node sign alone: no wallet
+    // protocol here accepts it (and FROST's DKG fails on it).
+    if body.threshold < 2 || usize::from(body.threshold) > committee.len() {
         return Err(AppError::invalid(
             "invalid_threshold",
-            "threshold is between 1 and parties",
-        ));
-    }
-    if protocol == Protocol::Cggmp21 && body.threshold < 2 {
-        return Err(AppError::invalid(
-            "invalid_threshold",
-            "a cggmp21 wallet needs a threshold of at least 2",
+            "threshold is between 2 and parties",
         ));
     }
     let resource = format!("wallet:{}", body.name);
@@ -1239,6 +1237,7 @@ async fn create_wallet(
         committee: committee.clone(),
         generation: 0,
         created_at: now_ms(),
+        frozen: false,
     };
     // The key the chain sees must follow from the public data the nodes
     // reported, or the wallet is refused.
@@ -1354,25 +1353,20 @@ async fn sign(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(id): Path<String>,
-    headers: axum::http::HeaderMap,
     ApiJson(input): ApiJson<SignInput>,
 ) -> AppResult<(StatusCode, Json<Value>)> {
-    caller.require("wallet.sign")?;
     let wallet = wallets::load(state.db.pool(), &caller.org, &id).await?;
     let plan = signing::plan(&wallet, &input)?;
-    let totp = totp_header(&headers);
     let submitted = signing::submit(
         &state,
         &caller,
-        &wallet,
-        "sign",
-        "wallet.sign",
-        plan.payload,
-        plan.body,
-        plan.amount,
-        plan.destination,
-        input.idempotency_key.as_deref(),
-        totp,
+        signing::NewRequest {
+            wallet: &wallet,
+            kind: "sign",
+            action: "wallet.sign",
+            plan,
+            idempotency_key: input.idempotency_key.as_deref(),
+        },
     )
     .await?;
     finish_request(&state, &caller, submitted).await
@@ -1418,13 +1412,14 @@ async fn reshare(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<ReshareBody>,
 ) -> AppResult<(StatusCode, Json<Value>)> {
-    caller.require("wallet.reshare")?;
     let wallet = wallets::load(state.db.pool(), &caller.org, &id).await?;
     let committee = resolve_nodes(&state, &body.nodes)?;
-    if committee.len() < 2 || body.threshold < 1 || usize::from(body.threshold) > committee.len() {
+    // Refused before it goes to approval: a 1-of-n key signs with any one
+    // node alone.
+    if body.threshold < 2 || usize::from(body.threshold) > committee.len() {
         return Err(AppError::invalid(
             "invalid_threshold",
-            "threshold is between 1 and the number of nodes (at least 2)",
+            "threshold is between 2 and the number of nodes",
         ));
     }
     if wallet.protocol == Protocol::Cggmp21
@@ -1440,15 +1435,13 @@ async fn reshare(
     let submitted = signing::submit(
         &state,
         &caller,
-        &wallet,
-        "reshare",
-        "wallet.reshare",
-        Vec::new(),
-        request_body,
-        None,
-        None,
-        body.idempotency_key.as_deref(),
-        None,
+        signing::NewRequest {
+            wallet: &wallet,
+            kind: "reshare",
+            action: "wallet.reshare",
+            plan: signing::reshare_plan(request_body),
+            idempotency_key: body.idempotency_key.as_deref(),
+        },
     )
     .await?;
     finish_request(&state, &caller, submitted).await
@@ -1459,17 +1452,113 @@ async fn get_signing_request(
     caller: Caller,
     Path(id): Path<String>,
 ) -> AppResult<Json<Value>> {
-    caller.require("signing.read")?;
     let view = signing::view(state.db.pool(), &caller.org, &id).await?;
-    audit_event(
+    audited_read(
         &state,
         &caller,
         "signing.read",
         &format!("signing-request:{id}"),
-        "allowed",
-        "success",
-        json!({}),
     )
     .await?;
     Ok(Json(serde_json::to_value(view).unwrap_or(Value::Null)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FreezeBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Freezes a wallet at once (`wallet.freeze`, no approval by default: a
+/// freeze only stops things). From then on the wallet signs and reshares
+/// nothing, including requests approved or queued before: they are refused
+/// when they would run.
+async fn freeze_wallet(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    request: Request,
+) -> AppResult<Json<Value>> {
+    let body: FreezeBody = optional_body(request).await?;
+    if body
+        .reason
+        .as_ref()
+        .is_some_and(|reason| reason.len() > 1000)
+    {
+        return Err(AppError::invalid(
+            "invalid_body",
+            "reason over 1000 characters",
+        ));
+    }
+    let wallet = wallets::load(state.db.pool(), &caller.org, &id).await?;
+    let resource = format!("wallet:{}", wallet.name);
+    let verdict = gate::allow(&state, &caller, gate::Ask::new("wallet.freeze", &resource)).await?;
+    let mut tx = state.db.begin().await?;
+    let changed = wallets::freeze(
+        &mut tx,
+        &caller.org,
+        &wallet.id,
+        &caller.identity,
+        body.reason.as_deref(),
+    )
+    .await?;
+    let mut detail = verdict.detail();
+    detail["wallet"] = json!(wallet.id);
+    detail["alreadyFrozen"] = json!(!changed);
+    record(
+        &state,
+        &mut tx,
+        &caller,
+        "wallet.freeze",
+        &resource,
+        "allowed",
+        "success",
+        detail,
+    )
+    .await?;
+    tx.commit().await?;
+    let frozen = wallets::frozen_view(state.db.pool(), &caller.org, &wallet.id).await?;
+    Ok(Json(
+        json!({"walletId": wallet.id, "frozen": true, "freeze": frozen}),
+    ))
+}
+
+/// Unfreezes a wallet (`wallet.unfreeze`: one admin's approval by
+/// default, so that whoever froze a wallet in an incident is not the only
+/// one who decides it is safe again).
+async fn unfreeze_wallet(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> AppResult<(StatusCode, Json<Value>)> {
+    let wallet = wallets::load(state.db.pool(), &caller.org, &id).await?;
+    let resource = format!("wallet:{}", wallet.name);
+    let body = json!({"walletId": wallet.id});
+    match crate::operations::gate(&state, &caller, "wallet.unfreeze", &resource, &body).await? {
+        crate::operations::Gate::Pending(answer) => Ok((StatusCode::ACCEPTED, Json(answer))),
+        crate::operations::Gate::Proceed(verdict) => {
+            let mut tx = state.db.begin().await?;
+            let changed = wallets::unfreeze(&mut tx, &caller.org, &wallet.id).await?;
+            let mut detail = verdict.detail();
+            detail["wallet"] = json!(wallet.id);
+            detail["wasFrozen"] = json!(changed);
+            record(
+                &state,
+                &mut tx,
+                &caller,
+                "wallet.unfreeze",
+                &resource,
+                "allowed",
+                "success",
+                detail,
+            )
+            .await?;
+            tx.commit().await?;
+            Ok((
+                StatusCode::OK,
+                Json(json!({"walletId": wallet.id, "frozen": false})),
+            ))
+        }
+    }
 }

@@ -150,6 +150,9 @@ pub struct Caller {
     pub ip: IpAddr,
     /// The HTTP request id.
     pub request_id: String,
+    /// The TOTP code the caller sent with this request (`X-Custos-TOTP`),
+    /// for rules that require MFA.
+    pub totp: Option<String>,
 }
 
 impl Caller {
@@ -459,6 +462,7 @@ async fn authenticate_in(
         platform_admin: row.try_get::<i64, _>("platform_admin")? == 1,
         ip,
         request_id: request_id.to_string(),
+        totp: None,
     };
     Ok((caller, expires_at))
 }
@@ -529,6 +533,7 @@ impl TokenCache {
                 platform_admin: entry.platform_admin,
                 ip,
                 request_id: request_id.to_string(),
+                totp: None,
             });
         }
         let (caller, expires_at) = authenticate_in(db, &hash, ip, request_id).await?;

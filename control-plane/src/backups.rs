@@ -604,6 +604,7 @@ mod tests {
             committee,
             generation,
             created_at: 0,
+            frozen: false,
         }
     }
 

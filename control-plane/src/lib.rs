@@ -20,6 +20,7 @@ pub mod chain;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod gate;
 pub mod keyring;
 pub mod keys;
 pub mod nodes;
@@ -279,6 +280,7 @@ pub async fn run(
         transit: Default::default(),
         audit: audit::AuditBatcher::start(db.clone()),
         hsm_keys,
+        policies: Default::default(),
     });
     signing::recover_own_leases(&state)
         .await

@@ -28,7 +28,8 @@ use crate::audit::{self, AuditEvent};
 use crate::auth::Caller;
 use crate::db::{new_id, now_ms, Tx};
 use crate::error::{AppError, AppResult};
-use crate::policy::Decision;
+use crate::gate::{self, Verdict};
+use crate::policy::{self, Decision, RequestFacts, ValueFacts};
 use crate::signing::{self, NewApproval, Requirement, SUBJECT_OPERATION};
 use crate::state::AppState;
 
@@ -38,144 +39,98 @@ const BODY_RECORD: &str = "operation";
 /// What [`gate`] decided.
 #[derive(Debug)]
 pub enum Gate {
-    /// Run it now.
-    Proceed,
+    /// Run it now (what allowed it, for the audit record).
+    Proceed(Verdict),
     /// Stored for approval: answer `202` with this body.
     Pending(Value),
 }
 
-/// Checks the caller's role and the org's policy for `action` on
-/// `resource`. Denials are audited and answered 403; an approval stores
-/// `body` (the complete request, as [`execute`] will run it) and returns
-/// [`Gate::Pending`] with `{status, operationId, approvalId}`.
+/// Decides `action` on `resource` through the one authorisation path
+/// (`gate::check`: role, policy, MFA; refusals audited). An approval
+/// stores `body` (the complete request, as [`execute`] will run it) and
+/// returns [`Gate::Pending`] with `{status, operationId, approvalId}`.
 pub async fn gate(
     state: &AppState,
     caller: &Caller,
     action: &str,
     resource: &str,
     body: &Value,
-    totp: Option<&str>,
 ) -> AppResult<Gate> {
-    let ip = caller.ip.to_string();
-    let event = |approved: &'static str, outcome: &'static str, detail: Value| AuditEvent {
-        org: &caller.org,
-        action,
-        resource,
-        identity: &caller.identity,
-        ip: &ip,
-        approved,
-        outcome,
-        request_id: &caller.request_id,
-        detail,
+    let verdict = gate::check(state, caller, gate::Ask::new(action, resource)).await?;
+    let (rule, requirement) = match verdict {
+        Verdict::Allowed { .. } => return Ok(Gate::Proceed(verdict)),
+        Verdict::Approval { rule, requirement } => (rule, requirement),
     };
+    let ip = caller.ip.to_string();
     let mut tx = state.db.begin().await?;
-    if let Err(error) = caller.require(action) {
-        audit::append(
-            &state.db,
+    let id = new_id("op");
+    let hash = request_hash(&caller.org, &caller.identity, action, resource, body);
+    let sealed = state
+        .keyring
+        .seal_record(
             &mut tx,
-            &event("denied", "denied", json!({"reason": "role"})),
+            &caller.org,
+            BODY_RECORD,
+            &id,
+            body.to_string().as_bytes(),
         )
         .await?;
-        tx.commit().await?;
-        return Err(error);
-    }
-    let facts = signing::facts(caller, action, resource.to_string(), None, None);
-    let decision = signing::decide(&mut tx, &caller.org, &facts).await?;
-    match decision {
-        Decision::Allow { require_mfa, .. } => {
-            if require_mfa {
-                signing::check_totp(state, &mut tx, &caller.identity, totp).await?;
-                tx.commit().await?;
-            }
-            Ok(Gate::Proceed)
-        }
-        Decision::Deny { rule, reason } => {
-            audit::append(
-                &state.db,
-                &mut tx,
-                &event("denied", "denied", json!({"rule": rule, "reason": reason})),
-            )
-            .await?;
-            tx.commit().await?;
-            Err(AppError::forbidden(
-                "policy_denied",
-                format!("denied by policy: {reason}"),
-            ))
-        }
-        Decision::RequireApproval {
-            rule,
-            count,
-            roles,
-            require_mfa,
-        } => {
-            let id = new_id("op");
-            let hash = request_hash(&caller.org, &caller.identity, action, resource, body);
-            let sealed = state
-                .keyring
-                .seal_record(
-                    &mut tx,
-                    &caller.org,
-                    BODY_RECORD,
-                    &id,
-                    body.to_string().as_bytes(),
-                )
-                .await?;
-            let requirement = Requirement {
-                count,
-                roles,
-                require_mfa,
-            };
-            let approval_id = signing::insert_approval(
-                state,
-                &mut tx,
-                &NewApproval {
-                    org: &caller.org,
-                    subject: SUBJECT_OPERATION,
-                    request_id: &id,
-                    action,
-                    resource,
-                    request_hash: &hash,
-                    requirement: &requirement,
-                    rule: Some(&rule),
-                    requested_by: &caller.identity,
-                },
-            )
-            .await?;
-            let now = now_ms();
-            sqlx::query(
-                "INSERT INTO operations (id, org_id, action, resource, requested_by, body, \
-                 request_hash, status, approval_id, result, error, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending_approval', $8, NULL, NULL, $9, $9)",
-            )
-            .bind(&id)
-            .bind(&caller.org)
-            .bind(action)
-            .bind(resource)
-            .bind(&caller.identity)
-            .bind(sealed)
-            .bind(&hash)
-            .bind(&approval_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            audit::append(
-                &state.db,
-                &mut tx,
-                &event(
-                    "pending",
-                    "pending",
-                    json!({"rule": rule, "operation": id, "approval": approval_id, "requestHash": hash}),
-                ),
-            )
-            .await?;
-            tx.commit().await?;
-            Ok(Gate::Pending(json!({
-                "status": "pending_approval",
-                "operationId": id,
-                "approvalId": approval_id,
-            })))
-        }
-    }
+    let approval_id = signing::insert_approval(
+        state,
+        &mut tx,
+        &NewApproval {
+            org: &caller.org,
+            subject: SUBJECT_OPERATION,
+            request_id: &id,
+            action,
+            resource,
+            request_hash: &hash,
+            requirement: &requirement,
+            rule: Some(&rule),
+            requested_by: &caller.identity,
+        },
+    )
+    .await?;
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO operations (id, org_id, action, resource, requested_by, body, \
+         request_hash, status, approval_id, result, error, created_at, updated_at, ip, mfa) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending_approval', $8, NULL, NULL, $9, $9, $10, 0)",
+    )
+    .bind(&id)
+    .bind(&caller.org)
+    .bind(action)
+    .bind(resource)
+    .bind(&caller.identity)
+    .bind(sealed)
+    .bind(&hash)
+    .bind(&approval_id)
+    .bind(now)
+    .bind(&ip)
+    .execute(&mut *tx)
+    .await?;
+    audit::append(
+        &state.db,
+        &mut tx,
+        &AuditEvent {
+            org: &caller.org,
+            action,
+            resource,
+            identity: &caller.identity,
+            ip: &ip,
+            approved: "pending",
+            outcome: "pending",
+            request_id: &caller.request_id,
+            detail: json!({"rule": rule, "operation": id, "approval": approval_id, "requestHash": hash}),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Gate::Pending(json!({
+        "status": "pending_approval",
+        "operationId": id,
+        "approvalId": approval_id,
+    })))
 }
 
 /// SHA-256 over the request's org, requester, action, resource and body:
@@ -270,6 +225,39 @@ pub async fn execute(state: &AppState, id: &str) -> AppResult<()> {
             .try_get::<Option<String>, _>("approval_id")?
             .unwrap_or_default(),
     };
+    let stored_hash: String = row.try_get("request_hash")?;
+    let ip: String = row.try_get("ip")?;
+    if let Err((code, message)) =
+        check_at_execution(state, &mut tx, &operation, &stored_hash, &ip).await?
+    {
+        finish(
+            &mut tx,
+            id,
+            "approved",
+            "rejected",
+            None,
+            Some(json!({"code": code, "message": message}).to_string()),
+        )
+        .await?;
+        audit::append(
+            &state.db,
+            &mut tx,
+            &AuditEvent {
+                org: &operation.org,
+                action: &operation.action,
+                resource: &operation.resource,
+                identity: "system",
+                ip: "",
+                approved: "rejected",
+                outcome: "denied",
+                request_id: &operation.id,
+                detail: json!({"operation": operation.id, "approval": operation.approval_id, "code": code, "message": message}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        return Ok(());
+    }
     let event = |outcome: &'static str, detail: Value| AuditEvent {
         org: &operation.org,
         action: &operation.action,
@@ -321,6 +309,9 @@ pub async fn execute(state: &AppState, id: &str) -> AppResult<()> {
             )
             .await?;
             tx.commit().await?;
+            if operation.action.starts_with("policy.") {
+                state.policies.invalidate(&operation.org);
+            }
         }
         Err(error) => {
             tx.rollback().await?;
@@ -340,6 +331,75 @@ pub async fn execute(state: &AppState, id: &str) -> AppResult<()> {
         }
     }
     Ok(())
+}
+
+/// What an approved operation must still satisfy when it runs, under the
+/// operation's row lock: the stored body is the one approved (its hash),
+/// the approval still holds (status, votes, roles, requester, expiry:
+/// `signing::recheck_approval`), and the org's policy, read now, does not
+/// deny it (a deny added after the approval stops it). `Ok(Err(..))`
+/// refuses it.
+async fn check_at_execution(
+    state: &AppState,
+    tx: &mut Tx,
+    operation: &Approved,
+    stored_hash: &str,
+    ip: &str,
+) -> AppResult<Result<(), (&'static str, String)>> {
+    let recomputed = request_hash(
+        &operation.org,
+        &operation.requested_by,
+        &operation.action,
+        &operation.resource,
+        &operation.body,
+    );
+    if recomputed != stored_hash {
+        return Ok(Err((
+            "request_tampered",
+            "the stored operation does not match what was approved".into(),
+        )));
+    }
+    let facts = RequestFacts {
+        action: operation.action.clone(),
+        resource: operation.resource.clone(),
+        ip: ip.parse().ok(),
+        value: ValueFacts::NotApplicable,
+        payload_kind: None,
+        unix_seconds: now_ms() / 1000,
+    };
+    let policies = gate::policies_in(tx, &operation.org).await?;
+    let now_required = match policy::evaluate(&policies, &facts) {
+        Decision::Deny { reason, .. } => {
+            return Ok(Err((
+                "policy_denied",
+                format!("denied by policy: {reason}"),
+            )));
+        }
+        Decision::Allow { .. } => None,
+        Decision::RequireApproval {
+            count,
+            roles,
+            require_mfa,
+            ..
+        } => Some(Requirement {
+            count,
+            roles,
+            require_mfa,
+        }),
+    };
+    match signing::recheck_approval(
+        state,
+        tx,
+        &operation.approval_id,
+        stored_hash,
+        &operation.requested_by,
+        now_required.as_ref(),
+    )
+    .await?
+    {
+        Ok(()) => Ok(Ok(())),
+        Err(why) => Ok(Err(("approval_invalid", why))),
+    }
 }
 
 async fn finish(
@@ -386,6 +446,16 @@ async fn run(state: &AppState, tx: &mut Tx, operation: &Approved) -> AppResult<V
         "key.destroy" => {
             crate::keys::destroy_stored(state, tx, &operation.org, &operation.body).await
         }
+        "wallet.unfreeze" => {
+            let wallet: String = operation.body["walletId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let changed = crate::wallets::unfreeze(tx, &operation.org, &wallet).await?;
+            Ok(json!({"walletId": wallet, "frozen": false, "wasFrozen": changed}))
+        }
+        "policy.create" => crate::orgs::create_stored(tx, &operation.org, &operation.body).await,
+        "policy.update" => crate::orgs::update_stored(tx, &operation.org, &operation.body).await,
         "transit.config" => {
             crate::transit::configure_stored(state, tx, &actor, &operation.body).await
         }

@@ -158,3 +158,56 @@ pub async fn update_policy(
     }
     Ok(())
 }
+
+/// The stored request of a policy change (`policy.create`,
+/// `policy.update`), as its approval bound it.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct StoredPolicy {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    priority: Option<i64>,
+    rules: Vec<Rule>,
+}
+
+fn stored_policy(body: &serde_json::Value) -> AppResult<StoredPolicy> {
+    let stored: StoredPolicy = serde_json::from_value(body.clone())
+        .map_err(|_| AppError::internal("operation", "a stored policy change does not parse"))?;
+    crate::policy::validate_rules(&stored.rules)
+        .map_err(|error| AppError::invalid(error.code(), error.to_string()))?;
+    Ok(stored)
+}
+
+/// Runs an approved (or allowed) `policy.create`: `{name, priority?, rules}`.
+pub async fn create_stored(
+    tx: &mut Tx,
+    org: &str,
+    body: &serde_json::Value,
+) -> AppResult<serde_json::Value> {
+    let stored = stored_policy(body)?;
+    let name = stored.name.unwrap_or_default();
+    let created = insert_policy(
+        tx,
+        org,
+        &name,
+        stored.priority.unwrap_or(100),
+        &stored.rules,
+    )
+    .await?;
+    serde_json::to_value(created).map_err(|error| AppError::internal("policy json", error))
+}
+
+/// Runs an approved (or allowed) `policy.update`: `{id, priority?, rules}`.
+pub async fn update_stored(
+    tx: &mut Tx,
+    org: &str,
+    body: &serde_json::Value,
+) -> AppResult<serde_json::Value> {
+    let stored = stored_policy(body)?;
+    let id = stored.id.unwrap_or_default();
+    update_policy(tx, org, &id, &stored.rules, stored.priority).await?;
+    Ok(serde_json::json!({"id": id, "updated": true}))
+}

@@ -9,26 +9,69 @@
 //!
 //! ## Matching
 //!
-//! A rule *matches* a request when
-//! * its `action` glob matches the request action (`*`, `wallet.*`,
-//!   `*.delete`, `wallet.sign`), see [`glob_match`];
-//! * its `resource` glob matches the request resource (`*` matches any run of
-//!   characters including `/`, `?` exactly one character);
-//! * and every *matching condition* it carries holds:
-//!   * `maxAmount` holds iff the request amount is known and
-//!     `amount <= maxAmount`, compared as decimal integers of any length
-//!     (leading zeros ignored, no floating point);
-//!   * `allowedIPs` holds iff the client IP is known and inside one of the
-//!     CIDRs or bare addresses (IPv4-mapped IPv6 addresses such as
-//!     `::ffff:10.0.0.1` count as IPv4; an IPv4 address also lies inside an
-//!     IPv6 CIDR that covers its mapped form, e.g. `::/0`);
-//!   * `timeWindow` holds iff the request time (UTC, from the Unix time) lies
-//!     in `[start, end)` on an allowed day; when `end < start` the window runs
-//!     overnight and the day that must be allowed is the day on which the
-//!     window *started* (a `fri` window `22:00`-`06:00` covers Friday 22:00
-//!     to Saturday 06:00);
-//!   * `destinations` holds iff the destination is known and equals one of the
-//!     listed destinations, compared case-insensitively.
+//! ## Facts
+//!
+//! A request is described by [`RequestFacts`]: action, resource, client
+//! address, time, and for signing requests what is really signed: the
+//! payload kind (`transaction`, `message`, `digest`) and the *movements* of
+//! value it makes ([`ValueFacts`]). Each movement has an asset (`native`, or
+//! a token contract), an amount in that asset's base units and a
+//! destination (recipient, or spender of an approval); any of them may be
+//! unknown. A structured transaction whose payload the control plane built
+//! and understood has known movements; a message, a bare digest, or a
+//! transaction whose calldata is not understood has *unknown* value facts;
+//! requests that move nothing by their nature (transit, secrets, keys,
+//! resharing) have value facts that are *not applicable*.
+//!
+//! ## Matching, and unknown facts
+//!
+//! Every condition is evaluated to true, false or **unknown** (a fact it
+//! needs is unknown). A rule *matches* a request when its `action` glob
+//! matches the request action (`*`, `wallet.*`, `*.delete`, `wallet.sign`,
+//! see [`glob_match`]), its `resource` glob matches the request resource
+//! (`*` matches any run of characters including `/`, `?` exactly one
+//! character), and its conditions allow it, **failing closed**:
+//! * an `allow` or `require_approval` rule matches only when every condition
+//!   is *true*: a condition that cannot be evaluated never lets a request
+//!   through;
+//! * a `deny` rule matches unless some condition is *false*: a deny whose
+//!   condition cannot be evaluated (unknown destination, unknown amount)
+//!   matches.
+//!
+//! The conditions:
+//! * `maxAmount`: every movement's asset is in the rule's asset scope (the
+//!   `assets` condition when present, else only `native`) and the total per
+//!   asset is at most `maxAmount` base units, compared as decimal integers
+//!   of any length (no floating point). A movement of another asset makes
+//!   it false (a limit written for ether does not let a token through);
+//!   an unknown asset or amount makes it unknown, unless a known total
+//!   already exceeds the limit;
+//! * `minAmount`: the total of some in-scope asset is at least `minAmount`
+//!   (for caps such as "deny any transfer of 1,000 ETH or more");
+//! * `assets`: the movements' assets are listed (`native` or a contract,
+//!   case-insensitive);
+//! * `destinations`: the movements' destinations are listed
+//!   (case-insensitive);
+//!
+//!   for `assets` and `destinations` a permissive rule needs *every*
+//!   movement listed (each movement must be allowed) and a deny needs
+//!   *some* movement listed (one forbidden movement is enough);
+//! * `payloadKinds`: the request signs one of the listed kinds
+//!   (`transaction`, `message`, `digest`); false for requests that sign
+//!   nothing;
+//! * `allowedIPs`: the client IP is inside one of the CIDRs or bare
+//!   addresses (IPv4-mapped IPv6 addresses such as `::ffff:10.0.0.1` count
+//!   as IPv4; an IPv4 address also lies inside an IPv6 CIDR that covers its
+//!   mapped form, e.g. `::/0`); unknown when the address is unknown;
+//! * `timeWindow`: the request time (UTC, from the Unix time) lies in
+//!   `[start, end)` on an allowed day; when `end < start` the window runs
+//!   overnight and the day that must be allowed is the day on which the
+//!   window *started* (a `fri` window `22:00`-`06:00` covers Friday 22:00
+//!   to Saturday 06:00).
+//!
+//! The value conditions (`maxAmount`, `minAmount`, `assets`,
+//! `destinations`) are false for requests whose value facts are not
+//! applicable: they restrict a rule to requests that move value.
 //!
 //! `requireMFA` is *not* a matching condition: it is carried into the
 //! decision of the rule that decides.
@@ -138,6 +181,17 @@ pub struct Conditions {
     /// Destinations allowed (compared case-insensitively).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destinations: Option<Vec<String>>,
+    /// Smallest total amount, decimal in base units: the condition holds
+    /// when some in-scope asset moves at least this much.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_amount: Option<String>,
+    /// Assets allowed (`native` or a token contract, compared
+    /// case-insensitively); also the scope of `maxAmount` and `minAmount`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assets: Option<Vec<String>>,
+    /// Payload kinds the rule applies to: `transaction`, `message`, `digest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_kinds: Option<Vec<String>>,
 }
 
 /// A daily UTC time window `[start, end)`, optionally restricted to some days.
@@ -210,6 +264,60 @@ impl PolicyError {
     }
 }
 
+/// The asset name of a chain's own coin (ether, bitcoin, SOL).
+pub const NATIVE_ASSET: &str = "native";
+
+/// Payload kinds a `payloadKinds` condition may name.
+pub const PAYLOAD_KINDS: [&str; 3] = ["transaction", "message", "digest"];
+
+/// What a signing request signs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PayloadKind {
+    /// A structured transaction the control plane built and hashed itself.
+    Transaction,
+    /// A message (EIP-191 for ECDSA wallets, raw for Schnorr).
+    Message,
+    /// A bare digest: nothing about it is known.
+    Digest,
+}
+
+impl PayloadKind {
+    /// The name rules use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayloadKind::Transaction => "transaction",
+            PayloadKind::Message => "message",
+            PayloadKind::Digest => "digest",
+        }
+    }
+}
+
+/// One movement of value: an asset, an amount of it and where it goes. A
+/// `None` field is unknown.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Movement {
+    /// `native`, or the token contract (an EVM address, lowercase).
+    pub asset: Option<String>,
+    /// Base units of the asset, decimal.
+    pub amount: Option<String>,
+    /// The recipient, or the spender of an approval.
+    pub destination: Option<String>,
+}
+
+/// What a request moves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ValueFacts {
+    /// The request moves nothing by its nature (transit, secrets, keys,
+    /// resharing): value conditions are false.
+    #[default]
+    NotApplicable,
+    /// It may move value, but what is unknown (a message, a bare digest,
+    /// calldata that is not understood).
+    Unknown,
+    /// Every movement it makes.
+    Known(Vec<Movement>),
+}
+
 /// The facts about one request that rules are matched against.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestFacts {
@@ -219,10 +327,10 @@ pub struct RequestFacts {
     pub resource: String,
     /// Client address, if known.
     pub ip: Option<IpAddr>,
-    /// Amount in base units, decimal; `None` when unknown or not applicable.
-    pub amount: Option<String>,
-    /// Destination (address, account...), if any.
-    pub destination: Option<String>,
+    /// What the request moves.
+    pub value: ValueFacts,
+    /// What a signing request signs; `None` for requests that sign nothing.
+    pub payload_kind: Option<PayloadKind>,
     /// Request time, Unix seconds (UTC).
     pub unix_seconds: i64,
 }
@@ -416,6 +524,33 @@ fn validate_rule(index: usize, rule: &Rule) -> Result<(), PolicyError> {
         }
     }
 
+    if let Some(min) = &conditions.min_amount {
+        if let Err(reason) = check_amount(min) {
+            return Err(PolicyError::new(at("minAmount"), reason));
+        }
+    }
+
+    if let Some(assets) = &conditions.assets {
+        check_list_len(assets.len()).map_err(|r| PolicyError::new(at("assets"), r))?;
+        for (i, asset) in assets.iter().enumerate() {
+            if let Err(reason) = check_destination(asset) {
+                return Err(PolicyError::new(at(&format!("assets[{i}]")), reason));
+            }
+        }
+    }
+
+    if let Some(kinds) = &conditions.payload_kinds {
+        check_list_len(kinds.len()).map_err(|r| PolicyError::new(at("payloadKinds"), r))?;
+        for (i, kind) in kinds.iter().enumerate() {
+            if !PAYLOAD_KINDS.contains(&kind.as_str()) {
+                return Err(PolicyError::new(
+                    at(&format!("payloadKinds[{i}]")),
+                    "unknown payload kind, expected one of transaction, message, digest",
+                ));
+            }
+        }
+    }
+
     if let Some(destinations) = &conditions.destinations {
         check_list_len(destinations.len()).map_err(|r| PolicyError::new(at("destinations"), r))?;
         for (i, destination) in destinations.iter().enumerate() {
@@ -513,18 +648,27 @@ fn check_list_len(len: usize) -> Result<(), String> {
 /// character itself. Runs in `O(len(pattern) * len(text))` at worst (no
 /// exponential backtracking).
 pub fn glob_match(pattern: &str, text: &str) -> bool {
+    // Actions and resources are ASCII in practice: match their bytes
+    // without allocating (every data-plane call evaluates the policies).
+    if pattern.is_ascii() && text.is_ascii() {
+        return glob_match_units(pattern.as_bytes(), text.as_bytes(), b'*', b'?');
+    }
     let pattern: Vec<char> = pattern.chars().collect();
     let text: Vec<char> = text.chars().collect();
+    glob_match_units(&pattern, &text, '*', '?')
+}
+
+fn glob_match_units<T: PartialEq + Copy>(pattern: &[T], text: &[T], star_unit: T, one: T) -> bool {
     let (mut p, mut t) = (0usize, 0usize);
     // Position of the last `*` seen and the text position it is matched up to.
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {
         match pattern.get(p) {
-            Some('*') => {
+            Some(&c) if c == star_unit => {
                 star = Some((p, t));
                 p += 1;
             }
-            Some(&c) if c == '?' || Some(&c) == text.get(t) => {
+            Some(&c) if c == one || Some(&c) == text.get(t) => {
                 p += 1;
                 t += 1;
             }
@@ -539,7 +683,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
             },
         }
     }
-    while pattern.get(p) == Some(&'*') {
+    while pattern.get(p) == Some(&star_unit) {
         p += 1;
     }
     p == pattern.len()
@@ -684,44 +828,251 @@ fn eq_ignore_case(a: &str, b: &str) -> bool {
         .eq(b.chars().flat_map(char::to_lowercase))
 }
 
-/// Whether all matching conditions hold.
-fn conditions_hold(conditions: &Conditions, facts: &RequestFacts) -> bool {
-    if let Some(max) = &conditions.max_amount {
-        let holds = facts
+/// The value of a condition: it holds, it does not, or a fact it needs is
+/// unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Truth {
+    True,
+    False,
+    Unknown,
+}
+
+impl Truth {
+    fn of(holds: bool) -> Truth {
+        if holds {
+            Truth::True
+        } else {
+            Truth::False
+        }
+    }
+
+    /// Three-valued conjunction: false wins, then unknown.
+    fn and(self, other: Truth) -> Truth {
+        match (self, other) {
+            (Truth::False, _) | (_, Truth::False) => Truth::False,
+            (Truth::Unknown, _) | (_, Truth::Unknown) => Truth::Unknown,
+            (Truth::True, Truth::True) => Truth::True,
+        }
+    }
+}
+
+/// Adds two decimal integers of any length.
+fn add_decimal(a: &str, b: &str) -> String {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut digits = Vec::with_capacity(a.len().max(b.len()) + 1);
+    let mut carry = 0u8;
+    for i in 0..a.len().max(b.len()) {
+        let digit = |s: &[u8]| {
+            s.len()
+                .checked_sub(i + 1)
+                .and_then(|at| s.get(at))
+                .map_or(0, |c| c.wrapping_sub(b'0'))
+        };
+        let sum = digit(a) + digit(b) + carry;
+        digits.push(b'0' + sum % 10);
+        carry = sum / 10;
+    }
+    if carry > 0 {
+        digits.push(b'0' + carry);
+    }
+    digits.reverse();
+    String::from_utf8(digits).unwrap_or_default()
+}
+
+/// Whether every element of an iterator of truths holds, three-valued
+/// (true for none).
+fn all(truths: impl Iterator<Item = Truth>) -> Truth {
+    truths.fold(Truth::True, Truth::and)
+}
+
+/// Per-asset totals of the in-scope movements.
+struct Totals {
+    /// (asset, total) of each in-scope asset with known amounts.
+    sums: Vec<(String, String)>,
+    /// A movement's asset, or an in-scope amount, is unknown.
+    unknown: bool,
+    /// A movement of an asset outside the scope.
+    out_of_scope: bool,
+}
+
+fn totals(movements: &[Movement], scope: &[String]) -> Totals {
+    let mut totals = Totals {
+        sums: Vec::new(),
+        unknown: false,
+        out_of_scope: false,
+    };
+    for movement in movements {
+        let Some(asset) = &movement.asset else {
+            totals.unknown = true;
+            continue;
+        };
+        if !scope.iter().any(|listed| eq_ignore_case(listed, asset)) {
+            totals.out_of_scope = true;
+            continue;
+        }
+        let Some(amount) = movement
             .amount
             .as_deref()
-            .and_then(|amount| compare_decimal(amount, max))
-            .is_some_and(|ord| ord != Ordering::Greater);
-        if !holds {
-            return false;
-        }
-    }
-    if let Some(cidrs) = &conditions.allowed_ips {
-        let Some(ip) = facts.ip else {
-            return false;
+            .filter(|amount| compare_decimal(amount, "0").is_some())
+        else {
+            totals.unknown = true;
+            continue;
         };
-        if !cidrs
-            .iter()
-            .filter_map(|c| parse_cidr(c))
-            .any(|cidr| cidr.contains(ip))
+        match totals
+            .sums
+            .iter_mut()
+            .find(|(seen, _)| eq_ignore_case(seen, asset))
         {
-            return false;
+            Some((_, sum)) => *sum = add_decimal(sum, amount),
+            None => totals.sums.push((asset.clone(), amount.to_owned())),
         }
     }
-    if let Some(window) = &conditions.time_window {
-        if window_holds(window, facts.unix_seconds) != Some(true) {
-            return false;
-        }
+    totals
+}
+
+fn max_amount_truth(max: &str, scope: &[String], value: &ValueFacts) -> Truth {
+    let movements = match value {
+        ValueFacts::NotApplicable => return Truth::False,
+        ValueFacts::Unknown => return Truth::Unknown,
+        ValueFacts::Known(movements) => movements,
+    };
+    let totals = totals(movements, scope);
+    let exceeded = totals
+        .sums
+        .iter()
+        .any(|(_, sum)| compare_decimal(sum, max) == Some(Ordering::Greater));
+    if totals.out_of_scope || exceeded {
+        // Unknown amounts only add to a total: a total already over the
+        // limit is over it whatever they are.
+        Truth::False
+    } else if totals.unknown {
+        Truth::Unknown
+    } else {
+        Truth::True
+    }
+}
+
+fn min_amount_truth(min: &str, scope: &[String], value: &ValueFacts) -> Truth {
+    let movements = match value {
+        ValueFacts::NotApplicable => return Truth::False,
+        ValueFacts::Unknown => return Truth::Unknown,
+        ValueFacts::Known(movements) => movements,
+    };
+    let totals = totals(movements, scope);
+    let reached = totals
+        .sums
+        .iter()
+        .any(|(_, sum)| compare_decimal(sum, min) != Some(Ordering::Less));
+    if reached {
+        Truth::True
+    } else if totals.unknown {
+        Truth::Unknown
+    } else {
+        Truth::False
+    }
+}
+
+/// Whether some element of an iterator of truths holds, three-valued
+/// (false for none).
+fn any(truths: impl Iterator<Item = Truth>) -> Truth {
+    truths.fold(Truth::False, |found, truth| match (found, truth) {
+        (Truth::True, _) | (_, Truth::True) => Truth::True,
+        (Truth::Unknown, _) | (_, Truth::Unknown) => Truth::Unknown,
+        (Truth::False, Truth::False) => Truth::False,
+    })
+}
+
+/// Whether movements' fields (asset or destination) are listed: *every*
+/// movement's for a permissive rule (each movement must be allowed),
+/// *some* movement's for a deny (one forbidden movement is enough).
+fn listed_truth(
+    list: &[String],
+    value: &ValueFacts,
+    effect: Effect,
+    field: impl Fn(&Movement) -> Option<&str>,
+) -> Truth {
+    let movements = match value {
+        ValueFacts::NotApplicable => return Truth::False,
+        ValueFacts::Unknown => return Truth::Unknown,
+        ValueFacts::Known(movements) => movements,
+    };
+    let each = movements.iter().map(|movement| match field(movement) {
+        Some(text) => Truth::of(list.iter().any(|listed| eq_ignore_case(listed, text))),
+        None => Truth::Unknown,
+    });
+    if effect == Effect::Deny {
+        any(each)
+    } else {
+        all(each)
+    }
+}
+
+/// The truth of a rule's conditions for `facts` (`requireMFA` is not a
+/// matching condition).
+fn conditions_truth(conditions: &Conditions, effect: Effect, facts: &RequestFacts) -> Truth {
+    let native = [NATIVE_ASSET.to_owned()];
+    let scope: &[String] = conditions.assets.as_deref().unwrap_or(&native);
+    let mut truth = Truth::True;
+    if let Some(max) = &conditions.max_amount {
+        truth = truth.and(max_amount_truth(max, scope, &facts.value));
+    }
+    if let Some(min) = &conditions.min_amount {
+        truth = truth.and(min_amount_truth(min, scope, &facts.value));
+    }
+    if let Some(assets) = &conditions.assets {
+        truth = truth.and(listed_truth(assets, &facts.value, effect, |movement| {
+            movement.asset.as_deref()
+        }));
     }
     if let Some(destinations) = &conditions.destinations {
-        let Some(destination) = facts.destination.as_deref() else {
-            return false;
-        };
-        if !destinations.iter().any(|d| eq_ignore_case(d, destination)) {
-            return false;
-        }
+        truth = truth.and(listed_truth(
+            destinations,
+            &facts.value,
+            effect,
+            |movement| movement.destination.as_deref(),
+        ));
     }
-    true
+    if let Some(kinds) = &conditions.payload_kinds {
+        truth =
+            truth.and(Truth::of(facts.payload_kind.is_some_and(|kind| {
+                kinds.iter().any(|listed| listed == kind.as_str())
+            })));
+    }
+    if let Some(cidrs) = &conditions.allowed_ips {
+        truth = truth.and(match facts.ip {
+            None => Truth::Unknown,
+            Some(ip) => Truth::of(
+                cidrs
+                    .iter()
+                    .filter_map(|c| parse_cidr(c))
+                    .any(|cidr| cidr.contains(ip)),
+            ),
+        });
+    }
+    if let Some(window) = &conditions.time_window {
+        truth = truth.and(match window_holds(window, facts.unix_seconds) {
+            Some(holds) => Truth::of(holds),
+            None => Truth::Unknown,
+        });
+    }
+    truth
+}
+
+/// Whether a rule whose action and resource match applies, failing closed:
+/// permissive effects need every condition true, a deny applies unless a
+/// condition is false.
+fn rule_applies(rule: &Rule, facts: &RequestFacts) -> bool {
+    let Some(conditions) = &rule.conditions else {
+        return true;
+    };
+    match (
+        rule.effect,
+        conditions_truth(conditions, rule.effect, facts),
+    ) {
+        (_, Truth::True) => true,
+        (Effect::Deny, Truth::Unknown) => true,
+        (_, Truth::Unknown | Truth::False) => false,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -750,10 +1101,10 @@ pub fn evaluate(policies: &[(String, Vec<Rule>)], facts: &RequestFacts) -> Decis
                     reason: format!("invalid rule in policy {policy_id}: {err}"),
                 };
             }
-            let conditions = rule.conditions.as_ref();
-            if !conditions.is_none_or(|c| conditions_hold(c, facts)) {
+            if !rule_applies(rule, facts) {
                 continue;
             }
+            let conditions = rule.conditions.as_ref();
             let require_mfa = conditions.and_then(|c| c.require_mfa).unwrap_or(false);
             match (rule.effect, &rule.approvals) {
                 (Effect::Deny, _) => {
@@ -799,8 +1150,12 @@ pub fn evaluate(policies: &[(String, Vec<Rule>)], facts: &RequestFacts) -> Decis
 /// The default policy of a new organisation, visible and editable, in order:
 /// `*.export` denied; `*.delete` and `*.destroy` need 2 approvals from
 /// admins or approvers; `key.rotate`, `transit.rotate`, `wallet.reshare`
-/// and `wallet.restore` (a share from a backup) need 1 admin approval; everything else (reading, creating, signing) is
-/// allowed.
+/// and `wallet.restore` (a share from a backup) need 1 admin approval; so
+/// do the changes that could defeat an approval (separation of duties):
+/// `policy.create`, `policy.update`, `identity.create`, `identity.update`
+/// (a role change, re-enabling), `identity.mfa_reset`, and
+/// `wallet.unfreeze`; everything else (reading, creating, signing,
+/// freezing) is allowed.
 pub fn default_rules() -> Vec<Rule> {
     let rule = |action: &str, effect: Effect, approvals: Option<(u32, &[&str])>| Rule {
         action: action.to_owned(),
@@ -822,6 +1177,16 @@ pub fn default_rules() -> Vec<Rule> {
         rule("transit.rotate", Effect::RequireApproval, Some(one_admin)),
         rule("wallet.reshare", Effect::RequireApproval, Some(one_admin)),
         rule("wallet.restore", Effect::RequireApproval, Some(one_admin)),
+        rule("policy.create", Effect::RequireApproval, Some(one_admin)),
+        rule("policy.update", Effect::RequireApproval, Some(one_admin)),
+        rule("identity.create", Effect::RequireApproval, Some(one_admin)),
+        rule("identity.update", Effect::RequireApproval, Some(one_admin)),
+        rule(
+            "identity.mfa_reset",
+            Effect::RequireApproval,
+            Some(one_admin),
+        ),
+        rule("wallet.unfreeze", Effect::RequireApproval, Some(one_admin)),
         rule("*", Effect::Allow, None),
     ]
 }
@@ -865,14 +1230,29 @@ mod tests {
             action: action.into(),
             resource: resource.into(),
             ip: None,
-            amount: None,
-            destination: None,
+            value: ValueFacts::Unknown,
+            payload_kind: None,
             unix_seconds: MON_2024 + 12 * HOUR,
         }
     }
 
+    /// The single native movement of `f` (made when missing).
+    fn movement(f: &mut RequestFacts) -> &mut Movement {
+        if !matches!(&f.value, ValueFacts::Known(list) if list.len() == 1) {
+            f.value = ValueFacts::Known(vec![Movement {
+                asset: Some(NATIVE_ASSET.into()),
+                amount: None,
+                destination: None,
+            }]);
+        }
+        match &mut f.value {
+            ValueFacts::Known(list) => &mut list[0],
+            _ => unreachable!(),
+        }
+    }
+
     fn amount(mut f: RequestFacts, a: &str) -> RequestFacts {
-        f.amount = Some(a.into());
+        movement(&mut f).amount = Some(a.into());
         f
     }
 
@@ -887,7 +1267,7 @@ mod tests {
     }
 
     fn dest(mut f: RequestFacts, d: &str) -> RequestFacts {
-        f.destination = Some(d.into());
+        movement(&mut f).destination = Some(d.into());
         f
     }
 
@@ -1309,7 +1689,9 @@ mod tests {
             &ip(f.clone(), "198.51.101.77"),
             Exp::Allow("p", 0, false),
         );
-        check(&deny_range, &f, Exp::Allow("p", 0, false));
+        // An unknown client address cannot be shown to lie outside the
+        // denied range: the deny matches (fail closed).
+        check(&deny_range, &f, Exp::Deny("p", 1));
     }
 
     #[test]
@@ -1466,6 +1848,7 @@ mod tests {
             require_mfa: Some(true),
             time_window: None,
             destinations: Some(vec!["0xabc".into()]),
+            ..Conditions::default()
         };
         let pol = vec![(
             "p",
@@ -1485,8 +1868,7 @@ mod tests {
             "0xABC",
         );
         check(&pol, &full, Exp::Allow("p", 0, true));
-        let mut big = full.clone();
-        big.amount = Some("101".into());
+        let big = amount(full.clone(), "101");
         check(&pol, &big, Exp::Approve("p", 1, 1, &["approver"], true));
         let mut outside = full.clone();
         outside.ip = Some("11.0.0.1".parse().unwrap());
@@ -1526,31 +1908,36 @@ mod tests {
         validate_rules(&default_rules()).unwrap();
         let both: &[&str] = &["admin", "approver"];
         let admin: &[&str] = &["admin"];
-        check(
-            &d,
-            &facts("wallet.sign", "wallet:treasury-hot"),
-            Exp::Allow("default", 7, false),
-        );
-        check(
-            &d,
-            &facts("wallet.create", "wallet:new"),
-            Exp::Allow("default", 7, false),
-        );
-        check(
-            &d,
-            &facts("wallet.read", "wallet:new"),
-            Exp::Allow("default", 7, false),
-        );
-        check(
-            &d,
-            &facts("audit.read", "audit:org"),
-            Exp::Allow("default", 7, false),
-        );
-        check(
-            &d,
-            &facts("policy.create", "policy:x"),
-            Exp::Allow("default", 7, false),
-        );
+        for (action, resource) in [
+            ("wallet.sign", "wallet:treasury-hot"),
+            ("wallet.create", "wallet:new"),
+            ("wallet.read", "wallet:new"),
+            ("wallet.freeze", "wallet:new"),
+            ("audit.read", "audit:org"),
+            ("identity.disable", "identity:x"),
+        ] {
+            check(
+                &d,
+                &facts(action, resource),
+                Exp::Allow("default", 13, false),
+            );
+        }
+        // Separation of duties: changes that could defeat an approval wait
+        // for one admin's approval.
+        for (index, action) in [
+            (7, "policy.create"),
+            (8, "policy.update"),
+            (9, "identity.create"),
+            (10, "identity.update"),
+            (11, "identity.mfa_reset"),
+            (12, "wallet.unfreeze"),
+        ] {
+            check(
+                &d,
+                &facts(action, "x:y"),
+                Exp::Approve("default", index, 1, admin, false),
+            );
+        }
         check(
             &d,
             &facts("secret.delete", "secret:production/payments/stripe"),
@@ -1601,6 +1988,380 @@ mod tests {
             &facts("key.export", "key:k1"),
             Exp::Deny("default", 0),
         );
+    }
+
+    fn moving(movements: &[(Option<&str>, Option<&str>, Option<&str>)]) -> RequestFacts {
+        let mut f = facts("wallet.sign", "wallet:hot");
+        f.payload_kind = Some(PayloadKind::Transaction);
+        f.value = ValueFacts::Known(
+            movements
+                .iter()
+                .map(|(asset, amount, destination)| Movement {
+                    asset: asset.map(str::to_owned),
+                    amount: amount.map(str::to_owned),
+                    destination: destination.map(str::to_owned),
+                })
+                .collect(),
+        );
+        f
+    }
+
+    fn digest() -> RequestFacts {
+        let mut f = facts("wallet.sign", "wallet:hot");
+        f.payload_kind = Some(PayloadKind::Digest);
+        f.value = ValueFacts::Unknown;
+        f
+    }
+
+    const USDC: &str = "0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48";
+
+    #[test]
+    fn a_deny_whose_condition_cannot_be_evaluated_matches() {
+        let blocklist = Conditions {
+            destinations: Some(vec!["0xbad".into()]),
+            ..Conditions::default()
+        };
+        let pol = vec![(
+            "p",
+            vec![
+                rule("*", "*", Effect::Allow),
+                with(rule("wallet.sign", "*", Effect::Deny), blocklist),
+            ],
+        )];
+        // Known and listed: denied; known and not listed: allowed.
+        check(
+            &pol,
+            &moving(&[(Some("native"), Some("1"), Some("0xBAD"))]),
+            Exp::Deny("p", 1),
+        );
+        check(
+            &pol,
+            &moving(&[(Some("native"), Some("1"), Some("0xgood"))]),
+            Exp::Allow("p", 0, false),
+        );
+        // Unknown destination (a digest, a message, calldata not
+        // understood, or one movement of several): the deny matches.
+        check(&pol, &digest(), Exp::Deny("p", 1));
+        check(
+            &pol,
+            &moving(&[
+                (Some("native"), Some("0"), Some("0xgood")),
+                (None, None, None),
+            ]),
+            Exp::Deny("p", 1),
+        );
+        // One forbidden movement is enough, whatever else moves beside it.
+        check(
+            &pol,
+            &moving(&[
+                (Some("native"), Some("1"), Some(USDC)),
+                (Some(USDC), Some("100"), Some("0xbad")),
+            ]),
+            Exp::Deny("p", 1),
+        );
+        // A request that moves nothing is not a transfer to 0xbad.
+        check(
+            &pol,
+            &facts("transit.encrypt", "transit-key:k"),
+            Exp::Allow("p", 0, false),
+        );
+    }
+
+    #[test]
+    fn an_allow_whose_condition_cannot_be_evaluated_does_not_match() {
+        let pol = vec![(
+            "p",
+            vec![
+                with(rule("wallet.sign", "*", Effect::Allow), max_amount("100")),
+                with(
+                    rule("wallet.sign", "*", Effect::Allow),
+                    Conditions {
+                        destinations: Some(vec!["0xcold".into()]),
+                        ..Conditions::default()
+                    },
+                ),
+                with(rule("*", "*", Effect::Allow), ips(&["10.0.0.0/8"])),
+            ],
+        )];
+        check(
+            &pol,
+            &moving(&[(Some("native"), Some("100"), Some("0xany"))]),
+            Exp::Allow("p", 0, false),
+        );
+        check(
+            &pol,
+            &moving(&[(Some("native"), Some("101"), Some("0xcold"))]),
+            Exp::Allow("p", 1, false),
+        );
+        // A bare digest is unknown amount, destination and asset: no
+        // allow with a condition on them matches; an unknown client address
+        // does not satisfy allowedIPs.
+        check(&pol, &digest(), Exp::NoMatch);
+        check(
+            &pol,
+            &moving(&[(Some("native"), None, Some("0xany"))]),
+            Exp::NoMatch,
+        );
+        check(&pol, &ip(digest(), "10.1.2.3"), Exp::Allow("p", 2, false));
+        check(&pol, &digest(), Exp::NoMatch);
+    }
+
+    #[test]
+    fn a_require_approval_whose_condition_cannot_be_evaluated_does_not_match() {
+        let pol = vec![(
+            "p",
+            vec![
+                with(
+                    rule("wallet.sign", "*", Effect::RequireApproval),
+                    max_amount("100"),
+                ),
+                rule("wallet.sign", "*", Effect::Deny),
+            ],
+        )];
+        // Unknown: not the approval rule; the unconditional deny decides.
+        check(&pol, &digest(), Exp::Deny("p", 1));
+    }
+
+    #[test]
+    fn max_amount_without_assets_covers_only_the_native_asset() {
+        let pol = vec![(
+            "p",
+            vec![
+                with(
+                    rule("wallet.sign", "*", Effect::Allow),
+                    max_amount("1000000000000000000"),
+                ),
+                rule("wallet.sign", "*", Effect::RequireApproval),
+            ],
+        )];
+        // One ether passes; a million USDC (10^12 base units, far below
+        // 10^18) must not pass a limit written in wei.
+        check(
+            &pol,
+            &moving(&[(Some("native"), Some("1000000000000000000"), Some("0xa"))]),
+            Exp::Allow("p", 0, false),
+        );
+        check(
+            &pol,
+            &moving(&[
+                (Some("native"), Some("0"), Some(USDC)),
+                (Some(USDC), Some("1000000000000"), Some("0xa")),
+            ]),
+            Exp::Approve("p", 1, 1, &["approver"], false),
+        );
+    }
+
+    #[test]
+    fn max_amount_of_a_token_applies_in_that_tokens_base_units() {
+        let usdc_limit = Conditions {
+            max_amount: Some("1000000000".into()),
+            assets: Some(vec![
+                NATIVE_ASSET.into(),
+                USDC.to_uppercase().replace("0X", "0x"),
+            ]),
+            ..Conditions::default()
+        };
+        let pol = vec![(
+            "p",
+            vec![
+                with(rule("wallet.sign", "*", Effect::Allow), usdc_limit),
+                rule("wallet.sign", "*", Effect::RequireApproval),
+            ],
+        )];
+        let transfer = |amount: &str| {
+            moving(&[
+                (Some("native"), Some("0"), Some(USDC)),
+                (Some(USDC), Some(amount), Some("0xa")),
+            ])
+        };
+        check(&pol, &transfer("1000000000"), Exp::Allow("p", 0, false));
+        check(
+            &pol,
+            &transfer("1000000001"),
+            Exp::Approve("p", 1, 1, &["approver"], false),
+        );
+        // Another token is outside the rule's assets.
+        check(
+            &pol,
+            &moving(&[(
+                Some("0xdac17f958d2ee523a2206206994597c13d831ec7"),
+                Some("1"),
+                Some("0xa"),
+            )]),
+            Exp::Approve("p", 1, 1, &["approver"], false),
+        );
+        // Two movements of the same asset add up.
+        check(
+            &pol,
+            &moving(&[
+                (Some(USDC), Some("600000000"), Some("0xa")),
+                (Some(USDC), Some("600000000"), Some("0xb")),
+            ]),
+            Exp::Approve("p", 1, 1, &["approver"], false),
+        );
+    }
+
+    #[test]
+    fn min_amount_caps_transfers_and_fails_closed() {
+        let cap = Conditions {
+            min_amount: Some("1000".into()),
+            ..Conditions::default()
+        };
+        let pol = vec![(
+            "p",
+            vec![
+                rule("*", "*", Effect::Allow),
+                with(rule("wallet.sign", "*", Effect::Deny), cap),
+            ],
+        )];
+        check(
+            &pol,
+            &moving(&[(Some("native"), Some("999"), Some("0xa"))]),
+            Exp::Allow("p", 0, false),
+        );
+        check(
+            &pol,
+            &moving(&[(Some("native"), Some("1000"), Some("0xa"))]),
+            Exp::Deny("p", 1),
+        );
+        // A known total over the cap decides even beside an unknown one.
+        check(
+            &pol,
+            &moving(&[
+                (Some("native"), Some("5000"), Some("0xa")),
+                (None, None, None),
+            ]),
+            Exp::Deny("p", 1),
+        );
+        check(&pol, &digest(), Exp::Deny("p", 1));
+        // A token is not the native asset the cap is written in.
+        check(
+            &pol,
+            &moving(&[(Some(USDC), Some("5000"), Some("0xa"))]),
+            Exp::Allow("p", 0, false),
+        );
+    }
+
+    #[test]
+    fn payload_kinds_let_an_org_forbid_raw_digests() {
+        let digests = Conditions {
+            payload_kinds: Some(vec!["digest".into()]),
+            ..Conditions::default()
+        };
+        let pol = vec![(
+            "p",
+            vec![
+                rule("*", "*", Effect::Allow),
+                with(rule("wallet.sign", "wallet:hot", Effect::Deny), digests),
+            ],
+        )];
+        check(&pol, &digest(), Exp::Deny("p", 1));
+        check(
+            &pol,
+            &moving(&[(Some("native"), Some("1"), Some("0xa"))]),
+            Exp::Allow("p", 0, false),
+        );
+        let mut message = facts("wallet.sign", "wallet:hot");
+        message.payload_kind = Some(PayloadKind::Message);
+        check(&pol, &message, Exp::Allow("p", 0, false));
+        // Another wallet may still sign digests.
+        let mut other = digest();
+        other.resource = "wallet:cold".into();
+        check(&pol, &other, Exp::Allow("p", 0, false));
+        // Requests that sign nothing have no payload kind.
+        let only_transactions = vec![(
+            "p",
+            vec![with(
+                rule("*", "*", Effect::Allow),
+                Conditions {
+                    payload_kinds: Some(vec!["transaction".into()]),
+                    ..Conditions::default()
+                },
+            )],
+        )];
+        check(
+            &only_transactions,
+            &facts("transit.encrypt", "transit-key:k"),
+            Exp::NoMatch,
+        );
+    }
+
+    #[test]
+    fn value_conditions_are_false_for_requests_that_move_nothing() {
+        let mut f = facts("secret.read", "secret:prod/db");
+        f.value = ValueFacts::NotApplicable;
+        for conditions in [
+            max_amount("1"),
+            Conditions {
+                min_amount: Some("1".into()),
+                ..Conditions::default()
+            },
+            Conditions {
+                assets: Some(vec!["native".into()]),
+                ..Conditions::default()
+            },
+            Conditions {
+                destinations: Some(vec!["0xa".into()]),
+                ..Conditions::default()
+            },
+        ] {
+            let allow = vec![(
+                "p",
+                vec![with(rule("*", "*", Effect::Allow), conditions.clone())],
+            )];
+            check(&allow, &f, Exp::NoMatch);
+            let deny = vec![(
+                "p",
+                vec![
+                    rule("*", "*", Effect::Allow),
+                    with(rule("*", "*", Effect::Deny), conditions),
+                ],
+            )];
+            check(&deny, &f, Exp::Allow("p", 0, false));
+        }
+    }
+
+    #[test]
+    fn decimal_addition_carries_past_256_bits() {
+        assert_eq!(add_decimal("0", "0"), "0");
+        assert_eq!(add_decimal("999", "1"), "1000");
+        assert_eq!(add_decimal("1", "999"), "1000");
+        let max = "115792089237316195423570985008687907853269984665640564039457584007913129639935";
+        assert_eq!(
+            add_decimal(max, max),
+            "231584178474632390847141970017375815706539969331281128078915168015826259279870"
+        );
+    }
+
+    #[test]
+    fn new_conditions_are_validated() {
+        for (conditions, field) in [
+            (
+                Conditions {
+                    min_amount: Some("1.5".into()),
+                    ..Conditions::default()
+                },
+                "rules[0].conditions.minAmount",
+            ),
+            (
+                Conditions {
+                    payload_kinds: Some(vec!["psbt?".into()]),
+                    ..Conditions::default()
+                },
+                "rules[0].conditions.payloadKinds[0]",
+            ),
+            (
+                Conditions {
+                    assets: Some(vec![]),
+                    ..Conditions::default()
+                },
+                "rules[0].conditions.assets",
+            ),
+        ] {
+            let error =
+                validate_rules(&[with(rule("*", "*", Effect::Allow), conditions)]).unwrap_err();
+            assert_eq!(error.field(), field);
+        }
     }
 
     #[test]
@@ -1684,6 +2445,7 @@ mod tests {
                         end: "17:00".into(),
                     }),
                     destinations: Some(vec!["0xabc".into()]),
+                    ..Conditions::default()
                 }),
                 effect: Effect::RequireApproval,
                 approvals: Some(ApprovalRequirement {

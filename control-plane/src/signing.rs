@@ -40,7 +40,8 @@ use crate::auth::{Caller, Role};
 use crate::chain::{self, Eip1559Transaction, EvmTransactionInput};
 use crate::db::{id_bytes, new_id, now_ms, Tx};
 use crate::error::{AppError, AppResult};
-use crate::policy::{self, Decision, RequestFacts};
+use crate::gate::{self, Verdict};
+use crate::policy::{self, Decision, Movement, PayloadKind, RequestFacts, ValueFacts};
 use crate::state::AppState;
 use crate::wallets::{self, Protocol, Wallet};
 
@@ -93,11 +94,12 @@ pub struct Plan {
     pub payload: Vec<u8>,
     /// HD path.
     pub path: Vec<u32>,
-    /// Base units moved (EVM `value`), when known.
-    pub amount: Option<String>,
-    /// Destination (EVM `to`, lowercase 0x-hex), when known.
-    pub destination: Option<String>,
-    /// The normalised request, stored and hashed.
+    /// What is signed (`None` for a resharing, which signs nothing).
+    pub kind: Option<PayloadKind>,
+    /// The movements of value the policy sees.
+    pub value: ValueFacts,
+    /// The normalised request, stored and hashed. Everything above is
+    /// derived from it ([`plan_body`]), again when the request runs.
     pub body: Value,
 }
 
@@ -131,7 +133,8 @@ fn parse_digest(text: &str) -> AppResult<[u8; 32]> {
 /// Largest message accepted for signing.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
-/// Builds the plan of a signing request for `wallet`.
+/// Builds the plan of a signing request for `wallet` from the API body:
+/// the normalised body, then everything derived from it.
 pub fn plan(wallet: &Wallet, input: &SignInput) -> AppResult<Plan> {
     let given = [
         input.transaction.is_some(),
@@ -148,61 +151,121 @@ pub fn plan(wallet: &Wallet, input: &SignInput) -> AppResult<Plan> {
         ));
     }
     let path = wallets::parse_path(input.derivation_path.as_deref().unwrap_or(""))?;
-    let chain_error = |error: chain::ChainError| AppError::invalid(error.code(), error.to_string());
-    if let Some(transaction) = &input.transaction {
-        if wallet.protocol != Protocol::Cggmp21 || !wallet.chain.is_evm() {
-            return Err(AppError::invalid(
-                "unsupported_payload",
-                "transactions are signed by cggmp21 wallets on an EVM chain",
-            ));
-        }
+    let body = if let Some(transaction) = &input.transaction {
         let parsed = Eip1559Transaction::from_input(transaction).map_err(chain_error)?;
-        let normalized = normalized_input(&parsed);
-        return Ok(Plan {
-            payload: parsed.signing_digest().to_vec(),
-            path: path.clone(),
-            amount: Some(parsed.value.to_decimal()),
-            destination: Some(format!("0x{}", hex::encode(parsed.to))),
-            body: json!({"type": "transaction", "transaction": normalized, "path": path}),
-        });
-    }
-    if let Some(message) = &input.message {
+        json!({"type": "transaction", "transaction": normalized_input(&parsed), "path": path})
+    } else if let Some(message) = &input.message {
         let bytes = decode_message(message, input.encoding.as_deref())?;
-        if bytes.len() > MAX_MESSAGE_BYTES {
-            return Err(AppError::invalid(
-                "message_too_large",
-                "message over 64 KiB",
-            ));
-        }
-        let payload = match wallet.protocol {
-            Protocol::Cggmp21 => chain::eip191_digest(&bytes).to_vec(),
-            Protocol::FrostTaproot => {
-                if bytes.len() != 32 {
-                    return Err(AppError::invalid(
-                        "invalid_message",
-                        "a BIP-340 message for a Taproot wallet is 32 bytes (give it as hex)",
-                    ));
-                }
-                bytes.clone()
-            }
-            Protocol::FrostEd25519 => bytes.clone(),
-        };
-        return Ok(Plan {
-            payload,
-            path: path.clone(),
-            amount: None,
-            destination: None,
-            body: json!({"type": "message", "message": hex::encode(&bytes), "path": path}),
-        });
+        json!({"type": "message", "message": hex::encode(&bytes), "path": path})
+    } else {
+        let digest = parse_digest(input.digest.as_deref().unwrap_or_default())?;
+        json!({"type": "digest", "digest": hex::encode(digest), "path": path})
+    };
+    plan_body(wallet, body)
+}
+
+fn chain_error(error: chain::ChainError) -> AppError {
+    AppError::invalid(error.code(), error.to_string())
+}
+
+/// Derives what is signed and what the policy sees from a normalised
+/// signing body (as [`plan`] builds it and `signing_requests.body` stores
+/// it). A request is planned again from its stored body when it runs, so
+/// the payload the nodes sign and the facts the policy decides on both
+/// follow from the body the approvals bound to.
+pub fn plan_body(wallet: &Wallet, body: Value) -> AppResult<Plan> {
+    let invalid = |why: &str| AppError::invalid("invalid_request", why.to_string());
+    let path: Vec<u32> = serde_json::from_value(body["path"].clone())
+        .map_err(|_| invalid("the request has no valid derivation path"))?;
+    if path.iter().any(|index| *index >= 0x8000_0000) {
+        return Err(AppError::invalid(
+            "invalid_derivation_path",
+            "only non-hardened derivation is possible without the private key",
+        ));
     }
-    let digest = parse_digest(input.digest.as_deref().unwrap_or_default())?;
+    let (payload, kind, value) = match body["type"].as_str() {
+        Some("transaction") => {
+            if wallet.protocol != Protocol::Cggmp21 || !wallet.chain.is_evm() {
+                return Err(AppError::invalid(
+                    "unsupported_payload",
+                    "transactions are signed by cggmp21 wallets on an EVM chain",
+                ));
+            }
+            let input: EvmTransactionInput = serde_json::from_value(body["transaction"].clone())
+                .map_err(|_| invalid("the transaction is not a valid EIP-1559 body"))?;
+            let parsed = Eip1559Transaction::from_input(&input).map_err(chain_error)?;
+            (
+                parsed.signing_digest().to_vec(),
+                PayloadKind::Transaction,
+                evm_value(&parsed),
+            )
+        }
+        Some("message") => {
+            let bytes = hex::decode(body["message"].as_str().unwrap_or_default())
+                .map_err(|_| invalid("the message is not hex"))?;
+            if bytes.len() > MAX_MESSAGE_BYTES {
+                return Err(AppError::invalid(
+                    "message_too_large",
+                    "message over 64 KiB",
+                ));
+            }
+            let payload = match wallet.protocol {
+                Protocol::Cggmp21 => chain::eip191_digest(&bytes).to_vec(),
+                Protocol::FrostTaproot => {
+                    if bytes.len() != 32 {
+                        return Err(AppError::invalid(
+                            "invalid_message",
+                            "a BIP-340 message for a Taproot wallet is 32 bytes (give it as hex)",
+                        ));
+                    }
+                    bytes
+                }
+                Protocol::FrostEd25519 => bytes,
+            };
+            // A signed message can authorise anything (a permit, a login):
+            // what it moves is unknown.
+            (payload, PayloadKind::Message, ValueFacts::Unknown)
+        }
+        Some("digest") => {
+            let digest = parse_digest(body["digest"].as_str().unwrap_or_default())?;
+            // A bare digest is unknown amount, destination and asset.
+            (digest.to_vec(), PayloadKind::Digest, ValueFacts::Unknown)
+        }
+        _ => return Err(invalid("unknown request type")),
+    };
     Ok(Plan {
-        payload: digest.to_vec(),
-        path: path.clone(),
-        amount: None,
-        destination: None,
-        body: json!({"type": "digest", "digest": hex::encode(digest), "path": path}),
+        payload,
+        path,
+        kind: Some(kind),
+        value,
+        body,
     })
+}
+
+/// What an EVM transaction moves, as the policy sees it: the native value
+/// to `to`, and the token movements its calldata makes when the calldata
+/// is understood; calldata that is not understood makes amount and
+/// destination unknown.
+fn evm_value(transaction: &Eip1559Transaction) -> ValueFacts {
+    if !transaction.data.is_empty() {
+        return ValueFacts::Unknown;
+    }
+    ValueFacts::Known(vec![Movement {
+        asset: Some(policy::NATIVE_ASSET.to_string()),
+        amount: Some(transaction.value.to_decimal()),
+        destination: Some(format!("0x{}", hex::encode(transaction.to))),
+    }])
+}
+
+/// The plan of a resharing: it signs nothing and moves nothing.
+pub fn reshare_plan(body: Value) -> Plan {
+    Plan {
+        payload: Vec::new(),
+        path: Vec::new(),
+        kind: None,
+        value: ValueFacts::NotApplicable,
+        body,
+    }
 }
 
 fn normalized_input(transaction: &Eip1559Transaction) -> EvmTransactionInput {
@@ -218,19 +281,29 @@ fn normalized_input(transaction: &Eip1559Transaction) -> EvmTransactionInput {
     }
 }
 
-/// The hash an approval binds to: org, wallet, requester and the
-/// normalised request.
+/// The hash an approval binds to: org, wallet, requester, kind, the
+/// normalised request and the payload the nodes sign (so the tamper check
+/// at execution covers what is really signed, not only its description).
 pub fn request_hash(
     org: &str,
     wallet: &str,
     requested_by: &str,
     kind: &str,
     body: &Value,
+    payload: &[u8],
 ) -> String {
     let mut hasher = Sha256::new();
-    for field in [org, wallet, requested_by, kind, &body.to_string()] {
+    hasher.update(b"custos/signing-request/v2");
+    for field in [
+        org.as_bytes(),
+        wallet.as_bytes(),
+        requested_by.as_bytes(),
+        kind.as_bytes(),
+        body.to_string().as_bytes(),
+        payload,
+    ] {
         hasher.update((field.len() as u64).to_be_bytes());
-        hasher.update(field.as_bytes());
+        hasher.update(field);
     }
     hex::encode(hasher.finalize())
 }
@@ -315,34 +388,6 @@ pub struct Requirement {
     pub require_mfa: bool,
 }
 
-/// Evaluates the org's policy for `facts` inside `tx`.
-pub async fn decide(tx: &mut Tx, org: &str, facts: &RequestFacts) -> AppResult<Decision> {
-    let policies = crate::orgs::policies(&mut *tx, org).await?;
-    let rules: Vec<(String, Vec<policy::Rule>)> = policies
-        .into_iter()
-        .map(|policy| (policy.id, policy.rules))
-        .collect();
-    Ok(policy::evaluate(&rules, facts))
-}
-
-/// Facts of a request for the policy.
-pub fn facts(
-    caller: &Caller,
-    action: &str,
-    resource: String,
-    plan_amount: Option<String>,
-    destination: Option<String>,
-) -> RequestFacts {
-    RequestFacts {
-        action: action.to_string(),
-        resource,
-        ip: Some(caller.ip),
-        amount: plan_amount,
-        destination,
-        unix_seconds: now_ms() / 1000,
-    }
-}
-
 /// The keyring record kind of TOTP secrets.
 pub const TOTP_RECORD: &str = "totp";
 
@@ -397,23 +442,68 @@ pub async fn check_totp(
     }
 }
 
-/// The common part of signing and resharing requests: idempotency, policy,
-/// storing the request and its approval, and the audit record. Returns the
-/// stored request; the caller executes it when it is `queued`.
-#[allow(clippy::too_many_arguments)]
+/// What a new signing or resharing request asks.
+pub struct NewRequest<'a> {
+    /// The wallet.
+    pub wallet: &'a Wallet,
+    /// `sign` or `reshare`.
+    pub kind: &'a str,
+    /// `wallet.sign` or `wallet.reshare`.
+    pub action: &'a str,
+    /// What is signed and what the policy sees.
+    pub plan: Plan,
+    /// Same key, same request.
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// The existing request of an idempotency key, if any: `Ok(None)` when
+/// the key is new, `409 idempotency_conflict` when it named another
+/// request.
+async fn idempotent_replay(
+    tx: &mut Tx,
+    caller: &Caller,
+    key: &str,
+    hash: &str,
+) -> AppResult<Option<RequestView>> {
+    let existing = sqlx::query(
+        "SELECT id, request_hash FROM signing_requests \
+         WHERE org_id = $1 AND requested_by = $2 AND idempotency_key = $3",
+    )
+    .bind(&caller.org)
+    .bind(&caller.identity)
+    .bind(key)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(existing) = existing else {
+        return Ok(None);
+    };
+    let existing_hash: String = existing.try_get("request_hash")?;
+    if existing_hash != hash {
+        return Err(AppError::conflict(
+            "idempotency_conflict",
+            "this idempotencyKey was used for a different request",
+        ));
+    }
+    let id: String = existing.try_get("id")?;
+    Ok(Some(view(&mut **tx, &caller.org, &id).await?))
+}
+
+/// The common part of signing and resharing requests: idempotency, the
+/// one authorisation path (role, policy on what is really signed, MFA),
+/// storing the request and its approval, and the audit record. Returns
+/// the stored request; the caller executes it when it is `queued`.
 pub async fn submit(
     state: &AppState,
     caller: &Caller,
-    wallet: &Wallet,
-    kind: &str,
-    action: &str,
-    plan_payload: Vec<u8>,
-    body: Value,
-    amount: Option<String>,
-    destination: Option<String>,
-    idempotency_key: Option<&str>,
-    totp: Option<&str>,
+    request: NewRequest<'_>,
 ) -> AppResult<Submitted> {
+    let NewRequest {
+        wallet,
+        kind,
+        action,
+        plan,
+        idempotency_key,
+    } = request;
     if let Some(key) = idempotency_key {
         if key.is_empty() || key.len() > 200 {
             return Err(AppError::invalid(
@@ -423,61 +513,29 @@ pub async fn submit(
         }
     }
     let db = &state.db;
-    let hash = request_hash(&caller.org, &wallet.id, &caller.identity, kind, &body);
-    let resource = format!("wallet:{}", wallet.name);
-    let mut tx = db.begin().await?;
-    if let Some(key) = idempotency_key {
-        let existing = sqlx::query(
-            "SELECT id, request_hash FROM signing_requests \
-             WHERE org_id = $1 AND requested_by = $2 AND idempotency_key = $3",
-        )
-        .bind(&caller.org)
-        .bind(&caller.identity)
-        .bind(key)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(existing) = existing {
-            let existing_hash: String = existing.try_get("request_hash")?;
-            if existing_hash != hash {
-                return Err(AppError::conflict(
-                    "idempotency_conflict",
-                    "this idempotencyKey was used for a different request",
-                ));
-            }
-            let id: String = existing.try_get("id")?;
-            let view = view(&mut *tx, &caller.org, &id).await?;
-            audit::append(
-                db,
-                &mut tx,
-                &AuditEvent {
-                    org: &caller.org,
-                    action: "signing.read",
-                    resource: &resource,
-                    identity: &caller.identity,
-                    ip: &caller.ip.to_string(),
-                    approved: "not_required",
-                    outcome: "success",
-                    request_id: &caller.request_id,
-                    detail: json!({"signingRequest": id, "idempotentReplay": true}),
-                },
-            )
-            .await?;
-            tx.commit().await?;
-            return Ok(Submitted {
-                view,
-                replayed: true,
-            });
-        }
-    }
-    let facts = facts(
-        caller,
-        action,
-        resource.clone(),
-        amount.clone(),
-        destination.clone(),
+    let hash = request_hash(
+        &caller.org,
+        &wallet.id,
+        &caller.identity,
+        kind,
+        &plan.body,
+        &plan.payload,
     );
-    let decision = decide(&mut tx, &caller.org, &facts).await?;
-    let rule = decision.rule().cloned();
+    let resource = format!("wallet:{}", wallet.name);
+    if let Some(replayed) = replay(state, caller, idempotency_key, &hash, &resource).await? {
+        return Ok(replayed);
+    }
+    let verdict = gate::check(
+        state,
+        caller,
+        gate::Ask {
+            action,
+            resource: &resource,
+            value: plan.value.clone(),
+            payload_kind: plan.kind,
+        },
+    )
+    .await?;
     let ip = caller.ip.to_string();
     let event = |approved: &'static str, outcome: &'static str, detail: Value| AuditEvent {
         org: &caller.org,
@@ -490,51 +548,30 @@ pub async fn submit(
         request_id: &caller.request_id,
         detail,
     };
-    let (status, requirement) = match &decision {
-        Decision::Deny { rule, reason } => {
-            audit::append(
-                db,
-                &mut tx,
-                &event(
-                    "denied",
-                    "denied",
-                    json!({"rule": rule, "reason": reason, "wallet": wallet.id}),
-                ),
-            )
-            .await?;
-            tx.commit().await?;
-            let named = rule
-                .as_ref()
-                .map(|rule| format!(" (policy {} rule {})", rule.policy_id, rule.rule_index))
-                .unwrap_or_default();
-            return Err(AppError::forbidden(
-                "policy_denied",
-                format!("denied by policy: {reason}{named}"),
-            ));
+    if wallet.frozen {
+        audit::append_alone(
+            db,
+            &event(
+                "denied",
+                "denied",
+                json!({"reason": "wallet_frozen", "wallet": wallet.id}),
+            ),
+        )
+        .await?;
+        return Err(wallets::frozen_error(wallet));
+    }
+    let (rule, mfa, requirement) = match &verdict {
+        Verdict::Allowed { rule, mfa, .. } => (rule.clone(), *mfa, None),
+        Verdict::Approval { rule, requirement } => {
+            (Some(rule.clone()), false, Some(requirement.clone()))
         }
-        Decision::Allow { require_mfa, .. } => {
-            if *require_mfa {
-                if let Err(error) = check_totp(state, &mut tx, &caller.identity, totp).await {
-                    tx.rollback().await?;
-                    return Err(error);
-                }
-            }
-            ("queued", None)
-        }
-        Decision::RequireApproval {
-            count,
-            roles,
-            require_mfa,
-            ..
-        } => (
-            "pending_approval",
-            Some(Requirement {
-                count: *count,
-                roles: roles.clone(),
-                require_mfa: *require_mfa,
-            }),
-        ),
     };
+    let status = if requirement.is_some() {
+        "pending_approval"
+    } else {
+        "queued"
+    };
+    let mut tx = db.begin().await?;
     let id = new_id("req");
     let now = now_ms();
     let approval_id = match &requirement {
@@ -558,20 +595,21 @@ pub async fn submit(
         ),
         None => None,
     };
-    sqlx::query(
+    let inserted = sqlx::query(
         "INSERT INTO signing_requests (id, org_id, wallet_id, kind, requested_by, body, \
          request_hash, payload, status, approval_id, idempotency_key, result, error, attempts, \
-         lease_owner, lease_until, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, NULL, 0, NULL, $12, $13, $13)",
+         lease_owner, lease_until, created_at, updated_at, ip, mfa) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, NULL, 0, NULL, $12, $13, $13, \
+         $14, $15)",
     )
     .bind(&id)
     .bind(&caller.org)
     .bind(&wallet.id)
     .bind(kind)
     .bind(&caller.identity)
-    .bind(body.to_string())
+    .bind(plan.body.to_string())
     .bind(&hash)
-    .bind(plan_payload)
+    .bind(plan.payload)
     .bind(status)
     .bind(approval_id.clone())
     .bind(idempotency_key.map(str::to_string))
@@ -584,15 +622,53 @@ pub async fn submit(
         0
     })
     .bind(now)
+    .bind(&ip)
+    .bind(i64::from(mfa))
     .execute(&mut *tx)
-    .await?;
+    .await;
+    match inserted {
+        Ok(_) => {}
+        // The same idempotency key, sent twice at once: the other request
+        // won the insert; answer it (or its conflict) like a replay.
+        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+            tx.rollback().await?;
+            if let Some(replayed) = replay(state, caller, idempotency_key, &hash, &resource).await?
+            {
+                return Ok(replayed);
+            }
+            return Err(AppError::conflict(
+                "idempotency_conflict",
+                "this idempotencyKey is in use by a concurrent request",
+            ));
+        }
+        Err(error) => return Err(error.into()),
+    }
+    let mut detail = verdict.detail();
+    if let Value::Object(map) = &mut detail {
+        map.insert("signingRequest".into(), json!(id));
+        map.insert("approval".into(), json!(approval_id));
+        map.insert("wallet".into(), json!(wallet.id));
+        map.insert("requestHash".into(), json!(hash));
+        map.insert(
+            "payloadKind".into(),
+            json!(plan.kind.map(PayloadKind::as_str)),
+        );
+    }
     audit::append(
         db,
         &mut tx,
         &event(
-            if requirement.is_some() { "pending" } else { "allowed" },
-            if requirement.is_some() { "pending" } else { "accepted" },
-            json!({"rule": rule, "signingRequest": id, "approval": approval_id, "wallet": wallet.id, "requestHash": hash}),
+            if requirement.is_some() {
+                "pending"
+            } else {
+                "allowed"
+            },
+            if requirement.is_some() {
+                "pending"
+            } else {
+                "accepted"
+            },
+            detail,
         ),
     )
     .await?;
@@ -603,6 +679,46 @@ pub async fn submit(
         view,
         replayed: false,
     })
+}
+
+/// Answers an idempotent replay (audited as a read), if `key` names an
+/// existing request.
+async fn replay(
+    state: &AppState,
+    caller: &Caller,
+    key: Option<&str>,
+    hash: &str,
+    resource: &str,
+) -> AppResult<Option<Submitted>> {
+    let Some(key) = key else {
+        return Ok(None);
+    };
+    let mut tx = state.db.begin().await?;
+    let Some(view) = idempotent_replay(&mut tx, caller, key, hash).await? else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    audit::append(
+        &state.db,
+        &mut tx,
+        &AuditEvent {
+            org: &caller.org,
+            action: "signing.read",
+            resource,
+            identity: &caller.identity,
+            ip: &caller.ip.to_string(),
+            approved: "not_required",
+            outcome: "success",
+            request_id: &caller.request_id,
+            detail: json!({"signingRequest": view.request_id, "idempotentReplay": true}),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(Submitted {
+        view,
+        replayed: true,
+    }))
 }
 
 /// `approvals.subject` of an approval of a signing or resharing request.
@@ -713,59 +829,59 @@ async fn claim(state: &AppState, id: &str, reserved: bool) -> AppResult<Option<C
     let org: String = row.try_get("org_id")?;
     let wallet_id: String = row.try_get("wallet_id")?;
     let kind: String = row.try_get("kind")?;
-    let requested_by: String = row.try_get("requested_by")?;
-    let body_text: String = row.try_get("body")?;
-    let stored_hash: String = row.try_get("request_hash")?;
-    let approval_id: Option<String> = row.try_get("approval_id")?;
     let claims: i64 = row.try_get("attempts")?;
+    let body_text: String = row.try_get("body")?;
     let body: Value = serde_json::from_str(&body_text)
         .map_err(|error| AppError::internal("stored request", error))?;
-    // Re-check, under the lock, that what runs is what was approved.
-    let recomputed = request_hash(&org, &wallet_id, &requested_by, &kind, &body);
-    let mut refusal: Option<(&str, String)> = None;
-    if recomputed != stored_hash {
-        refusal = Some((
-            "request_tampered",
-            "the stored request does not match its hash".into(),
-        ));
-    } else if let Some(approval_id) = &approval_id {
-        if let Err(why) =
-            recheck_approval(state, &mut tx, approval_id, &stored_hash, &requested_by).await?
-        {
-            refusal = Some(("approval_invalid", why));
-        }
-    }
-    if let Some((code, message)) = refusal {
-        sqlx::query(
-            "UPDATE signing_requests SET status = 'rejected', error = $1, lease_owner = NULL, \
-             updated_at = $2 WHERE id = $3",
-        )
-        .bind(error_json(code, &message))
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        audit::append(
-            db,
-            &mut tx,
-            &AuditEvent {
-                org: &org,
-                action: "wallet.sign.execute",
-                resource: &format!("signing-request:{id}"),
-                identity: "system",
-                ip: "",
-                approved: "rejected",
-                outcome: "denied",
-                request_id: id,
-                detail: json!({"code": code, "message": message}),
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        return Ok(None);
-    }
     let wallet = wallets::load(&mut *tx, &org, &wallet_id).await?;
-    let payload: Vec<u8> = row.try_get("payload")?;
+    let stored = Stored {
+        org: &org,
+        wallet: &wallet,
+        kind: &kind,
+        requested_by: row.try_get("requested_by")?,
+        body,
+        payload: row.try_get("payload")?,
+        hash: row.try_get("request_hash")?,
+        approval_id: row.try_get("approval_id")?,
+        ip: row.try_get("ip")?,
+        mfa: row.try_get::<i64, _>("mfa")? == 1,
+    };
+    let plan = match check_at_execution(state, &mut tx, &stored).await? {
+        Ok(plan) => plan,
+        Err((code, message)) => {
+            sqlx::query(
+                "UPDATE signing_requests SET status = 'rejected', error = $1, lease_owner = NULL, \
+                 updated_at = $2 WHERE id = $3",
+            )
+            .bind(error_json(code, &message))
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            audit::append(
+                db,
+                &mut tx,
+                &AuditEvent {
+                    org: &org,
+                    action: if kind == "reshare" {
+                        "wallet.reshare.execute"
+                    } else {
+                        "wallet.sign.execute"
+                    },
+                    resource: &format!("signing-request:{id}"),
+                    identity: "system",
+                    ip: "",
+                    approved: "rejected",
+                    outcome: "denied",
+                    request_id: id,
+                    detail: json!({"code": code, "message": message}),
+                },
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(None);
+        }
+    };
     tx.commit().await?;
     let first_attempt =
         u32::try_from((claims - 1).max(0) * ATTEMPTS_PER_CLAIM).unwrap_or(u32::MAX - 64);
@@ -774,20 +890,193 @@ async fn claim(state: &AppState, id: &str, reserved: bool) -> AppResult<Option<C
         org,
         wallet,
         kind,
-        body,
-        payload,
+        body: plan.body,
+        payload: plan.payload,
         first_attempt,
         claims,
     }))
 }
 
-/// `Ok(Err(why))` when the approval does not allow execution.
-async fn recheck_approval(
+/// A stored request, as its claim reads it.
+struct Stored<'a> {
+    org: &'a str,
+    wallet: &'a Wallet,
+    kind: &'a str,
+    requested_by: String,
+    body: Value,
+    payload: Vec<u8>,
+    hash: String,
+    approval_id: Option<String>,
+    ip: String,
+    mfa: bool,
+}
+
+/// Everything a request must still satisfy when it runs, checked under
+/// the claim's lock: what the nodes will sign is what the stored body
+/// says and what the approvals bound to; the wallet is not frozen; the
+/// org's policy, read now, still allows it (a deny or a stricter rule
+/// added since stops it); and its approval still holds (votes, roles,
+/// requester, expiry). `Ok(Err((code, message)))` refuses it.
+async fn check_at_execution(
+    state: &AppState,
+    tx: &mut Tx,
+    stored: &Stored<'_>,
+) -> AppResult<Result<Plan, (&'static str, String)>> {
+    let plan = if stored.kind == "reshare" {
+        reshare_plan(stored.body.clone())
+    } else {
+        match plan_body(stored.wallet, stored.body.clone()) {
+            Ok(plan) => plan,
+            Err(error) => return Ok(Err(("request_tampered", error.message))),
+        }
+    };
+    let recomputed = request_hash(
+        stored.org,
+        &stored.wallet.id,
+        &stored.requested_by,
+        stored.kind,
+        &plan.body,
+        &plan.payload,
+    );
+    if plan.payload != stored.payload || recomputed != stored.hash {
+        return Ok(Err((
+            "request_tampered",
+            "the stored request does not match what was approved".into(),
+        )));
+    }
+    if stored.wallet.frozen {
+        return Ok(Err((
+            "wallet_frozen",
+            format!("wallet {} is frozen", stored.wallet.name),
+        )));
+    }
+    let facts = RequestFacts {
+        action: if stored.kind == "reshare" {
+            "wallet.reshare".into()
+        } else {
+            "wallet.sign".into()
+        },
+        resource: format!("wallet:{}", stored.wallet.name),
+        ip: stored.ip.parse().ok(),
+        value: plan.value.clone(),
+        payload_kind: plan.kind,
+        unix_seconds: now_ms() / 1000,
+    };
+    let policies = gate::policies_in(tx, stored.org).await?;
+    let now_required = match policy::evaluate(&policies, &facts) {
+        Decision::Deny { reason, .. } => {
+            return Ok(Err((
+                "policy_denied",
+                format!("denied by policy: {reason}"),
+            )));
+        }
+        Decision::Allow { require_mfa, .. } => {
+            if require_mfa && !stored.mfa {
+                return Ok(Err((
+                    "mfa_required",
+                    "the policy now requires MFA, which the request was made without".into(),
+                )));
+            }
+            None
+        }
+        Decision::RequireApproval {
+            count,
+            roles,
+            require_mfa,
+            ..
+        } => {
+            if stored.approval_id.is_none() {
+                return Ok(Err((
+                    "approval_required",
+                    "the policy now requires an approval, which the request does not have".into(),
+                )));
+            }
+            Some(Requirement {
+                count,
+                roles,
+                require_mfa,
+            })
+        }
+    };
+    if let Some(approval_id) = &stored.approval_id {
+        if let Err(why) = recheck_approval(
+            state,
+            tx,
+            approval_id,
+            &stored.hash,
+            &stored.requested_by,
+            now_required.as_ref(),
+        )
+        .await?
+        {
+            return Ok(Err(("approval_invalid", why)));
+        }
+    }
+    Ok(Ok(plan))
+}
+
+/// Counts the valid approving votes of an approval: not by the requester,
+/// by an active identity holding one of `roles`, with MFA when required.
+/// Separation of duties: identities created during the approval's window
+/// (since the request was made) count once per creator, and not at all
+/// when the requester created them; so one admin who makes identities to
+/// approve a request gets at most one vote out of them.
+pub async fn count_valid_votes(
+    tx: &mut Tx,
+    approval_id: &str,
+    requirement: &Requirement,
+    requested_by: &str,
+    window_start: i64,
+) -> AppResult<i64> {
+    let votes = sqlx::query(
+        "SELECT v.identity_id, v.mfa, i.role, i.status, i.created_by, i.created_at \
+         FROM approval_votes v JOIN identities i ON i.id = v.identity_id \
+         WHERE v.approval_id = $1 AND v.decision = 'approve'",
+    )
+    .bind(approval_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut principals: Vec<String> = Vec::new();
+    for vote in votes {
+        let voter: String = vote.try_get("identity_id")?;
+        let role: String = vote.try_get("role")?;
+        let status: String = vote.try_get("status")?;
+        let created_by: String = vote.try_get("created_by")?;
+        let created_at: i64 = vote.try_get("created_at")?;
+        let mfa = vote.try_get::<i64, _>("mfa")? == 1;
+        let made_in_window = created_at >= window_start;
+        if voter == requested_by
+            || (made_in_window && created_by == requested_by)
+            || status != "active"
+            || !requirement.roles.contains(&role)
+            || (requirement.require_mfa && !mfa)
+        {
+            continue;
+        }
+        let principal = if made_in_window {
+            format!("creator:{created_by}")
+        } else {
+            voter
+        };
+        if !principals.contains(&principal) {
+            principals.push(principal);
+        }
+    }
+    Ok(i64::try_from(principals.len()).unwrap_or(i64::MAX))
+}
+
+/// Re-checks an approval under a row lock when what it approved runs:
+/// approved, for this exact request, not expired, and still carried by
+/// enough valid votes ([`count_valid_votes`]) for the requirement stored
+/// with it and for `now_required`, what the policy asks today (if
+/// stricter). `Ok(Err(why))` when the approval does not allow execution.
+pub async fn recheck_approval(
     state: &AppState,
     tx: &mut Tx,
     approval_id: &str,
     request_hash: &str,
     requested_by: &str,
+    now_required: Option<&Requirement>,
 ) -> AppResult<Result<(), String>> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT * FROM approvals WHERE id = $1{}",
@@ -806,41 +1095,49 @@ async fn recheck_approval(
     if row.try_get::<String, _>("request_hash")? != request_hash {
         return Ok(Err("the approval was given for another request".into()));
     }
-    let required: i64 = row.try_get("required")?;
-    let roles: Vec<String> =
-        serde_json::from_str(&row.try_get::<String, _>("roles")?).unwrap_or_default();
-    let require_mfa = row.try_get::<i64, _>("require_mfa")? == 1;
-    let votes = sqlx::query(
-        "SELECT v.identity_id, v.mfa, i.role FROM approval_votes v \
-         JOIN identities i ON i.id = v.identity_id \
-         WHERE v.approval_id = $1 AND v.decision = 'approve'",
-    )
-    .bind(approval_id)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut valid = 0;
-    for vote in votes {
-        let voter: String = vote.try_get("identity_id")?;
-        let role: String = vote.try_get("role")?;
-        let mfa = vote.try_get::<i64, _>("mfa")? == 1;
-        if voter != requested_by && roles.contains(&role) && (!require_mfa || mfa) {
-            valid += 1;
-        }
+    if row.try_get::<String, _>("requested_by")? != requested_by {
+        return Ok(Err("the approval names another requester".into()));
     }
-    if valid < required {
-        return Ok(Err(format!(
-            "{valid} valid approvals of {required} required"
-        )));
+    if row.try_get::<i64, _>("expires_at")? <= now_ms() {
+        return Ok(Err("the approval expired before the request ran".into()));
+    }
+    let stored = Requirement {
+        count: u32::try_from(row.try_get::<i64, _>("required")?).unwrap_or(u32::MAX),
+        roles: serde_json::from_str(&row.try_get::<String, _>("roles")?).unwrap_or_default(),
+        require_mfa: row.try_get::<i64, _>("require_mfa")? == 1,
+    };
+    let window_start: i64 = row.try_get("created_at")?;
+    for requirement in std::iter::once(&stored).chain(now_required) {
+        let valid =
+            count_valid_votes(tx, approval_id, requirement, requested_by, window_start).await?;
+        if valid < i64::from(requirement.count) {
+            return Ok(Err(format!(
+                "{valid} valid approvals of {} required (roles {})",
+                requirement.count,
+                requirement.roles.join(", ")
+            )));
+        }
     }
     Ok(Ok(()))
 }
 
-/// Extends this replica's lease while a long run is in progress.
-fn keep_lease(state: &AppState, id: &str) -> tokio::task::JoinHandle<()> {
+/// Extends this replica's lease while a run is in progress; the renewal
+/// stops when the guard is dropped, however the run ends: finished, failed,
+/// or its handler cancelled (client gone, timeout), so a request never
+/// stays `signing` past its lease because a renewer outlived its run.
+struct LeaseRenewer(tokio::task::JoinHandle<()>);
+
+impl Drop for LeaseRenewer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn keep_lease(state: &AppState, id: &str) -> LeaseRenewer {
     let db = state.db.clone();
     let replica = state.replica.clone();
     let id = id.to_string();
-    tokio::spawn(async move {
+    LeaseRenewer(tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_millis(
                 u64::try_from(LEASE_MS / 3).unwrap_or(30_000),
@@ -859,7 +1156,7 @@ fn keep_lease(state: &AppState, id: &str) -> tokio::task::JoinHandle<()> {
                 return;
             }
         }
-    })
+    }))
 }
 
 /// Claims and runs request `id` if it is runnable (`None` when it was
@@ -880,7 +1177,7 @@ async fn execute_claimed(state: &AppState, id: &str, reserved: bool) -> AppResul
     };
     let lease = keep_lease(state, id);
     let outcome = run_on_nodes(state, &claimed).await;
-    lease.abort();
+    drop(lease);
     finish(state, &claimed, outcome).await?;
     Ok(Some(()))
 }
@@ -1187,6 +1484,25 @@ pub async fn vote(
         check_totp(state, &mut tx, &caller.identity, Some(code)).await?;
         mfa = true;
     }
+    let requirement = Requirement {
+        count: u32::try_from(required).unwrap_or(u32::MAX),
+        roles: roles.clone(),
+        require_mfa,
+    };
+    let window_start: i64 = row.try_get("created_at")?;
+    if approve {
+        let voter = sqlx::query("SELECT created_by, created_at FROM identities WHERE id = $1")
+            .bind(&caller.identity)
+            .fetch_one(&mut *tx)
+            .await?;
+        let created_by: String = voter.try_get("created_by")?;
+        if voter.try_get::<i64, _>("created_at")? >= window_start && created_by == requested_by {
+            return refuse(AppError::forbidden(
+                "approver_not_independent",
+                "an identity the requester created after the request cannot approve it",
+            ));
+        }
+    }
     let inserted = sqlx::query(
         "INSERT INTO approval_votes (approval_id, identity_id, decision, mfa, created_at) \
          VALUES ($1, $2, $3, $4, $5)",
@@ -1208,13 +1524,14 @@ pub async fn vote(
         }
         Err(error) => return Err(error.into()),
     }
-    let approvals: i64 = sqlx::query(
-        "SELECT COUNT(*) AS n FROM approval_votes WHERE approval_id = $1 AND decision = 'approve'",
+    let approvals = count_valid_votes(
+        &mut tx,
+        approval_id,
+        &requirement,
+        &requested_by,
+        window_start,
     )
-    .bind(approval_id)
-    .fetch_one(&mut *tx)
-    .await?
-    .try_get("n")?;
+    .await?;
     let new_status = if !approve {
         "rejected"
     } else if approvals >= required {

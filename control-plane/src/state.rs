@@ -42,6 +42,8 @@ pub struct AppState {
     pub audit: crate::audit::AuditBatcher,
     /// The token of HSM-backed registry keys, when configured.
     pub hsm_keys: Option<crate::keys::hsm::HsmKeyStore>,
+    /// Org policies, briefly (`gate`).
+    pub policies: crate::gate::PolicyCache,
 }
 
 impl AppState {

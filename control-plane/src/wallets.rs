@@ -201,6 +201,23 @@ pub struct Wallet {
     pub generation: u32,
     /// Unix ms.
     pub created_at: i64,
+    /// Frozen: it signs and reshares nothing until unfrozen, whatever was
+    /// approved before (backups and restores of its shares still work: they
+    /// are how nodes are recovered, also during an incident).
+    pub frozen: bool,
+}
+
+/// Why and since when a wallet is frozen, as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FrozenView {
+    /// Unix ms.
+    pub at: i64,
+    /// The identity that froze it.
+    pub by: String,
+    /// Its reason, if given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A wallet as the API shows it.
@@ -231,6 +248,8 @@ pub struct WalletView {
     pub generation: u32,
     /// Unix ms.
     pub created_at: i64,
+    /// Whether the wallet is frozen.
+    pub frozen: bool,
 }
 
 impl Wallet {
@@ -254,6 +273,7 @@ impl Wallet {
                 .collect(),
             generation: self.generation,
             created_at: self.created_at,
+            frozen: self.frozen,
         })
     }
 
@@ -285,8 +305,85 @@ impl Wallet {
             generation: u32::try_from(row.try_get::<i64, _>("generation")?)
                 .map_err(|error| AppError::internal("wallet generation", error))?,
             created_at: row.try_get("created_at")?,
+            frozen: row.try_get::<i64, _>("frozen")? == 1,
         })
     }
+}
+
+/// The answer to anything a frozen wallet is asked to do.
+pub fn frozen_error(wallet: &Wallet) -> AppError {
+    AppError::conflict(
+        "wallet_frozen",
+        format!(
+            "wallet {} is frozen: it signs nothing until it is unfrozen",
+            wallet.name
+        ),
+    )
+}
+
+/// Freezes a wallet inside `tx` (idempotent: freezing a frozen wallet
+/// keeps the first freeze's record). Returns whether it was not frozen.
+pub async fn freeze(
+    tx: &mut crate::db::Tx,
+    org: &str,
+    id: &str,
+    by: &str,
+    reason: Option<&str>,
+) -> AppResult<bool> {
+    let changed = sqlx::query(
+        "UPDATE wallets SET frozen = 1, frozen_at = $1, frozen_by = $2, frozen_reason = $3 \
+         WHERE org_id = $4 AND id = $5 AND frozen = 0",
+    )
+    .bind(crate::db::now_ms())
+    .bind(by)
+    .bind(reason.map(str::to_string))
+    .bind(org)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(changed == 1)
+}
+
+/// Unfreezes a wallet inside `tx` (an approved `wallet.unfreeze`).
+pub async fn unfreeze(tx: &mut crate::db::Tx, org: &str, id: &str) -> AppResult<bool> {
+    let changed = sqlx::query(
+        "UPDATE wallets SET frozen = 0, frozen_at = NULL, frozen_by = NULL, \
+         frozen_reason = NULL WHERE org_id = $1 AND id = $2 AND frozen = 1",
+    )
+    .bind(org)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(changed == 1)
+}
+
+/// The freeze of wallet `id`, if frozen.
+pub async fn frozen_view(
+    executor: impl sqlx::Executor<'_, Database = sqlx::Any>,
+    org: &str,
+    id: &str,
+) -> AppResult<Option<FrozenView>> {
+    let row = sqlx::query(
+        "SELECT frozen, frozen_at, frozen_by, frozen_reason FROM wallets \
+         WHERE org_id = $1 AND id = $2",
+    )
+    .bind(org)
+    .bind(id)
+    .fetch_optional(executor)
+    .await?
+    .ok_or_else(|| AppError::not_found("wallet"))?;
+    if row.try_get::<i64, _>("frozen")? != 1 {
+        return Ok(None);
+    }
+    Ok(Some(FrozenView {
+        at: row.try_get::<Option<i64>, _>("frozen_at")?.unwrap_or(0),
+        by: row
+            .try_get::<Option<String>, _>("frozen_by")?
+            .unwrap_or_default(),
+        reason: row.try_get("frozen_reason")?,
+    }))
 }
 
 /// The committee as stored (hex party ids).

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -120,15 +120,21 @@ async fn create(
     Ok((StatusCode::CREATED, Json(answer)))
 }
 
-/// The caller's wallet `id`, if it may read it.
+/// The caller's wallet `id`, if it may read its backups; the read is
+/// audited (`wallet.read` on `wallet:<name>/backups[/<id>]`) before it
+/// answers.
 async fn readable_wallet(
     state: &AppState,
     caller: &Caller,
     id: &str,
+    backup: Option<&str>,
 ) -> AppResult<wallets::Wallet> {
     let wallet = wallets::load(state.db.pool(), &caller.org, id).await?;
-    let resource = format!("wallet:{}", wallet.name);
-    authorize(state, caller, "wallet.read", &resource).await?;
+    let resource = match backup {
+        Some(backup) => format!("wallet:{}/backups/{backup}", wallet.name),
+        None => format!("wallet:{}/backups", wallet.name),
+    };
+    super::audited_read(state, caller, "wallet.read", &resource).await?;
     Ok(wallet)
 }
 
@@ -137,7 +143,7 @@ async fn list(
     caller: Caller,
     Path(id): Path<String>,
 ) -> AppResult<Json<Value>> {
-    let wallet = readable_wallet(&state, &caller, &id).await?;
+    let wallet = readable_wallet(&state, &caller, &id, None).await?;
     let rows = backups::list(&state, &caller.org, &wallet.id).await?;
     Ok(Json(json!({
         "items": rows.iter().map(backups::BackupRow::view).collect::<Vec<_>>(),
@@ -149,7 +155,7 @@ async fn read(
     caller: Caller,
     Path((id, backup)): Path<(String, String)>,
 ) -> AppResult<Json<Value>> {
-    let wallet = readable_wallet(&state, &caller, &id).await?;
+    let wallet = readable_wallet(&state, &caller, &id, Some(&backup)).await?;
     let row = backups::load(&state, &caller.org, &wallet.id, &backup).await?;
     Ok(Json(row.view()))
 }
@@ -157,7 +163,6 @@ async fn read(
 async fn restore(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    headers: HeaderMap,
     Path((id, backup)): Path<(String, String)>,
     ApiJson(body): ApiJson<RestoreRequest>,
 ) -> AppResult<(StatusCode, Json<Value>)> {
@@ -178,10 +183,9 @@ async fn restore(
     })
     .map_err(|error| AppError::internal("backups", error))?;
     let resource = format!("wallet:{}", wallet.name);
-    let totp = super::totp_header(&headers);
-    match operations::gate(&state, &caller, RESTORE_ACTION, &resource, &stored, totp).await? {
+    match operations::gate(&state, &caller, RESTORE_ACTION, &resource, &stored).await? {
         Gate::Pending(answer) => Ok((StatusCode::ACCEPTED, Json(answer))),
-        Gate::Proceed => {
+        Gate::Proceed(_) => {
             let outcome = backups::restore_stored(&state, &caller.org, &stored).await;
             let mut tx = state.db.begin().await?;
             let (outcome_name, detail) = match &outcome {

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -214,7 +214,7 @@ async fn create(
 }
 
 async fn list(State(state): State<Arc<AppState>>, caller: Caller) -> AppResult<Json<Value>> {
-    authorize(&state, &caller, "key.read", "key:*").await?;
+    super::audited_read(&state, &caller, "key.read", "key:*").await?;
     let rows = sqlx::query("SELECT * FROM registry_keys WHERE org_id = $1 ORDER BY created_at")
         .bind(&caller.org)
         .fetch_all(state.db.pool())
@@ -575,7 +575,6 @@ async fn unwrap(
 async fn gated(
     state: &AppState,
     caller: &Caller,
-    headers: &HeaderMap,
     id: &str,
     action: &str,
 ) -> AppResult<(StatusCode, Json<Value>)> {
@@ -590,12 +589,11 @@ async fn gated(
             "the key was destroyed: its material no longer exists",
         ));
     }
-    let totp = super::totp_header(headers);
     let body = json!({ "id": key.id });
     let resource = key.resource();
-    match operations::gate(state, caller, action, &resource, &body, totp).await? {
+    match operations::gate(state, caller, action, &resource, &body).await? {
         Gate::Pending(answer) => Ok((StatusCode::ACCEPTED, Json(answer))),
-        Gate::Proceed => {
+        Gate::Proceed(_) => {
             let mut tx = state.db.begin().await?;
             let answer = if action == "key.rotate" {
                 keys::rotate_stored(state, &mut tx, &caller.org, &body).await?
@@ -622,17 +620,15 @@ async fn gated(
 async fn rotate(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> AppResult<(StatusCode, Json<Value>)> {
-    gated(&state, &caller, &headers, &id, "key.rotate").await
+    gated(&state, &caller, &id, "key.rotate").await
 }
 
 async fn destroy(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> AppResult<(StatusCode, Json<Value>)> {
-    gated(&state, &caller, &headers, &id, "key.destroy").await
+    gated(&state, &caller, &id, "key.destroy").await
 }

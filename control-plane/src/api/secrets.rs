@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -55,24 +55,14 @@ fn body_json(body: &impl serde::Serialize) -> AppResult<Value> {
 async fn change(
     state: &AppState,
     caller: &Caller,
-    headers: &HeaderMap,
     action: &str,
     resource: &str,
     body: Value,
     done: StatusCode,
 ) -> AppResult<(StatusCode, Json<Value>)> {
-    match operations::gate(
-        state,
-        caller,
-        action,
-        resource,
-        &body,
-        super::totp_header(headers),
-    )
-    .await?
-    {
+    match operations::gate(state, caller, action, resource, &body).await? {
         Gate::Pending(answer) => Ok((StatusCode::ACCEPTED, Json(answer))),
-        Gate::Proceed => {
+        Gate::Proceed(_) => {
             let actor = Actor {
                 org: &caller.org,
                 identity: &caller.identity,
@@ -121,7 +111,6 @@ struct CreateRequest {
 async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    headers: HeaderMap,
     ApiJson(request): ApiJson<CreateRequest>,
 ) -> AppResult<(StatusCode, Json<Value>)> {
     secrets::check_name(&request.name)?;
@@ -144,7 +133,6 @@ async fn create(
     change(
         &state,
         &caller,
-        &headers,
         "secret.create",
         &resource,
         body,
@@ -314,7 +302,6 @@ async fn expected_version(
 async fn update(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    headers: HeaderMap,
     Path(name): Path<String>,
     ApiJson(request): ApiJson<UpdateRequest>,
 ) -> AppResult<(StatusCode, Json<Value>)> {
@@ -341,7 +328,6 @@ async fn update(
     change(
         &state,
         &caller,
-        &headers,
         "secret.update",
         &resource,
         body,
@@ -364,7 +350,6 @@ struct RotateRequest {
 async fn rotate(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    headers: HeaderMap,
     Path(name): Path<String>,
     ApiJson(request): ApiJson<RotateRequest>,
 ) -> AppResult<(StatusCode, Json<Value>)> {
@@ -390,7 +375,6 @@ async fn rotate(
     change(
         &state,
         &caller,
-        &headers,
         "secret.rotate",
         &resource,
         body,
@@ -404,7 +388,6 @@ async fn rotate(
 async fn target_change(
     state: &AppState,
     caller: &Caller,
-    headers: &HeaderMap,
     action: &str,
     name: String,
     environment: Option<String>,
@@ -431,29 +414,18 @@ async fn target_change(
         environment,
         versions,
     })?;
-    change(
-        state,
-        caller,
-        headers,
-        action,
-        &resource,
-        body,
-        StatusCode::OK,
-    )
-    .await
+    change(state, caller, action, &resource, body, StatusCode::OK).await
 }
 
 async fn delete(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    headers: HeaderMap,
     Path(name): Path<String>,
     Query(query): Query<EnvironmentQuery>,
 ) -> AppResult<(StatusCode, Json<Value>)> {
     target_change(
         &state,
         &caller,
-        &headers,
         "secret.delete",
         name,
         query.environment,
@@ -473,7 +445,6 @@ struct TargetRequest {
 async fn restore(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    headers: HeaderMap,
     Path(name): Path<String>,
     ApiJson(request): ApiJson<TargetRequest>,
 ) -> AppResult<(StatusCode, Json<Value>)> {
@@ -486,7 +457,6 @@ async fn restore(
     target_change(
         &state,
         &caller,
-        &headers,
         "secret.restore",
         name,
         Some(request.environment),
@@ -498,14 +468,12 @@ async fn restore(
 async fn destroy(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    headers: HeaderMap,
     Path(name): Path<String>,
     ApiJson(request): ApiJson<TargetRequest>,
 ) -> AppResult<(StatusCode, Json<Value>)> {
     target_change(
         &state,
         &caller,
-        &headers,
         "secret.destroy",
         name,
         Some(request.environment),
@@ -519,8 +487,15 @@ async fn get_operation(
     caller: Caller,
     Path(id): Path<String>,
 ) -> AppResult<Json<Value>> {
-    caller.require("operation.read")?;
-    Ok(Json(operations::view(&state, &caller.org, &id).await?))
+    let view = operations::view(&state, &caller.org, &id).await?;
+    audited_read(
+        &state,
+        &caller,
+        "operation.read",
+        &format!("operation:{id}"),
+    )
+    .await?;
+    Ok(Json(view))
 }
 
 async fn webhook_signing_secret(
@@ -556,6 +531,13 @@ async fn get_delivery(
     caller: Caller,
     Path(id): Path<String>,
 ) -> AppResult<Json<Value>> {
-    caller.require("webhook.read")?;
-    Ok(Json(webhooks::view(&state, &caller.org, &id).await?))
+    let view = webhooks::view(&state, &caller.org, &id).await?;
+    audited_read(
+        &state,
+        &caller,
+        "webhook.read",
+        &format!("webhook-delivery:{id}"),
+    )
+    .await?;
+    Ok(Json(view))
 }

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -75,6 +75,15 @@ fn item_error(error: &AppError) -> Value {
 }
 
 // ---- the operations both dialects share ---------------------------------------
+
+/// The one authorisation path (`gate`: role, policy with `deny`,
+/// `allowedIPs`, `timeWindow` and `requireMFA`, refusals audited) for a
+/// transit call on key `name`; both dialects call it from the operation
+/// they share, so no route can skip it. A cached decision input: no
+/// database round trip unless MFA is required or the call is refused.
+async fn authorize(state: &AppState, caller: &Caller, action: &str, name: &str) -> AppResult<()> {
+    super::authorize(state, caller, action, &format!("transit-key:{name}")).await
+}
 
 async fn load(
     state: &AppState,
@@ -340,6 +349,7 @@ async fn encrypt_items<T>(
     vault: bool,
     prepare: impl Fn(&T) -> AppResult<(Secret, Option<Secret>)>,
 ) -> AppResult<(Vec<AppResult<String>>, u32)> {
+    authorize(state, caller, "transit.encrypt", name).await?;
     let key = load_data_plane(state, &caller.org, name).await?;
     let count = i64::try_from(items.len()).unwrap_or(i64::MAX);
     let key = match state.transit.take_reserved(&key, count) {
@@ -383,6 +393,7 @@ async fn decrypt_items<'a, T>(
     prepare: impl Fn(&'a T) -> AppResult<(&'a str, Option<Secret>)>,
     present: impl Fn(Secret) -> AppResult<String>,
 ) -> AppResult<Vec<AppResult<String>>> {
+    authorize(state, caller, "transit.decrypt", name).await?;
     let key = load_data_plane(state, &caller.org, name).await?;
     let results: Vec<AppResult<String>> = items
         .iter()
@@ -417,7 +428,6 @@ async fn create_key(
     caller: Caller,
     ApiJson(body): ApiJson<CreateKeyBody>,
 ) -> AppResult<(StatusCode, Json<Value>)> {
-    caller.require("transit.key.create")?;
     let info = create(
         &state,
         &caller,
@@ -436,6 +446,7 @@ async fn create(
     key_type: Option<&str>,
     exportable: bool,
 ) -> AppResult<KeyInfo> {
+    authorize(state, caller, "transit.key.create", name).await?;
     if exportable {
         return Err(AppError::forbidden(
             "export_blocked",
@@ -471,7 +482,7 @@ async fn read_key(
 }
 
 async fn read(state: &AppState, caller: &Caller, name: &str) -> AppResult<KeyInfo> {
-    caller.require("transit.read")?;
+    authorize(state, caller, "transit.read", name).await?;
     let mut tx = state.db.begin().await?;
     let key = load(state, &mut tx, &caller.org, name).await?;
     audit(state, &mut tx, caller, "transit.key.read", name, json!({})).await?;
@@ -482,10 +493,9 @@ async fn read(state: &AppState, caller: &Caller, name: &str) -> AppResult<KeyInf
 async fn rotate_key(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> AppResult<(StatusCode, Json<Value>)> {
-    Ok(match rotate(&state, &caller, &headers, &name).await? {
+    Ok(match rotate(&state, &caller, &name).await? {
         Ok(info) => (StatusCode::OK, Json(key_json(&info))),
         Err(pending) => (StatusCode::ACCEPTED, Json(pending)),
     })
@@ -497,7 +507,6 @@ async fn rotate_key(
 async fn rotate(
     state: &AppState,
     caller: &Caller,
-    headers: &HeaderMap,
     name: &str,
 ) -> AppResult<Result<KeyInfo, Value>> {
     {
@@ -506,15 +515,14 @@ async fn rotate(
         let mut tx = state.db.begin().await?;
         load(state, &mut tx, &caller.org, name).await?;
     }
-    let totp = super::totp_header(headers);
     let body = serde_json::to_value(crate::transit::RotateBody {
         name: name.to_string(),
     })
     .map_err(|_| AppError::internal("transit", "rotation body"))?;
     let resource = format!("transit-key:{name}");
-    match operations::gate(state, caller, "transit.rotate", &resource, &body, totp).await? {
+    match operations::gate(state, caller, "transit.rotate", &resource, &body).await? {
         Gate::Pending(answer) => Ok(Err(answer)),
-        Gate::Proceed => {
+        Gate::Proceed(_) => {
             let mut tx = state.db.begin().await?;
             let info = crate::transit::rotate_key(state, &mut tx, &caller.org, name).await?;
             record(
@@ -543,7 +551,6 @@ struct ConfigureBody {
 async fn configure(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    headers: HeaderMap,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<ConfigureBody>,
 ) -> AppResult<(StatusCode, Json<Value>)> {
@@ -551,12 +558,10 @@ async fn configure(
         name,
         min_decryption_version: body.min_decryption_version,
     };
-    Ok(
-        match set_config(&state, &caller, &headers, settings).await? {
-            Ok(info) => (StatusCode::OK, Json(key_json(&info))),
-            Err(pending) => (StatusCode::ACCEPTED, Json(pending)),
-        },
-    )
+    Ok(match set_config(&state, &caller, settings).await? {
+        Ok(info) => (StatusCode::OK, Json(key_json(&info))),
+        Err(pending) => (StatusCode::ACCEPTED, Json(pending)),
+    })
 }
 
 /// Vault's `keys/:name/config`: only `min_decryption_version` is
@@ -578,7 +583,6 @@ struct VaultConfigureBody {
 async fn vault_configure(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    headers: HeaderMap,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<VaultConfigureBody>,
 ) -> AppResult<(StatusCode, Json<Value>)> {
@@ -603,19 +607,16 @@ async fn vault_configure(
         name,
         min_decryption_version,
     };
-    Ok(
-        match set_config(&state, &caller, &headers, settings).await? {
-            Ok(info) => (StatusCode::OK, Json(vault_key_json(&info))),
-            Err(pending) => (StatusCode::ACCEPTED, Json(pending)),
-        },
-    )
+    Ok(match set_config(&state, &caller, settings).await? {
+        Ok(info) => (StatusCode::OK, Json(vault_key_json(&info))),
+        Err(pending) => (StatusCode::ACCEPTED, Json(pending)),
+    })
 }
 
 /// Changes a key's settings through the policy (`transit.config`).
 async fn set_config(
     state: &AppState,
     caller: &Caller,
-    headers: &HeaderMap,
     settings: crate::transit::ConfigBody,
 ) -> AppResult<Result<KeyInfo, Value>> {
     let key = {
@@ -631,13 +632,12 @@ async fn set_config(
             ),
         ));
     }
-    let totp = super::totp_header(headers);
     let body = serde_json::to_value(&settings)
         .map_err(|_| AppError::internal("transit", "settings body"))?;
     let resource = format!("transit-key:{}", settings.name);
-    match operations::gate(state, caller, "transit.config", &resource, &body, totp).await? {
+    match operations::gate(state, caller, "transit.config", &resource, &body).await? {
         Gate::Pending(answer) => Ok(Err(answer)),
-        Gate::Proceed => {
+        Gate::Proceed(_) => {
             let mut tx = state.db.begin().await?;
             let info =
                 crate::transit::configure_key(state, &mut tx, &caller.org, &settings).await?;
@@ -685,7 +685,6 @@ async fn encrypt(
     caller: Caller,
     ApiJson(body): ApiJson<EncryptBody>,
 ) -> AppResult<Json<Value>> {
-    caller.require("transit.encrypt")?;
     let encoding = body.encoding.as_deref();
     let context = body.context;
     let (single, items) = one_or_batch(
@@ -759,7 +758,6 @@ async fn decrypt(
     caller: Caller,
     ApiJson(body): ApiJson<DecryptBody>,
 ) -> AppResult<Json<Value>> {
-    caller.require("transit.decrypt")?;
     let encoding = body.encoding.as_deref();
     let context = body.context;
     let (single, items) = one_or_batch(
@@ -804,7 +802,6 @@ async fn rewrap(
     caller: Caller,
     ApiJson(body): ApiJson<RewrapBody>,
 ) -> AppResult<Json<Value>> {
-    caller.require("transit.rewrap")?;
     let (ciphertext, version) = rewrap_one(
         &state,
         &caller,
@@ -825,6 +822,7 @@ async fn rewrap_one(
     ciphertext: &str,
     context: Option<&[u8]>,
 ) -> AppResult<(String, u32)> {
+    authorize(state, caller, "transit.rewrap", name).await?;
     let mut tx = state.db.begin().await?;
     let key = load(state, &mut tx, &caller.org, name).await?;
     let plaintext = decrypt_one(&key, ciphertext, context)?;
@@ -890,7 +888,7 @@ async fn datakey_one(
     context: Option<&[u8]>,
     wrapped_only: bool,
 ) -> AppResult<(Option<Zeroizing<String>>, String, u32)> {
-    caller.require("transit.datakey")?;
+    authorize(state, caller, "transit.datakey", name).await?;
     let data_key = crypto::generate_data_key(bits.unwrap_or(256), &mut rand_core::OsRng)
         .map_err(transit_error)?;
     let mut tx = state.db.begin().await?;
@@ -967,7 +965,7 @@ async fn sign_one(
     input: &[u8],
     options: &SignatureOptions,
 ) -> AppResult<(String, u32)> {
-    caller.require("transit.sign")?;
+    authorize(state, caller, "transit.sign", name).await?;
     let mut tx = state.db.begin().await?;
     let key = load(state, &mut tx, &caller.org, name).await?;
     let material = key
@@ -1022,7 +1020,7 @@ async fn verify_one(
     signature: &str,
     options: &SignatureOptions,
 ) -> AppResult<bool> {
-    caller.require("transit.verify")?;
+    authorize(state, caller, "transit.verify", name).await?;
     let mut tx = state.db.begin().await?;
     let key = load(state, &mut tx, &caller.org, name).await?;
     let version = crypto::prefixed_version(signature).map_err(transit_error)?;
@@ -1078,7 +1076,7 @@ async fn hmac_one(
     input: &[u8],
     algorithm: Option<&str>,
 ) -> AppResult<String> {
-    caller.require("transit.hmac")?;
+    authorize(state, caller, "transit.hmac", name).await?;
     let algorithm = match algorithm {
         Some(algorithm) => algorithm.parse::<HashAlgorithm>().map_err(transit_error)?,
         None => HashAlgorithm::default(),
@@ -1154,7 +1152,6 @@ async fn vault_create_key(
     Path(name): Path<String>,
     body: Option<Json<VaultCreateKey>>,
 ) -> AppResult<Json<Value>> {
-    caller.require("transit.key.create")?;
     let body = body.map(|Json(body)| body).unwrap_or(VaultCreateKey {
         key_type: None,
         exportable: None,
@@ -1196,10 +1193,9 @@ async fn vault_read_key(
 async fn vault_rotate_key(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> AppResult<(StatusCode, Json<Value>)> {
-    Ok(match rotate(&state, &caller, &headers, &name).await? {
+    Ok(match rotate(&state, &caller, &name).await? {
         Ok(info) => (StatusCode::OK, Json(vault_key_json(&info))),
         Err(pending) => (StatusCode::ACCEPTED, Json(pending)),
     })
@@ -1235,7 +1231,6 @@ async fn vault_encrypt(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<VaultEncrypt>,
 ) -> AppResult<Json<Value>> {
-    caller.require("transit.encrypt")?;
     // As in Vault, batch_input wins over a single plaintext.
     let context = body.context;
     let single = match body.batch_input {
@@ -1305,7 +1300,6 @@ async fn vault_decrypt(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<VaultDecrypt>,
 ) -> AppResult<Json<Value>> {
-    caller.require("transit.decrypt")?;
     let context = body.context;
     let single = match body.batch_input {
         Some(_) => None,
@@ -1346,7 +1340,6 @@ async fn vault_rewrap(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<VaultRewrap>,
 ) -> AppResult<Json<Value>> {
-    caller.require("transit.rewrap")?;
     let context = optional_base64(body.context.as_deref(), "context")?;
     let (ciphertext, version) = rewrap_one(
         &state,
