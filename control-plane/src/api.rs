@@ -858,20 +858,20 @@ struct VoteBody {
     comment: Option<String>,
 }
 
-/// An optional JSON body: none (no content type, empty) is the default.
+/// An optional JSON body: an empty body is the default.
 async fn optional_body<T: serde::de::DeserializeOwned + Default>(request: Request) -> AppResult<T> {
-    let has_body = request
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .map(|length| length != "0")
-        .unwrap_or(false)
-        || request
-            .headers()
-            .contains_key(axum::http::header::CONTENT_TYPE);
-    if !has_body {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|_| {
+        AppError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body too large",
+        )
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
+    let request = Request::from_parts(parts, axum::body::Body::from(bytes));
     let ApiJson(body) = ApiJson::<T>::from_request(request, &()).await?;
     Ok(body)
 }

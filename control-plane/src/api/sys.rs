@@ -238,6 +238,7 @@ async fn seal(State(state): State<Arc<AppState>>, caller: Caller) -> AppResult<J
     .await?;
     state.keyring.seal();
     state.stop_coordinator();
+    state.policies.clear();
     Ok(Json(json!({"sealed": true})))
 }
 

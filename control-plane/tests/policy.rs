@@ -1,0 +1,742 @@
+//! Policy that cannot be evaded (issue 14): every data-plane call goes
+//! through the org's policy, what a signing request runs is decided again
+//! when it runs (policy, freeze, approval, what is signed), separation of
+//! duties, and the bad input the review named. Real server on SQLite and
+//! PostgreSQL; no signer nodes: every request here is refused or left
+//! waiting before a node would be asked, and where a wallet is needed its
+//! row is written into the database as a fixture (its key material is
+//! never used).
+
+mod common;
+
+use common::{call, code, Backend, Server, BACKENDS};
+use serde_json::{json, Value};
+
+/// Two node entries with unreachable addresses: enough for the registry
+/// to resolve names (no request here reaches a node).
+const NODES: &str = "rate_limit_per_sec = 1000
+[[nodes]]
+name = \"node-a\"
+id = \"1111111111111111111111111111111111111111111111111111111111111111\"
+address = \"/ip4/127.0.0.1/tcp/9\"
+[[nodes]]
+name = \"node-b\"
+id = \"2222222222222222222222222222222222222222222222222222222222222222\"
+address = \"/ip4/127.0.0.1/tcp/9\"
+[[nodes]]
+name = \"node-c\"
+id = \"3333333333333333333333333333333333333333333333333333333333333333\"
+address = \"/ip4/127.0.0.1/tcp/9\"
+";
+
+async fn start(backend: Backend) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let url = match backend {
+        Backend::Sqlite => format!("sqlite://{}", dir.path().join("custos.db").display()),
+        Backend::Postgres => common::fresh_postgres_database().await,
+    };
+    Server::start_with(dir, url, NODES).await
+}
+
+async fn pool(server: &Server) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::AnyPool::connect(&server.database_url).await.unwrap()
+}
+
+/// The org of the identity `token` belongs to.
+async fn org_of(server: &Server, token: &str) -> String {
+    let (status, listed) = call(server, "GET", "/api/v1/identities", token, None).await;
+    assert_eq!(status, 200, "{listed}");
+    let pool = pool(server).await;
+    let id = listed["items"][0]["id"].as_str().unwrap().to_string();
+    let org: String = sqlx::Row::get(
+        &sqlx::query("SELECT org_id FROM identities WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap(),
+        "org_id",
+    );
+    pool.close().await;
+    org
+}
+
+/// Writes a wallet row (a fixture: these tests never reach a node).
+async fn wallet_fixture(server: &Server, org: &str, name: &str, protocol: &str) -> String {
+    let id = format!("wal_{}", hex::encode(rand_bytes()));
+    let chain = match protocol {
+        "cggmp21" => "ethereum",
+        "frost-taproot" => "bitcoin",
+        _ => "solana",
+    };
+    let committee = json!([
+        "1111111111111111111111111111111111111111111111111111111111111111",
+        "2222222222222222222222222222222222222222222222222222222222222222",
+        "3333333333333333333333333333333333333333333333333333333333333333"
+    ]);
+    let pool = pool(server).await;
+    sqlx::query(
+        "INSERT INTO wallets (id, org_id, name, protocol, chain, public_key, chain_code, \
+         key_info, threshold, committee, generation, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 2, $9, 0, 0)",
+    )
+    .bind(&id)
+    .bind(org)
+    .bind(name)
+    .bind(protocol)
+    .bind(chain)
+    .bind(vec![2u8; 33])
+    .bind(vec![0u8; 32])
+    .bind(vec![0u8; 8])
+    .bind(committee.to_string())
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    id
+}
+
+fn rand_bytes() -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+    bytes
+}
+
+async fn execute(server: &Server, sql: &'static str, binds: &[&str]) {
+    let pool = pool(server).await;
+    let mut query = sqlx::query(sql);
+    for bind in binds {
+        query = query.bind(bind.to_string());
+    }
+    query.execute(&pool).await.unwrap();
+    pool.close().await;
+}
+
+async fn policy(server: &Server, token: &str, name: &str, priority: i64, rules: Value) {
+    let (status, body) = call(
+        server,
+        "POST",
+        "/api/v1/policies",
+        token,
+        Some(json!({"name": name, "priority": priority, "rules": rules})),
+    )
+    .await;
+    assert_eq!(
+        status, 201,
+        "a platform admin's policy takes effect at once: {body}"
+    );
+}
+
+async fn sign(server: &Server, token: &str, wallet: &str, body: Value) -> (u16, Value) {
+    call(
+        server,
+        "POST",
+        &format!("/api/v1/wallets/{wallet}/sign"),
+        token,
+        Some(body),
+    )
+    .await
+}
+
+/// Waits until the signing request is no longer pending or queued.
+async fn settled(server: &Server, token: &str, request: &str) -> Value {
+    for _ in 0..200 {
+        let (status, view) = call(
+            server,
+            "GET",
+            &format!("/api/v1/signing-requests/{request}"),
+            token,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{view}");
+        if ["rejected", "failed", "signed"].contains(&view["status"].as_str().unwrap_or("")) {
+            return view;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("signing request {request} did not settle");
+}
+
+fn digest(byte: u8) -> Value {
+    json!({"digest": hex::encode([byte; 32])})
+}
+
+const ONE_APPROVER: &str = "wallet-approvals";
+
+/// Signing on wallets `vault-*` waits for one approver.
+async fn approvals_policy(server: &Server, root: &str) {
+    policy(
+        server,
+        root,
+        ONE_APPROVER,
+        10,
+        json!([{"action": "wallet.sign", "resource": "wallet:vault-*", "effect": "require_approval",
+                "approvals": {"count": 1, "roles": ["approver"]}}]),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_deny_added_after_the_approval_stops_the_request() {
+    for backend in BACKENDS {
+        let server = start(backend).await;
+        let root = server.root_token().await;
+        let org = org_of(&server, &root).await;
+        let wallet = wallet_fixture(&server, &org, "vault-1", "frost-ed25519").await;
+        let (_, service) = server.identity(&root, "svc", "service", None).await;
+        let (_, approver) = server.identity(&root, "approver", "approver", None).await;
+        approvals_policy(&server, &root).await;
+        let (status, pending) = sign(&server, &service, &wallet, digest(1)).await;
+        assert_eq!(status, 202, "{backend:?}: {pending}");
+        // A deny lands while the request waits for its approver.
+        policy(
+            &server,
+            &root,
+            "incident",
+            5,
+            json!([{"action": "wallet.sign", "resource": "wallet:vault-1", "effect": "deny"}]),
+        )
+        .await;
+        let (status, vote) = common::approve(&server, &approver, &pending).await;
+        assert_eq!(
+            (status, vote["status"].as_str()),
+            (200, Some("approved")),
+            "{vote}"
+        );
+        let request = pending["requestId"].as_str().unwrap();
+        let done = settled(&server, &root, request).await;
+        assert_eq!(
+            (done["status"].as_str(), done["error"]["code"].as_str()),
+            (Some("rejected"), Some("policy_denied")),
+            "{backend:?}: {done}"
+        );
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_frozen_wallet_signs_nothing_even_what_was_approved_before() {
+    for backend in BACKENDS {
+        let server = start(backend).await;
+        let root = server.root_token().await;
+        let org = org_of(&server, &root).await;
+        let wallet = wallet_fixture(&server, &org, "vault-2", "frost-taproot").await;
+        let (_, service) = server.identity(&root, "svc", "service", None).await;
+        let (_, approver) = server.identity(&root, "approver", "approver", None).await;
+        let (_, admin) = server.identity(&root, "admin-2", "admin", None).await;
+        approvals_policy(&server, &root).await;
+        let (status, pending) = sign(&server, &service, &wallet, digest(2)).await;
+        assert_eq!(status, 202, "{pending}");
+
+        // A service may not freeze; an admin freezes at once.
+        let freeze = format!("/api/v1/wallets/{wallet}/freeze");
+        let (status, body) = call(&server, "POST", &freeze, &service, None).await;
+        assert_eq!((status, code(&body)), (403, "forbidden"), "{body}");
+        let (status, body) = call(
+            &server,
+            "POST",
+            &freeze,
+            &root,
+            Some(json!({"reason": "incident 42"})),
+        )
+        .await;
+        assert_eq!(
+            (status, body["frozen"].as_bool()),
+            (200, Some(true)),
+            "{body}"
+        );
+        assert_eq!(body["freeze"]["reason"], "incident 42");
+
+        // New requests are refused; the approved one is refused when it runs.
+        let (status, body) = sign(&server, &service, &wallet, digest(3)).await;
+        assert_eq!((status, code(&body)), (409, "wallet_frozen"), "{body}");
+        let (status, _) = common::approve(&server, &approver, &pending).await;
+        assert_eq!(status, 200);
+        let done = settled(&server, &root, pending["requestId"].as_str().unwrap()).await;
+        assert_eq!(
+            (done["status"].as_str(), done["error"]["code"].as_str()),
+            (Some("rejected"), Some("wallet_frozen")),
+            "{backend:?}: {done}"
+        );
+
+        // Unfreezing waits for an admin's approval; the requester's own
+        // approval does not count.
+        let unfreeze = format!("/api/v1/wallets/{wallet}/unfreeze");
+        let (status, pending) = call(&server, "POST", &unfreeze, &admin, None).await;
+        assert_eq!(status, 202, "{pending}");
+        let (status, body) = common::approve(&server, &admin, &pending).await;
+        assert_eq!((status, code(&body)), (403, "self_approval"));
+        let (status, body) = common::approve(&server, &root, &pending).await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (200, Some("approved")),
+            "{body}"
+        );
+        let operation = common::operation(&server, &root, &pending).await;
+        assert_eq!(operation["status"], "executed", "{operation}");
+        let (status, body) = sign(&server, &service, &wallet, digest(4)).await;
+        assert_eq!(status, 202, "signing works again once unfrozen: {body}");
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn what_is_signed_is_checked_against_the_approval_when_it_runs() {
+    for backend in BACKENDS {
+        let server = start(backend).await;
+        let root = server.root_token().await;
+        let org = org_of(&server, &root).await;
+        let wallet = wallet_fixture(&server, &org, "vault-3", "frost-ed25519").await;
+        let (_, service) = server.identity(&root, "svc", "service", None).await;
+        let (_, approver) = server.identity(&root, "approver", "approver", None).await;
+        approvals_policy(&server, &root).await;
+        // A database writer swaps the payload the nodes would sign...
+        let (_, first) = sign(&server, &service, &wallet, digest(5)).await;
+        let pool = pool(&server).await;
+        sqlx::query("UPDATE signing_requests SET payload = $1 WHERE id = $2")
+            .bind(vec![0xeeu8; 32])
+            .bind(first["requestId"].as_str().unwrap())
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        // ...or the stored body (and the payload to match it).
+        let (_, second) = sign(&server, &service, &wallet, digest(6)).await;
+        let evil = json!({"type": "digest", "digest": hex::encode([0xee; 32]), "path": []});
+        execute(
+            &server,
+            "UPDATE signing_requests SET body = $1 WHERE id = $2",
+            &[&evil.to_string(), second["requestId"].as_str().unwrap()],
+        )
+        .await;
+        for pending in [&first, &second] {
+            let (status, _) = common::approve(&server, &approver, pending).await;
+            assert_eq!(status, 200);
+            let done = settled(&server, &root, pending["requestId"].as_str().unwrap()).await;
+            assert_eq!(
+                (done["status"].as_str(), done["error"]["code"].as_str()),
+                (Some("rejected"), Some("request_tampered")),
+                "{backend:?}: {done}"
+            );
+        }
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_approval_past_its_expiry_does_not_run() {
+    for backend in BACKENDS {
+        let server = start(backend).await;
+        let root = server.root_token().await;
+        let org = org_of(&server, &root).await;
+        let wallet = wallet_fixture(&server, &org, "vault-4", "frost-ed25519").await;
+        let (_, service) = server.identity(&root, "svc", "service", None).await;
+        let (approver_id, _) = server.identity(&root, "approver", "approver", None).await;
+        approvals_policy(&server, &root).await;
+        let (_, pending) = sign(&server, &service, &wallet, digest(7)).await;
+        let approval = pending["approvalId"].as_str().unwrap();
+        // A vote recorded, then the approval's expiry passes before the
+        // request is released (a worker that was down, a stalled replica).
+        execute(
+            &server,
+            "INSERT INTO approval_votes (approval_id, identity_id, decision, mfa, created_at) \
+             VALUES ($1, $2, 'approve', 0, 0)",
+            &[approval, &approver_id],
+        )
+        .await;
+        execute(
+            &server,
+            "UPDATE approvals SET status = 'approved', expires_at = 1 WHERE id = $1",
+            &[approval],
+        )
+        .await;
+        execute(
+            &server,
+            "UPDATE signing_requests SET status = 'queued' WHERE id = $1",
+            &[pending["requestId"].as_str().unwrap()],
+        )
+        .await;
+        let done = settled(&server, &root, pending["requestId"].as_str().unwrap()).await;
+        assert_eq!(done["status"], "rejected", "{done}");
+        assert_eq!(done["error"]["code"], "approval_invalid", "{done}");
+        assert!(
+            done["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("expired"),
+            "{done}"
+        );
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn identities_made_during_a_request_count_once_per_creator() {
+    for backend in BACKENDS {
+        let server = start(backend).await;
+        let root = server.root_token().await;
+        let org = org_of(&server, &root).await;
+        let wallet = wallet_fixture(&server, &org, "vault-5", "frost-ed25519").await;
+        let (_, service) = server.identity(&root, "svc", "service", None).await;
+        let (_, earlier) = server.identity(&root, "approver-0", "approver", None).await;
+        policy(
+            &server,
+            &root,
+            "two-approvers",
+            10,
+            json!([{"action": "wallet.sign", "resource": "*", "effect": "require_approval",
+                    "approvals": {"count": 2, "roles": ["approver"]}}]),
+        )
+        .await;
+        let (_, pending) = sign(&server, &service, &wallet, digest(8)).await;
+        // Two approvers made by one creator after the request count once.
+        let (_, late_1) = server.identity(&root, "approver-1", "approver", None).await;
+        let (_, late_2) = server.identity(&root, "approver-2", "approver", None).await;
+        let (status, vote) = common::approve(&server, &late_1, &pending).await;
+        assert_eq!(
+            (status, vote["status"].as_str()),
+            (200, Some("pending")),
+            "{vote}"
+        );
+        let (status, vote) = common::approve(&server, &late_2, &pending).await;
+        assert_eq!(
+            (status, vote["status"].as_str()),
+            (200, Some("pending")),
+            "{backend:?}: a second identity of the same creator adds nothing: {vote}"
+        );
+        // An approver that existed before the request is independent.
+        let (status, vote) = common::approve(&server, &earlier, &pending).await;
+        assert_eq!(
+            (status, vote["status"].as_str()),
+            (200, Some("approved")),
+            "{vote}"
+        );
+
+        // The requester cannot approve through identities it makes after
+        // its request.
+        let (_, own) = sign(&server, &root, &wallet, digest(9)).await;
+        let (_, puppet) = server.identity(&root, "approver-3", "approver", None).await;
+        let (status, body) = common::approve(&server, &puppet, &own).await;
+        assert_eq!(
+            (status, code(&body)),
+            (403, "approver_not_independent"),
+            "{body}"
+        );
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn threshold_one_is_refused_for_every_protocol_and_for_resharing() {
+    let server = start(Backend::Sqlite).await;
+    let root = server.root_token().await;
+    for protocol in ["frost-ed25519", "frost-taproot", "cggmp21"] {
+        let (status, body) = call(
+            &server,
+            "POST",
+            "/api/v1/wallets",
+            &root,
+            Some(json!({"name": "w", "protocol": protocol, "threshold": 1, "nodes": ["node-a", "node-b"]})),
+        )
+        .await;
+        assert_eq!(
+            (status, code(&body)),
+            (422, "invalid_threshold"),
+            "{protocol}: {body}"
+        );
+    }
+    let org = org_of(&server, &root).await;
+    let wallet = wallet_fixture(&server, &org, "cold", "frost-ed25519").await;
+    let (status, body) = call(
+        &server,
+        "POST",
+        &format!("/api/v1/wallets/{wallet}/reshare"),
+        &root,
+        Some(json!({"threshold": 1, "nodes": ["node-a", "node-b", "node-c"]})),
+    )
+    .await;
+    assert_eq!((status, code(&body)), (422, "invalid_threshold"), "{body}");
+    let (status, approvals) = call(&server, "GET", "/api/v1/approvals", &root, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        approvals["items"].as_array().unwrap().len(),
+        0,
+        "refused before it went to approval: {approvals}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_concurrent_duplicate_idempotency_key_answers_one_request() {
+    for backend in BACKENDS {
+        let server = start(backend).await;
+        let root = server.root_token().await;
+        let org = org_of(&server, &root).await;
+        let wallet = wallet_fixture(&server, &org, "vault-6", "frost-ed25519").await;
+        let (_, service) = server.identity(&root, "svc", "service", None).await;
+        approvals_policy(&server, &root).await;
+        let body = json!({"digest": hex::encode([9u8; 32]), "idempotencyKey": "order-7"});
+        let answers = futures::future::join_all(
+            (0..8).map(|_| sign(&server, &service, &wallet, body.clone())),
+        )
+        .await;
+        let mut ids: Vec<&str> = Vec::new();
+        for (status, answer) in &answers {
+            assert_eq!(*status, 202, "{backend:?}: never a 5xx: {answer}");
+            ids.push(answer["requestId"].as_str().unwrap());
+        }
+        ids.dedup();
+        assert_eq!(ids.len(), 1, "{backend:?}: one request: {answers:?}");
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_policy_change_by_an_org_admin_waits_for_another_admin() {
+    for backend in BACKENDS {
+        let server = start(backend).await;
+        let root = server.root_token().await;
+        let (status, created) = call(
+            &server,
+            "POST",
+            "/api/v1/orgs",
+            &root,
+            Some(json!({"name": "acme"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{created}");
+        let acme = created["id"].as_str().unwrap();
+        // The platform admin seeds the org without approvals.
+        let (_, admin_1) = server.identity(&root, "admin-1", "admin", Some(acme)).await;
+        let (_, admin_2) = server.identity(&root, "admin-2", "admin", Some(acme)).await;
+        let rules = json!([{"action": "wallet.sign", "resource": "*", "effect": "deny"}]);
+        let (status, pending) = call(
+            &server,
+            "POST",
+            "/api/v1/policies",
+            &admin_1,
+            Some(json!({"name": "lockdown", "rules": rules})),
+        )
+        .await;
+        assert_eq!(
+            (status, pending["status"].as_str()),
+            (202, Some("pending_approval")),
+            "{backend:?}: {pending}"
+        );
+        let (status, listed) = call(&server, "GET", "/api/v1/policies", &admin_1, None).await;
+        assert_eq!(status, 200);
+        assert!(
+            !listed.to_string().contains("lockdown"),
+            "nothing changes before the approval: {listed}"
+        );
+        let (status, vote) = common::approve(&server, &admin_2, &pending).await;
+        assert_eq!(
+            (status, vote["status"].as_str()),
+            (200, Some("approved")),
+            "{vote}"
+        );
+        let (_, listed) = call(&server, "GET", "/api/v1/policies", &admin_1, None).await;
+        assert!(listed.to_string().contains("lockdown"), "{listed}");
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn every_data_plane_call_goes_through_policy() {
+    for backend in BACKENDS {
+        let server = start(backend).await;
+        let root = server.root_token().await;
+        let org = org_of(&server, &root).await;
+        let wallet = wallet_fixture(&server, &org, "hot", "frost-ed25519").await;
+        let (_, service) = server.identity(&root, "svc", "service", None).await;
+        let (status, _) = call(
+            &server,
+            "POST",
+            "/api/v1/transit/keys",
+            &root,
+            Some(json!({"name": "blocked-k"})),
+        )
+        .await;
+        assert_eq!(status, 201);
+        let (status, key) = call(
+            &server,
+            "POST",
+            "/api/v1/keys",
+            &root,
+            Some(json!({"name": "blocked-r", "type": "AES_256", "usage": "ENCRYPT_DECRYPT"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{key}");
+        let key_id = key["id"].as_str().unwrap().to_string();
+        let (status, _) = call(
+            &server,
+            "POST",
+            "/api/v1/secrets",
+            &root,
+            Some(json!({"name": "db", "value": "hunter2", "environment": "blocked"})),
+        )
+        .await;
+        assert_eq!(status, 201);
+        // Before the deny, the calls work.
+        let (status, body) = call(
+            &server,
+            "POST",
+            "/api/v1/transit/encrypt",
+            &service,
+            Some(json!({"keyName": "blocked-k", "plaintext": "x"})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+
+        policy(
+            &server,
+            &root,
+            "data-plane-deny",
+            5,
+            json!([
+                {"action": "transit.*", "resource": "transit-key:blocked-*", "effect": "deny"},
+                {"action": "key.*", "resource": "key:blocked-*", "effect": "deny"},
+                {"action": "secret.read", "resource": "secret:blocked/*", "effect": "deny"},
+                {"action": "wallet.read", "resource": "wallet:hot/backups*", "effect": "deny"},
+            ]),
+        )
+        .await;
+        let denied: Vec<(&str, String, Option<Value>, Option<&str>)> = vec![
+            (
+                "POST",
+                "/api/v1/transit/encrypt".into(),
+                Some(json!({"keyName": "blocked-k", "plaintext": "x"})),
+                None,
+            ),
+            (
+                "POST",
+                "/api/v1/transit/decrypt".into(),
+                Some(json!({"keyName": "blocked-k", "ciphertext": "vault:v1:AAAA"})),
+                None,
+            ),
+            (
+                "POST",
+                "/v1/transit/encrypt/blocked-k".into(),
+                Some(json!({"plaintext": "eA=="})),
+                Some("vault"),
+            ),
+            (
+                "GET",
+                "/v1/transit/keys/blocked-k".into(),
+                None,
+                Some("vault"),
+            ),
+            (
+                "POST",
+                format!("/api/v1/keys/{key_id}/encrypt"),
+                Some(json!({"plaintext": "eA=="})),
+                None,
+            ),
+            (
+                "GET",
+                "/api/v1/secrets/db?environment=blocked".into(),
+                None,
+                None,
+            ),
+            (
+                "GET",
+                format!("/api/v1/wallets/{wallet}/backups"),
+                None,
+                None,
+            ),
+        ];
+        for (method, path, body, dialect) in &denied {
+            let (status, answer) = match dialect {
+                Some(_) => vault_call(&server, method, path, &service, body.clone()).await,
+                None => call(&server, method, path, &service, body.clone()).await,
+            };
+            assert_eq!(
+                (status, code(&answer)),
+                (403, "policy_denied"),
+                "{backend:?} {method} {path}: {answer}"
+            );
+        }
+        // Every refusal is in the audit chain.
+        let (_, audit) = call(&server, "GET", "/api/v1/audit?limit=1000", &root, None).await;
+        let refused = audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|record| record["outcome"] == "denied")
+            .count();
+        assert!(
+            refused >= denied.len(),
+            "{backend:?}: {refused} refusals audited"
+        );
+
+        // allowedIPs and timeWindow: the first matching rule decides, so an
+        // allow that does not hold falls through to an approval, which the
+        // data plane has no flow for.
+        policy(
+            &server,
+            &root,
+            "data-plane-conditions",
+            6,
+            json!([
+                {"action": "transit.encrypt", "resource": "transit-key:office-*", "conditions": {"allowedIPs": ["10.0.0.0/8"]}, "effect": "allow"},
+                {"action": "transit.encrypt", "resource": "transit-key:office-*", "effect": "require_approval", "approvals": {"count": 1, "roles": ["admin"]}},
+            ]),
+        )
+        .await;
+        let (status, _) = call(
+            &server,
+            "POST",
+            "/api/v1/transit/keys",
+            &root,
+            Some(json!({"name": "office-k"})),
+        )
+        .await;
+        assert_eq!(status, 201);
+        let (status, answer) = call(
+            &server,
+            "POST",
+            "/api/v1/transit/encrypt",
+            &service,
+            Some(json!({"keyName": "office-k", "plaintext": "x"})),
+        )
+        .await;
+        assert_eq!(
+            (status, code(&answer)),
+            (403, "approval_required"),
+            "{backend:?}: a client outside 10.0.0.0/8: {answer}"
+        );
+        server.stop().await;
+    }
+}
+
+/// A call to the Vault-compatible routes with the token in `X-Vault-Token`.
+async fn vault_call(
+    server: &Server,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.map(|body| body.to_string()).unwrap_or_default();
+    let mut stream = tokio::net::TcpStream::connect(server.address)
+        .await
+        .unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Vault-Token: {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, serde_json::from_str(rest).unwrap_or(Value::Null))
+}
