@@ -38,69 +38,7 @@ async fn start(backend: Backend) -> Server {
     Server::start_with(dir, url, NODES).await
 }
 
-async fn pool(server: &Server) -> sqlx::AnyPool {
-    sqlx::any::install_default_drivers();
-    sqlx::AnyPool::connect(&server.database_url).await.unwrap()
-}
-
-/// The org of the identity `token` belongs to.
-async fn org_of(server: &Server, token: &str) -> String {
-    let (status, listed) = call(server, "GET", "/api/v1/identities", token, None).await;
-    assert_eq!(status, 200, "{listed}");
-    let pool = pool(server).await;
-    let id = listed["items"][0]["id"].as_str().unwrap().to_string();
-    let org: String = sqlx::Row::get(
-        &sqlx::query("SELECT org_id FROM identities WHERE id = $1")
-            .bind(id)
-            .fetch_one(&pool)
-            .await
-            .unwrap(),
-        "org_id",
-    );
-    pool.close().await;
-    org
-}
-
-/// Writes a wallet row (a fixture: these tests never reach a node).
-async fn wallet_fixture(server: &Server, org: &str, name: &str, protocol: &str) -> String {
-    let id = format!("wal_{}", hex::encode(rand_bytes()));
-    let chain = match protocol {
-        "cggmp21" => "ethereum",
-        "frost-taproot" => "bitcoin",
-        _ => "solana",
-    };
-    let committee = json!([
-        "1111111111111111111111111111111111111111111111111111111111111111",
-        "2222222222222222222222222222222222222222222222222222222222222222",
-        "3333333333333333333333333333333333333333333333333333333333333333"
-    ]);
-    let pool = pool(server).await;
-    sqlx::query(
-        "INSERT INTO wallets (id, org_id, name, protocol, chain, public_key, chain_code, \
-         key_info, threshold, committee, generation, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 2, $9, 0, 0)",
-    )
-    .bind(&id)
-    .bind(org)
-    .bind(name)
-    .bind(protocol)
-    .bind(chain)
-    .bind(vec![2u8; 33])
-    .bind(vec![0u8; 32])
-    .bind(vec![0u8; 8])
-    .bind(committee.to_string())
-    .execute(&pool)
-    .await
-    .unwrap();
-    pool.close().await;
-    id
-}
-
-fn rand_bytes() -> [u8; 16] {
-    let mut bytes = [0u8; 16];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
-    bytes
-}
+use common::{org_of, pool, wallet_fixture};
 
 async fn execute(server: &Server, sql: &'static str, binds: &[&str]) {
     let pool = pool(server).await;

@@ -417,3 +417,75 @@ pub fn softhsm() -> &'static std::path::Path {
         dir
     })
 }
+
+// ---- fixtures written into the database ---------------------------------------
+
+/// A pool on the server's database (tests that play a database writer, or
+/// write fixtures).
+pub async fn pool(server: &Server) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::AnyPool::connect(&server.database_url).await.unwrap()
+}
+
+/// The org of the identity `token` belongs to.
+pub async fn org_of(server: &Server, token: &str) -> String {
+    let (status, listed) = call(server, "GET", "/api/v1/identities", token, None).await;
+    assert_eq!(status, 200, "{listed}");
+    let pool = pool(server).await;
+    let id = listed["items"][0]["id"].as_str().unwrap().to_string();
+    let org: String = sqlx::Row::get(
+        &sqlx::query("SELECT org_id FROM identities WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap(),
+        "org_id",
+    );
+    pool.close().await;
+    org
+}
+
+/// Writes a 2-of-3 wallet row of `protocol` in `org` with real public key
+/// data (`tests/fixtures/public-key-info.json`, generated once with the
+/// project's own DKG: `cargo run --release -p custos-protocol --features sim
+/// --example generate-public-key-info -- control-plane/tests/fixtures`), so
+/// that views and addresses work; no node holds its shares, so it cannot
+/// sign. Answers its id.
+pub async fn wallet_fixture(server: &Server, org: &str, name: &str, protocol: &str) -> String {
+    let fixture: Value =
+        serde_json::from_str(include_str!("../fixtures/public-key-info.json")).unwrap();
+    let (chain, curve) = match protocol {
+        "cggmp21" => ("ethereum", "secp256k1"),
+        "frost-taproot" => ("bitcoin", "secp256k1"),
+        _ => ("solana", "ed25519"),
+    };
+    let key_info = hex::decode(fixture[curve].as_str().unwrap()).unwrap();
+    let mut bytes = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+    let id = format!("wal_{}", hex::encode(bytes));
+    let committee = json!([
+        "1111111111111111111111111111111111111111111111111111111111111111",
+        "2222222222222222222222222222222222222222222222222222222222222222",
+        "3333333333333333333333333333333333333333333333333333333333333333"
+    ]);
+    let pool = pool(server).await;
+    sqlx::query(
+        "INSERT INTO wallets (id, org_id, name, protocol, chain, public_key, chain_code, \
+         key_info, threshold, committee, generation, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 2, $9, 0, 0)",
+    )
+    .bind(&id)
+    .bind(org)
+    .bind(name)
+    .bind(protocol)
+    .bind(chain)
+    .bind(vec![2u8; 33])
+    .bind(vec![0u8; 32])
+    .bind(key_info)
+    .bind(committee.to_string())
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    id
+}
