@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use custos_control_plane::config::Config;
 
+mod admin;
 mod operator;
 
 /// See Cargo.toml: the allocator of the server.
@@ -47,6 +48,39 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Wallet commands for people (over the HTTP API, with your token).
+    Wallet {
+        /// The control plane's address.
+        #[arg(long, env = "CUSTOS_ADDR", default_value = "http://127.0.0.1:8200")]
+        addr: String,
+        /// Your bearer token.
+        #[arg(long, env = "CUSTOS_TOKEN")]
+        token: String,
+        #[command(subcommand)]
+        command: WalletCommand,
+    },
+    /// Approvals: list, approve, reject (over the HTTP API, with your token).
+    Approval {
+        /// The control plane's address.
+        #[arg(long, env = "CUSTOS_ADDR", default_value = "http://127.0.0.1:8200")]
+        addr: String,
+        /// Your bearer token.
+        #[arg(long, env = "CUSTOS_TOKEN")]
+        token: String,
+        #[command(subcommand)]
+        command: ApprovalCommand,
+    },
+    /// Identities: show, cut off, and their tokens (over the HTTP API).
+    Identity {
+        /// The control plane's address.
+        #[arg(long, env = "CUSTOS_ADDR", default_value = "http://127.0.0.1:8200")]
+        addr: String,
+        /// Your bearer token.
+        #[arg(long, env = "CUSTOS_TOKEN")]
+        token: String,
+        #[command(subcommand)]
+        command: IdentityCommand,
     },
     /// Seal operations against a running control plane (over its HTTP API).
     Operator {
@@ -91,6 +125,85 @@ enum OperatorCommand {
     },
     /// Show the seal status.
     Status,
+}
+
+#[derive(Subcommand)]
+enum WalletCommand {
+    /// Freeze a wallet at once: it signs and reshares nothing, including
+    /// what was approved before.
+    Freeze {
+        /// The wallet's id.
+        wallet: String,
+        /// Why (kept in the audit record).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Ask to unfreeze a wallet (one admin's approval by default).
+    Unfreeze {
+        /// The wallet's id.
+        wallet: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalCommand {
+    /// List approvals.
+    List {
+        /// pending, approved, rejected or expired.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Approve.
+    Approve {
+        /// The approval's id.
+        approval: String,
+        /// Your current TOTP code, when the rule requires MFA.
+        #[arg(long)]
+        totp: Option<String>,
+        /// A comment.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Reject.
+    Reject {
+        /// The approval's id.
+        approval: String,
+        /// Your current TOTP code.
+        #[arg(long)]
+        totp: Option<String>,
+        /// A comment.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum IdentityCommand {
+    /// Show an identity.
+    Show {
+        /// The identity's id.
+        identity: String,
+    },
+    /// Disable an identity: it cannot log in, and its tokens are revoked.
+    Disable {
+        /// The identity's id.
+        identity: String,
+    },
+    /// Enable an identity again (one admin's approval by default).
+    Enable {
+        /// The identity's id.
+        identity: String,
+    },
+    /// List an identity's active tokens (ids, never the tokens).
+    Tokens {
+        /// The identity's id.
+        identity: String,
+    },
+    /// Revoke every token of an identity.
+    RevokeTokens {
+        /// The identity's id.
+        identity: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -171,6 +284,53 @@ fn main() -> anyhow::Result<()> {
                 OperatorCommand::Seal { token } => operator::seal(&addr, &token).await,
                 OperatorCommand::Status => operator::status(&addr).await,
             }
+        }),
+        Command::Wallet {
+            addr,
+            token,
+            command,
+        } => runtime.block_on(async move {
+            match command {
+                WalletCommand::Freeze { wallet, reason } => {
+                    admin::freeze(&addr, &token, &wallet, reason).await
+                }
+                WalletCommand::Unfreeze { wallet } => admin::unfreeze(&addr, &token, &wallet).await,
+            }
+        }),
+        Command::Approval {
+            addr,
+            token,
+            command,
+        } => runtime.block_on(async move {
+            match command {
+                ApprovalCommand::List { status } => admin::approvals(&addr, &token, status).await,
+                ApprovalCommand::Approve {
+                    approval,
+                    totp,
+                    comment,
+                } => admin::vote(&addr, &token, &approval, true, totp, comment).await,
+                ApprovalCommand::Reject {
+                    approval,
+                    totp,
+                    comment,
+                } => admin::vote(&addr, &token, &approval, false, totp, comment).await,
+            }
+        }),
+        Command::Identity {
+            addr,
+            token,
+            command,
+        } => runtime.block_on(async move {
+            let (identity, action) = match command {
+                IdentityCommand::Show { identity } => (identity, admin::IdentityAction::Show),
+                IdentityCommand::Disable { identity } => (identity, admin::IdentityAction::Disable),
+                IdentityCommand::Enable { identity } => (identity, admin::IdentityAction::Enable),
+                IdentityCommand::Tokens { identity } => (identity, admin::IdentityAction::Tokens),
+                IdentityCommand::RevokeTokens { identity } => {
+                    (identity, admin::IdentityAction::RevokeTokens)
+                }
+            };
+            admin::identity(&addr, &token, &identity, action).await
         }),
         Command::Audit {
             command: AuditCommand::Verify { database_url, org },

@@ -24,7 +24,7 @@ fn authority(address: &str) -> anyhow::Result<&str> {
 }
 
 /// Sends one request and answers (status, JSON body).
-async fn call(
+pub async fn call(
     address: &str,
     method: &str,
     path: &str,
@@ -88,7 +88,7 @@ fn dechunk(mut rest: &str) -> String {
 }
 
 /// Prints the answer; fails with the API's error code on a non-2xx status.
-fn finish(status: u16, body: &Value) -> anyhow::Result<()> {
+pub fn finish(status: u16, body: &Value) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(body)?);
     if !(200..300).contains(&status) {
         bail!(

@@ -678,3 +678,62 @@ async fn vault_call(
         .unwrap_or(0);
     (status, serde_json::from_str(rest).unwrap_or(Value::Null))
 }
+
+/// Runs the real `custos` binary with `args` against `server`, with `token`
+/// in `CUSTOS_TOKEN`: (success, printed JSON).
+async fn cli(server: &Server, token: &str, args: &[&str]) -> (bool, Value) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_custos"))
+        .args(args)
+        .env("CUSTOS_ADDR", format!("http://{}", server.address))
+        .env("CUSTOS_TOKEN", token)
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status.success(),
+        serde_json::from_str(&String::from_utf8_lossy(&output.stdout)).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn people_freeze_wallets_and_vote_with_the_cli() {
+    let server = start(Backend::Sqlite).await;
+    let root = server.root_token().await;
+    let org = org_of(&server, &root).await;
+    let wallet = wallet_fixture(&server, &org, "vault-cli", "cggmp21").await;
+    let (_, admin) = server.identity(&root, "admin-2", "admin", None).await;
+    let (_, service) = server.identity(&root, "svc", "service", None).await;
+
+    let (ok, answer) = cli(
+        &server,
+        &root,
+        &["wallet", "freeze", &wallet, "--reason", "drill"],
+    )
+    .await;
+    assert!(ok, "{answer}");
+    assert_eq!(answer["freeze"]["reason"], "drill");
+    let (status, body) = sign(&server, &service, &wallet, digest(1)).await;
+    assert_eq!((status, code(&body)), (409, "wallet_frozen"));
+    // A refusal exits non-zero with the API's code.
+    let (ok, answer) = cli(&server, &service, &["wallet", "freeze", &wallet]).await;
+    assert!(!ok);
+    assert_eq!(code(&answer), "forbidden");
+
+    let (ok, pending) = cli(&server, &admin, &["wallet", "unfreeze", &wallet]).await;
+    assert!(ok, "{pending}");
+    let (ok, listed) = cli(&server, &root, &["approval", "list", "--status", "pending"]).await;
+    assert!(ok, "{listed}");
+    let approval = pending["approvalId"].as_str().unwrap();
+    assert!(listed.to_string().contains(approval), "{listed}");
+    let (ok, voted) = cli(
+        &server,
+        &root,
+        &["approval", "approve", approval, "--comment", "drill over"],
+    )
+    .await;
+    assert!(ok, "{voted}");
+    assert_eq!(voted["status"], "approved");
+    let (status, body) = sign(&server, &service, &wallet, digest(2)).await;
+    assert_ne!(status, 409, "unfrozen: {body}");
+    server.stop().await;
+}
