@@ -197,6 +197,20 @@ pub const OPERATIONS: &[(&str, &str, &str, Option<&str>, u16)] = &[
     ),
     (
         "post",
+        "/api/v1/wallets/{id}/freeze",
+        "Freeze a wallet at once: it signs and reshares nothing, approved requests included",
+        Some("FreezeRequest"),
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/wallets/{id}/unfreeze",
+        "Unfreeze a wallet (202 with an approval under the default policy)",
+        None,
+        202,
+    ),
+    (
+        "post",
         "/api/v1/wallets/{id}/backups",
         "Back up the wallet's shares (sealed for the operators' recovery keys; the other half wrapped in the HSM)",
         Some("BackupRequest"),
@@ -491,6 +505,9 @@ fn schemas() -> Value {
                 "requireMFA": {"type": "boolean"},
                 "timeWindow": object(&["start", "end"], json!({"days": {"type": "array", "items": string()}, "start": string(), "end": string()})),
                 "destinations": {"type": "array", "items": string()},
+                "minAmount": string(),
+                "assets": {"type": "array", "items": string()},
+                "payloadKinds": {"type": "array", "items": {"type": "string", "enum": ["transaction", "message", "digest"]}},
             })),
         }),
     );
@@ -506,7 +523,7 @@ fn schemas() -> Value {
         "WalletRequest": object(&["name", "protocol", "threshold"], json!({
             "name": string(), "protocol": {"type": "string", "enum": ["cggmp21", "frost-taproot", "frost-ed25519"]},
             "chain": {"type": "string", "enum": ["ethereum", "polygon", "bitcoin", "bitcoin-testnet", "solana"]},
-            "threshold": {"type": "integer", "minimum": 1}, "parties": {"type": "integer", "minimum": 2},
+            "threshold": {"type": "integer", "minimum": 2}, "parties": {"type": "integer", "minimum": 2},
             "nodes": {"type": "array", "items": string()},
         })),
         "EvmTransaction": object(&["chainId", "nonce", "to", "value", "gasLimit", "maxFeePerGas", "maxPriorityFeePerGas"], json!({
@@ -547,7 +564,8 @@ fn schemas() -> Value {
         "KeyUnwrapRequest": object(&["wrapped"], json!({"wrapped": string(), "context": string()})),
         "BackupRequest": object(&[], json!({"nodes": {"type": "array", "items": string()}})),
         "RestoreRequest": object(&[], json!({"node": string()})),
-        "ReshareRequest": object(&["threshold", "nodes"], json!({"threshold": {"type": "integer"}, "nodes": {"type": "array", "items": string()}, "idempotencyKey": string()})),
+        "FreezeRequest": object(&[], json!({"reason": string()})),
+        "ReshareRequest": object(&["threshold", "nodes"], json!({"threshold": {"type": "integer", "minimum": 2}, "nodes": {"type": "array", "items": string()}, "idempotencyKey": string()})),
     })
 }
 
