@@ -1015,25 +1015,62 @@ async fn check_at_execution(
     Ok(Ok(plan))
 }
 
-/// Counts the valid approving votes of an approval: not by the requester,
-/// by an active identity holding one of `roles`, with MFA when required.
-/// Separation of duties: identities created during the approval's window
-/// (since the request was made) count once per creator, and not at all
-/// when the requester created them; so one admin who makes identities to
-/// approve a request gets at most one vote out of them.
-pub async fn count_valid_votes(
-    tx: &mut Tx,
+/// The keyring record kind of vote seals.
+const VOTE_RECORD: &str = "approval_vote";
+
+/// What a vote's seal covers: everything that makes it count.
+fn vote_content(
     approval_id: &str,
+    identity: &str,
+    decision: &str,
+    mfa: bool,
+    request_hash: &str,
+) -> Vec<u8> {
+    json!({
+        "approval": approval_id,
+        "identity": identity,
+        "decision": decision,
+        "mfa": mfa,
+        "requestHash": request_hash,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The approval a vote belongs to, as [`count_valid_votes`] needs it.
+pub struct Ballot<'a> {
+    /// The approval's id.
+    pub approval_id: &'a str,
+    /// Its org.
+    pub org: &'a str,
+    /// The hash of the request it approves.
+    pub request_hash: &'a str,
+    /// The requester.
+    pub requested_by: &'a str,
+    /// When the approval was made (the start of the request's window).
+    pub window_start: i64,
+}
+
+/// Counts the valid approving votes of an approval: sealed by the keyring
+/// for exactly this approval, identity, decision and request (a vote a
+/// database writer added or changed does not count), not by the
+/// requester, by an active identity holding one of `roles`, with MFA when
+/// required. Separation of duties: identities created during the
+/// approval's window (since the request was made) count once per creator,
+/// and not at all when the requester created them; so one admin who makes
+/// identities to approve a request gets at most one vote out of them.
+pub async fn count_valid_votes(
+    state: &AppState,
+    tx: &mut Tx,
+    ballot: &Ballot<'_>,
     requirement: &Requirement,
-    requested_by: &str,
-    window_start: i64,
 ) -> AppResult<i64> {
     let votes = sqlx::query(
-        "SELECT v.identity_id, v.mfa, i.role, i.status, i.created_by, i.created_at \
+        "SELECT v.identity_id, v.mfa, v.seal, i.role, i.status, i.created_by, i.created_at \
          FROM approval_votes v JOIN identities i ON i.id = v.identity_id \
          WHERE v.approval_id = $1 AND v.decision = 'approve'",
     )
-    .bind(approval_id)
+    .bind(ballot.approval_id)
     .fetch_all(&mut **tx)
     .await?;
     let mut principals: Vec<String> = Vec::new();
@@ -1044,13 +1081,46 @@ pub async fn count_valid_votes(
         let created_by: String = vote.try_get("created_by")?;
         let created_at: i64 = vote.try_get("created_at")?;
         let mfa = vote.try_get::<i64, _>("mfa")? == 1;
-        let made_in_window = created_at >= window_start;
-        if voter == requested_by
-            || (made_in_window && created_by == requested_by)
+        let seal: Option<Vec<u8>> = vote.try_get("seal")?;
+        let made_in_window = created_at >= ballot.window_start;
+        if voter == ballot.requested_by
+            || (made_in_window && created_by == ballot.requested_by)
             || status != "active"
             || !requirement.roles.contains(&role)
             || (requirement.require_mfa && !mfa)
         {
+            continue;
+        }
+        let sealed_as_stored = match seal {
+            Some(seal) => state
+                .keyring
+                .open_record(
+                    tx,
+                    ballot.org,
+                    VOTE_RECORD,
+                    &format!("{}/{voter}", ballot.approval_id),
+                    &seal,
+                )
+                .await
+                .is_ok_and(|content| {
+                    content.as_slice()
+                        == vote_content(
+                            ballot.approval_id,
+                            &voter,
+                            "approve",
+                            mfa,
+                            ballot.request_hash,
+                        )
+                        .as_slice()
+                }),
+            None => false,
+        };
+        if !sealed_as_stored {
+            tracing::warn!(
+                approval = ballot.approval_id,
+                identity = %voter,
+                "a vote whose seal does not match its row is not counted"
+            );
             continue;
         }
         let principal = if made_in_window {
@@ -1106,10 +1176,16 @@ pub async fn recheck_approval(
         roles: serde_json::from_str(&row.try_get::<String, _>("roles")?).unwrap_or_default(),
         require_mfa: row.try_get::<i64, _>("require_mfa")? == 1,
     };
-    let window_start: i64 = row.try_get("created_at")?;
+    let org: String = row.try_get("org_id")?;
+    let ballot = Ballot {
+        approval_id,
+        org: &org,
+        request_hash,
+        requested_by,
+        window_start: row.try_get("created_at")?,
+    };
     for requirement in std::iter::once(&stored).chain(now_required) {
-        let valid =
-            count_valid_votes(tx, approval_id, requirement, requested_by, window_start).await?;
+        let valid = count_valid_votes(state, tx, &ballot, requirement).await?;
         if valid < i64::from(requirement.count) {
             return Ok(Err(format!(
                 "{valid} valid approvals of {} required (roles {})",
@@ -1503,15 +1579,28 @@ pub async fn vote(
             ));
         }
     }
+    let decision = if approve { "approve" } else { "reject" };
+    let request_hash: String = row.try_get("request_hash")?;
+    let seal = state
+        .keyring
+        .seal_record(
+            &mut tx,
+            &caller.org,
+            VOTE_RECORD,
+            &format!("{approval_id}/{}", caller.identity),
+            &vote_content(approval_id, &caller.identity, decision, mfa, &request_hash),
+        )
+        .await?;
     let inserted = sqlx::query(
-        "INSERT INTO approval_votes (approval_id, identity_id, decision, mfa, created_at) \
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO approval_votes (approval_id, identity_id, decision, mfa, created_at, seal) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(approval_id)
     .bind(&caller.identity)
-    .bind(if approve { "approve" } else { "reject" })
+    .bind(decision)
     .bind(i64::from(mfa))
     .bind(now)
+    .bind(seal)
     .execute(&mut *tx)
     .await;
     match inserted {
@@ -1524,14 +1613,14 @@ pub async fn vote(
         }
         Err(error) => return Err(error.into()),
     }
-    let approvals = count_valid_votes(
-        &mut tx,
+    let ballot = Ballot {
         approval_id,
-        &requirement,
-        &requested_by,
+        org: &caller.org,
+        request_hash: &request_hash,
+        requested_by: &requested_by,
         window_start,
-    )
-    .await?;
+    };
+    let approvals = count_valid_votes(state, &mut tx, &ballot, &requirement).await?;
     let new_status = if !approve {
         "rejected"
     } else if approvals >= required {

@@ -737,3 +737,66 @@ async fn people_freeze_wallets_and_vote_with_the_cli() {
     assert_ne!(status, 409, "unfrozen: {body}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_vote_written_into_the_database_does_not_count() {
+    for backend in BACKENDS {
+        let server = start(backend).await;
+        let root = server.root_token().await;
+        let org = org_of(&server, &root).await;
+        let wallet = wallet_fixture(&server, &org, "vault-7", "frost-ed25519").await;
+        let (_, service) = server.identity(&root, "svc", "service", None).await;
+        let (approver_id, approver) = server.identity(&root, "approver", "approver", None).await;
+        approvals_policy(&server, &root).await;
+        // A real, sealed vote on one request...
+        let (_, real) = sign(&server, &service, &wallet, digest(10)).await;
+        let (_, other) = sign(&server, &service, &wallet, digest(11)).await;
+        let (_, third) = sign(&server, &service, &wallet, digest(12)).await;
+        let (status, _) = common::approve(&server, &approver, &real).await;
+        assert_eq!(status, 200);
+        let pool = pool(&server).await;
+        // ...copied onto another approval, and a vote made up from nothing:
+        // both released behind the API's back.
+        sqlx::query(
+            "INSERT INTO approval_votes (approval_id, identity_id, decision, mfa, created_at, seal) \
+             SELECT $1, identity_id, decision, mfa, created_at, seal FROM approval_votes \
+             WHERE approval_id = $2",
+        )
+        .bind(other["approvalId"].as_str().unwrap())
+        .bind(real["approvalId"].as_str().unwrap())
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO approval_votes (approval_id, identity_id, decision, mfa, created_at) \
+             VALUES ($1, $2, 'approve', 0, 0)",
+        )
+        .bind(third["approvalId"].as_str().unwrap())
+        .bind(&approver_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+        for pending in [&other, &third] {
+            sqlx::query("UPDATE approvals SET status = 'approved' WHERE id = $1")
+                .bind(pending["approvalId"].as_str().unwrap())
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query("UPDATE signing_requests SET status = 'queued' WHERE id = $1")
+                .bind(pending["requestId"].as_str().unwrap())
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+        for pending in [&other, &third] {
+            let done = settled(&server, &root, pending["requestId"].as_str().unwrap()).await;
+            assert_eq!(
+                (done["status"].as_str(), done["error"]["code"].as_str()),
+                (Some("rejected"), Some("approval_invalid")),
+                "{backend:?}: {done}"
+            );
+        }
+        server.stop().await;
+    }
+}
