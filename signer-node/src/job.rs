@@ -126,7 +126,9 @@ pub enum JobBody {
     },
     /// Seal a backup of this node's share of a generation (`crate::backup`):
     /// one half for the operator's recovery key (the node's configuration),
-    /// one half for the control plane to wrap in its HSM.
+    /// one half for the control plane to wrap in its HSM. The node keeps
+    /// neither the sealed backup nor that half, so a replay of the request
+    /// is refused ([`JobError::BackupAlreadyExported`]).
     ExportBackup {
         /// The wallet.
         wallet: WalletId,
@@ -291,6 +293,14 @@ pub enum JobError {
     /// This attempt of the request ran before.
     #[error("job was already executed")]
     Replayed,
+    /// The request exported a backup before. Its answer held the control
+    /// plane's half (K1), which the node does not keep, so it cannot be
+    /// answered again: a new backup is a new request.
+    #[error(
+        "this request already exported its backup; the node keeps no copy of the control \
+         plane's half, so a new backup needs a new request"
+    )]
+    BackupAlreadyExported,
     /// The job is well-formed but cannot be run here.
     #[error("job refused: {0}")]
     Refused(String),
@@ -305,6 +315,7 @@ impl JobError {
             JobError::Expired => "expired",
             JobError::Mismatch => "mismatch",
             JobError::Replayed => "replayed",
+            JobError::BackupAlreadyExported => "backup_already_exported",
             JobError::Refused(_) => "refused",
         }
     }
@@ -335,14 +346,117 @@ impl SignedJob {
 
 /// What a node remembers of a request, persisted (sealed) so that it
 /// survives a restart.
+///
+/// A record never holds a secret, not even sealed: it keeps a digest of the
+/// job ([`Job::request_binding`], which for a restore covers K1 and the
+/// sealed backup only through SHA-256) and a [`RecordedResult`], which has
+/// no room for key material. A replay that only a secret could answer is
+/// refused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplayRecord {
     /// [`Job::request_binding`] of the first job of the request.
     pub binding: [u8; 32],
     /// Attempts already started.
     pub attempts: Vec<u32>,
-    /// The outcome, once one attempt succeeded.
-    pub result: Option<JobOutput>,
+    /// What a replay answers, once one attempt succeeded.
+    pub result: Option<RecordedResult>,
+}
+
+/// A replay record as nodes before [`RecordedResult`] wrote it: the whole
+/// output, so the K1 of an exported backup too.
+#[derive(Deserialize)]
+struct ReplayRecordV0 {
+    binding: [u8; 32],
+    attempts: Vec<u32>,
+    result: Option<JobOutput>,
+}
+
+impl ReplayRecord {
+    /// Marks the request done with `output`, keeping only what a replay
+    /// answers ([`RecordedResult::of`]).
+    pub fn complete(&mut self, output: &JobOutput) {
+        self.result = Some(RecordedResult::of(output));
+    }
+
+    /// The record's stored bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, JobError> {
+        let mut bytes = Vec::new();
+        ciborium::into_writer(self, &mut bytes).map_err(|_| JobError::Malformed)?;
+        Ok(bytes)
+    }
+
+    /// Decodes stored bytes, of this format or of the earlier one that kept
+    /// whole outputs. A record loses on the way whatever a replay does not
+    /// need (a backup's K1 and sealed share); `true` says the bytes held
+    /// more than that (the earlier format, or a backup output where none
+    /// belongs) and should be rewritten with [`ReplayRecord::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<(Self, bool), JobError> {
+        if let Ok(mut record) = ciborium::from_reader::<ReplayRecord, _>(bytes) {
+            if let Some(RecordedResult::Output(output)) = &record.result {
+                let kept = RecordedResult::of(output);
+                if record.result.as_ref() != Some(&kept) {
+                    record.result = Some(kept);
+                    return Ok((record, true));
+                }
+            }
+            return Ok((record, false));
+        }
+        let earlier: ReplayRecordV0 =
+            ciborium::from_reader(bytes).map_err(|_| JobError::Malformed)?;
+        let record = ReplayRecord {
+            binding: earlier.binding,
+            attempts: earlier.attempts,
+            result: earlier.result.as_ref().map(RecordedResult::of),
+        };
+        Ok((record, true))
+    }
+}
+
+/// What a replay record keeps of a successful job: what a replay of the
+/// request answers, and never a secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordedResult {
+    /// The output, which carries no secret: a replay answers it again.
+    /// Only [`RecordedResult::of`] builds this, and never from an output
+    /// with a secret in it.
+    Output(JobOutput),
+    /// A backup was exported. Its output carried the sealed share and the
+    /// control plane's half of its key (K1), which belongs in the control
+    /// plane's HSM and nowhere on the node, so neither is kept; a replay is
+    /// refused with [`JobError::BackupAlreadyExported`].
+    BackupExported,
+}
+
+impl RecordedResult {
+    /// What to keep of `output`. Every output kind is named, so that a new
+    /// one needs a decision here about what it may leave on disk.
+    pub fn of(output: &JobOutput) -> Self {
+        match output {
+            JobOutput::Backup { .. } => RecordedResult::BackupExported,
+            JobOutput::Health { .. }
+            | JobOutput::AuxInfo
+            | JobOutput::Keygen { .. }
+            | JobOutput::Signature { .. }
+            | JobOutput::KeyInfo { .. }
+            | JobOutput::Reshared { .. }
+            | JobOutput::Dealt
+            | JobOutput::Committed { .. }
+            | JobOutput::Restored { .. } => RecordedResult::Output(output.clone()),
+        }
+    }
+
+    /// The answer to a replay of the request.
+    pub fn replay(&self) -> Result<JobOutput, JobError> {
+        match self {
+            // A backup output read back from a record (which no writer of
+            // this version makes) is refused like any other exported backup.
+            RecordedResult::BackupExported | RecordedResult::Output(JobOutput::Backup { .. }) => {
+                Err(JobError::BackupAlreadyExported)
+            }
+            RecordedResult::Output(output) => Ok(output.clone()),
+        }
+    }
 }
 
 /// What a job produced.
@@ -394,7 +508,8 @@ pub enum JobOutput {
         /// The generations this node deleted.
         deleted: Vec<u32>,
     },
-    /// A sealed backup and the control plane's half of its key.
+    /// A sealed backup and the control plane's half of its key. Never kept
+    /// in a replay record ([`RecordedResult::BackupExported`]).
     Backup {
         /// `backup::SealedBackup::to_bytes`.
         sealed: Vec<u8>,
@@ -433,8 +548,8 @@ pub fn check_replay(job: &Job, record: Option<&ReplayRecord>) -> Result<ReplayDe
     if record.binding != binding {
         return Err(JobError::Mismatch);
     }
-    if let Some(output) = &record.result {
-        return Ok(ReplayDecision::Answer(output.clone()));
+    if let Some(result) = &record.result {
+        return result.replay().map(ReplayDecision::Answer);
     }
     if record.attempts.contains(&job.attempt) {
         return Err(JobError::Replayed);
@@ -527,10 +642,218 @@ mod tests {
         let output = JobOutput::Signature {
             signature: vec![9; 64],
         };
-        record.result = Some(output.clone());
+        record.complete(&output);
         assert_eq!(
             check_replay(&sign_job(1, 2), Some(&record)),
             Ok(ReplayDecision::Answer(output))
+        );
+    }
+
+    fn backup_job(request: u8, attempt: u32, body: JobBody) -> Job {
+        Job {
+            request: RequestId([request; 16]),
+            attempt,
+            expires_at: 1_000,
+            body,
+        }
+    }
+
+    fn export_body() -> JobBody {
+        JobBody::ExportBackup {
+            wallet: WalletId([2; 16]),
+            curve: Curve::Secp256k1,
+            generation: KeyGeneration(3),
+            backup_id: [5; 16],
+            created_at_ms: 1_700_000_000_000,
+        }
+    }
+
+    fn random_bytes(len: usize) -> Vec<u8> {
+        let mut bytes = vec![0; len];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+        bytes
+    }
+
+    /// Panics if `stored` holds any 16-byte window of `secret`: as bytes
+    /// next to each other, or as serde writes a `Vec<u8>` to CBOR (an array
+    /// of integers, each byte from 24 up preceded by 0x18).
+    fn assert_not_kept(stored: &[u8], secret: &[u8], what: &str) {
+        const WINDOW: usize = 16;
+        let as_integers = |window: &[u8]| -> Vec<u8> {
+            window
+                .iter()
+                .flat_map(|&byte| {
+                    if byte < 24 {
+                        vec![byte]
+                    } else {
+                        vec![0x18, byte]
+                    }
+                })
+                .collect()
+        };
+        for window in secret.windows(WINDOW) {
+            for pattern in [window.to_vec(), as_integers(window)] {
+                let found = stored
+                    .windows(pattern.len())
+                    .position(|candidate| candidate == pattern.as_slice());
+                assert_eq!(found, None, "{what}: secret bytes are kept at {found:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn replay_records_keep_no_secret_of_a_backup_export_or_restore() {
+        let k1 = random_bytes(32);
+        let sealed = random_bytes(400);
+        let cases = [
+            (
+                "export_backup",
+                export_body(),
+                JobOutput::Backup {
+                    sealed: sealed.clone(),
+                    k1: SecretBytes(k1.clone()),
+                },
+            ),
+            (
+                "restore_backup",
+                JobBody::RestoreBackup {
+                    wallet: WalletId([2; 16]),
+                    curve: Curve::Ed25519,
+                    sealed: sealed.clone(),
+                    k1: SecretBytes(k1.clone()),
+                    expected_info: vec![6; 64],
+                },
+                JobOutput::Restored {
+                    generation: KeyGeneration(3),
+                },
+            ),
+        ];
+        for (what, body, output) in cases {
+            let job = backup_job(1, 0, body);
+            let ReplayDecision::Run(mut record) = check_replay(&job, None).unwrap() else {
+                panic!("{what}: a new request runs");
+            };
+            // The record persisted before the run, and the one after it.
+            assert_not_kept(&record.to_bytes().unwrap(), &k1, what);
+            assert_not_kept(&record.to_bytes().unwrap(), &sealed, what);
+            record.complete(&output);
+            let stored = record.to_bytes().unwrap();
+            assert_not_kept(&stored, &k1, what);
+            assert_not_kept(&stored, &sealed, what);
+            assert_eq!(ReplayRecord::from_bytes(&stored).unwrap(), (record, false));
+        }
+    }
+
+    #[test]
+    fn a_replayed_backup_export_is_refused_and_never_answered_with_its_secret() {
+        let job = backup_job(1, 0, export_body());
+        let ReplayDecision::Run(mut record) = check_replay(&job, None).unwrap() else {
+            panic!("a new request runs");
+        };
+        record.complete(&JobOutput::Backup {
+            sealed: vec![1; 100],
+            k1: SecretBytes(vec![2; 32]),
+        });
+        assert_eq!(record.result, Some(RecordedResult::BackupExported));
+        // The same job, and a retry of the request: one stable refusal.
+        for attempt in [0, 1] {
+            let refused = check_replay(&backup_job(1, attempt, export_body()), Some(&record));
+            assert_eq!(refused, Err(JobError::BackupAlreadyExported));
+            assert_eq!(
+                refused.unwrap_err().reason(),
+                "backup_already_exported",
+                "the label the coordinator and control plane surface"
+            );
+        }
+        // The request id with another body is still a mismatch.
+        let other = JobBody::ExportBackup {
+            wallet: WalletId([2; 16]),
+            curve: Curve::Secp256k1,
+            generation: KeyGeneration(4),
+            backup_id: [5; 16],
+            created_at_ms: 1_700_000_000_000,
+        };
+        assert_eq!(
+            check_replay(&backup_job(1, 2, other), Some(&record)),
+            Err(JobError::Mismatch)
+        );
+        // A backup output read back from a record is refused as well, and
+        // decoding says to rewrite that record without it.
+        record.result = Some(RecordedResult::Output(JobOutput::Backup {
+            sealed: vec![1; 100],
+            k1: SecretBytes(vec![2; 32]),
+        }));
+        assert_eq!(
+            check_replay(&backup_job(1, 3, export_body()), Some(&record)),
+            Err(JobError::BackupAlreadyExported)
+        );
+        let (decoded, rewrite) = ReplayRecord::from_bytes(&record.to_bytes().unwrap()).unwrap();
+        assert!(rewrite);
+        assert_eq!(decoded.result, Some(RecordedResult::BackupExported));
+    }
+
+    /// The layout of replay records before [`RecordedResult`].
+    #[derive(Serialize)]
+    struct EarlierRecord {
+        binding: [u8; 32],
+        attempts: Vec<u32>,
+        result: Option<JobOutput>,
+    }
+
+    fn earlier_bytes(record: &EarlierRecord) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        ciborium::into_writer(record, &mut bytes).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn an_earlier_record_decodes_without_its_backup_secret_and_still_answers_a_signature() {
+        let k1 = random_bytes(32);
+        let sealed = random_bytes(400);
+        let export = backup_job(1, 0, export_body());
+        let earlier = earlier_bytes(&EarlierRecord {
+            binding: export.request_binding().unwrap(),
+            attempts: vec![0],
+            result: Some(JobOutput::Backup {
+                sealed: sealed.clone(),
+                k1: SecretBytes(k1.clone()),
+            }),
+        });
+        let (record, rewrite) = ReplayRecord::from_bytes(&earlier).unwrap();
+        assert!(rewrite, "an earlier record must be rewritten");
+        assert_eq!(record.result, Some(RecordedResult::BackupExported));
+        assert_not_kept(&record.to_bytes().unwrap(), &k1, "rewritten export");
+        assert_not_kept(&record.to_bytes().unwrap(), &sealed, "rewritten export");
+        assert_eq!(
+            check_replay(&export, Some(&record)),
+            Err(JobError::BackupAlreadyExported)
+        );
+
+        // A signature recorded by an earlier node is still answered, so an
+        // upgrade never lets a request sign twice.
+        let sign = sign_job(1, 0);
+        let output = JobOutput::Signature {
+            signature: vec![9; 64],
+        };
+        let earlier = earlier_bytes(&EarlierRecord {
+            binding: sign.request_binding().unwrap(),
+            attempts: vec![0],
+            result: Some(output.clone()),
+        });
+        let (record, rewrite) = ReplayRecord::from_bytes(&earlier).unwrap();
+        assert!(rewrite);
+        assert_eq!(
+            check_replay(&sign_job(1, 1), Some(&record)),
+            Ok(ReplayDecision::Answer(output))
+        );
+        // A record of this version is taken as it is.
+        assert_eq!(
+            ReplayRecord::from_bytes(&record.to_bytes().unwrap()).unwrap(),
+            (record, false)
+        );
+        assert_eq!(
+            ReplayRecord::from_bytes(b"garbage"),
+            Err(JobError::Malformed)
         );
     }
 

@@ -48,6 +48,11 @@ const EARLY_FRAME_TTL: Duration = Duration::from_secs(60);
 const SESSION_QUEUE: usize = 1024;
 /// Replay records live in this store namespace.
 const JOB_RECORDS: &str = "jobs";
+/// Store namespace of the marks of one-time rewrites of the store.
+const STORE_MIGRATIONS: &str = "migrations";
+/// Marks that every replay record was rewritten in the format that keeps no
+/// secret ([`drop_secrets_from_replay_records`]).
+const RECORDS_WITHOUT_SECRETS: &[u8] = b"replay_records_without_secrets/v1";
 
 /// The answer to a job, as it goes back to the coordinator.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,7 +231,9 @@ fn now_unix() -> u64 {
 }
 
 impl Node {
-    /// Builds the node around a started network and an opened store.
+    /// Builds the node around a started network and an opened store, after
+    /// rewriting replay records of the earlier format without their secrets
+    /// (once per store).
     pub fn new(
         config: &NodeConfig,
         me: PartyId,
@@ -235,6 +242,7 @@ impl Node {
     ) -> anyhow::Result<Arc<Self>> {
         let coordinator_key = VerifyingKey::from_bytes(&config.coordinator.0)
             .map_err(|_| anyhow::anyhow!("the coordinator id is not an Ed25519 public key"))?;
+        drop_secrets_from_replay_records(&store)?;
         Ok(Arc::new(Self {
             me,
             coordinator: config.coordinator,
@@ -334,7 +342,7 @@ impl Node {
             .store
             .record(JOB_RECORDS, &key)
             .map_err(|error| (kind, JobError::Refused(error.to_string())))?
-            .map(|bytes| ciborium::from_reader::<ReplayRecord, _>(bytes.as_slice()))
+            .map(|bytes| ReplayRecord::from_bytes(&bytes))
             .transpose()
             .map_err(|_| {
                 (
@@ -342,6 +350,18 @@ impl Node {
                     JobError::Refused("replay record does not decode".into()),
                 )
             })?;
+        let record = match record {
+            // A record of the earlier format (the startup rewrite runs once
+            // per store; an older binary run on this folder since may have
+            // written more) loses its secrets as soon as it is read.
+            Some((record, true)) => {
+                self.save_record(&key, &record)
+                    .map_err(|error| (kind, error))?;
+                Some(record)
+            }
+            Some((record, false)) => Some(record),
+            None => None,
+        };
         let mut record = match check_replay(&job, record.as_ref()).map_err(|error| (kind, error))? {
             ReplayDecision::Answer(output) => return Ok((kind, output)),
             ReplayDecision::Run(record) => record,
@@ -354,17 +374,17 @@ impl Node {
             .scope(guard.superseded.clone(), self.execute(&job))
             .await
             .map_err(|error| (kind, error))?;
-        record.result = Some(output.clone());
+        // Only what a replay answers is kept: never an exported backup's
+        // K1 or sealed share (`RecordedResult`).
+        record.complete(&output);
         self.save_record(&key, &record)
             .map_err(|error| (kind, error))?;
         Ok((kind, output))
     }
 
     fn save_record(&self, key: &[u8], record: &ReplayRecord) -> Result<(), JobError> {
-        let mut bytes = Vec::new();
-        ciborium::into_writer(record, &mut bytes).map_err(|_| JobError::Malformed)?;
         self.store
-            .put_record(JOB_RECORDS, key, &bytes)
+            .put_record(JOB_RECORDS, key, &record.to_bytes()?)
             .map_err(|error| JobError::Refused(error.to_string()))
     }
 
@@ -1210,6 +1230,39 @@ mod tokio_stream_adapter {
             self.get_mut().0.poll_recv(cx)
         }
     }
+}
+
+/// Rewrites, once per store, every replay record of the earlier format,
+/// which kept whole job outputs: an exported backup's K1 and sealed share
+/// were in it (sealed at rest, but a node must not keep K1 at all, and with
+/// the operator's recovery key configured for a restore the pair opens the
+/// share, even after a resharing deleted it). Runs before the node takes
+/// jobs. A record that does not decode is left as it is: a job of its
+/// request is refused, as before. Returns how many records were rewritten.
+fn drop_secrets_from_replay_records(store: &ShareStore) -> Result<usize, crate::store::StoreError> {
+    if store
+        .record(STORE_MIGRATIONS, RECORDS_WITHOUT_SECRETS)?
+        .is_some()
+    {
+        return Ok(0);
+    }
+    let rewritten =
+        store.update_records(JOB_RECORDS, |bytes| match ReplayRecord::from_bytes(bytes) {
+            Ok((record, true)) => record.to_bytes().ok(),
+            Ok((_, false)) => None,
+            Err(_) => {
+                tracing::warn!("a replay record does not decode: left as it is");
+                None
+            }
+        })?;
+    store.put_record(STORE_MIGRATIONS, RECORDS_WITHOUT_SECRETS, b"done")?;
+    if rewritten > 0 {
+        tracing::info!(
+            rewritten,
+            "replay records rewritten without the outputs they need not keep"
+        );
+    }
+    Ok(rewritten)
 }
 
 /// Reads the operator's recovery secret key: 64 hex characters.

@@ -340,23 +340,37 @@ impl ShareStore {
     }
 
     /// Deletes this node's share of a wallet generation and makes the
-    /// deletion durable. Deleting a share that is not there succeeds, so a
-    /// retried commit can delete again.
+    /// deletion durable. Temporary files of writes of that share (an
+    /// interrupted write leaves one until the next [`ShareStore::open`])
+    /// go too: after the deletion no file of the store holds the share.
+    /// Deleting a share that is not there succeeds, so a retried commit can
+    /// delete again.
     pub fn delete_share(
         &self,
         wallet: WalletId,
         generation: KeyGeneration,
     ) -> Result<(), StoreError> {
         let dir = self.wallet_dir(wallet);
+        let share_files: Vec<String> = KNOWN_CURVES
+            .into_iter()
+            .map(|curve| share_file_name(generation, curve))
+            .collect();
+        // A temporary file of this generation can only be a leftover: the
+        // node writes a generation once (keygen, resharing or restore) and
+        // deletes it only once a newer one committed.
         let mut deleted = false;
-        for (stored_generation, curve) in self.share_files(wallet)? {
-            if stored_generation == generation {
-                let path = dir.join(share_file_name(generation, curve));
-                match fs::remove_file(&path) {
-                    Ok(()) => deleted = true,
-                    Err(error) if error.kind() == ErrorKind::NotFound => {}
-                    Err(error) => return Err(io_error(&path)(error)),
-                }
+        for name in list_dir(&dir)? {
+            let of_this_share = share_files
+                .iter()
+                .any(|file| name == *file || is_temp_name_of(&name, file));
+            if !of_this_share {
+                continue;
+            }
+            let path = dir.join(&name);
+            match fs::remove_file(&path) {
+                Ok(()) => deleted = true,
+                Err(error) if error.kind() == ErrorKind::NotFound => {}
+                Err(error) => return Err(io_error(&path)(error)),
             }
         }
         if deleted {
@@ -501,6 +515,47 @@ impl ShareStore {
         self.read_blob(&name, &self.node_context(SealedKind::NodeRecord))
     }
 
+    /// Visits every record of `namespace`, in no particular order, and
+    /// replaces (atomically, each on its own) the value of every record for
+    /// which `update` returns a new one; returns how many were replaced.
+    /// This is how a module rewrites its records when their format changes,
+    /// for instance to drop a field that must no longer be kept. A record
+    /// that does not open stops the walk with its error: nothing is skipped
+    /// silently.
+    pub fn update_records(
+        &self,
+        namespace: &str,
+        mut update: impl FnMut(&[u8]) -> Option<Vec<u8>>,
+    ) -> Result<usize, StoreError> {
+        check_namespace(namespace)?;
+        let dir = self.root.join(RECORDS_DIR).join(namespace);
+        let context = self.node_context(SealedKind::NodeRecord);
+        let mut replaced = 0;
+        for file in list_dir(&dir)? {
+            let Some(digest) = parse_record_file_name(&file) else {
+                if !is_temp_name(&file) {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        entry = %file,
+                        "ignoring unexpected entry in share store"
+                    );
+                }
+                continue;
+            };
+            let name = self.record_name_of_digest(namespace, digest);
+            // A record deleted since the listing is simply not there.
+            let Some(value) = self.read_blob(&name, &context)? else {
+                continue;
+            };
+            if let Some(new_value) = update(&value) {
+                let new_value = Zeroizing::new(new_value);
+                self.write_blob(&name, &context, &new_value)?;
+                replaced += 1;
+            }
+        }
+        Ok(replaced)
+    }
+
     /// How many records `namespace` holds (for status output).
     pub fn records(&self, namespace: &str) -> Result<usize, StoreError> {
         check_namespace(namespace)?;
@@ -581,12 +636,18 @@ impl ShareStore {
                 .chain_update(key)
                 .finalize(),
         );
+        Ok(self.record_name_of_digest(namespace, &digest))
+    }
+
+    /// The blob name of the record whose key digest (in hex, as in its file
+    /// name) is `digest`; the namespace is checked by the caller.
+    fn record_name_of_digest(&self, namespace: &str, digest: &str) -> BlobName {
         let logical = format!("{}/{namespace}/{digest}", self.me_hex());
-        Ok(BlobName {
+        BlobName {
             dir: self.root.join(RECORDS_DIR).join(namespace),
             file: format!("{digest}{BLOB_SUFFIX}"),
             context: format!("{DOMAIN}/record/{logical}"),
-        })
+        }
     }
 
     /// The share files of a wallet: (generation, curve) per file, in no
@@ -791,6 +852,27 @@ fn parse_wallet_dir_name(name: &str) -> Option<WalletId> {
     let mut id = [0u8; 16];
     hex::decode_to_slice(name, &mut id).ok()?;
     Some(WalletId(id))
+}
+
+/// Parses `<key digest hex>.blob`, a record's file name: 64 lowercase hex
+/// digits, as [`ShareStore::record_name`] writes them.
+fn parse_record_file_name(name: &str) -> Option<&str> {
+    let digest = name.strip_suffix(BLOB_SUFFIX)?;
+    let canonical = digest.len() == 64
+        && digest
+            .bytes()
+            .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte));
+    canonical.then_some(digest)
+}
+
+/// Whether `name` is a temporary file of an atomic write of `file_name`
+/// (`.<file_name>.<random hex>.tmp`, see [`write_atomic`]).
+fn is_temp_name_of(name: &str, file_name: &str) -> bool {
+    name.strip_prefix('.')
+        .and_then(|rest| rest.strip_prefix(file_name))
+        .and_then(|rest| rest.strip_prefix('.'))
+        .and_then(|rest| rest.strip_suffix(TEMP_SUFFIX))
+        .is_some_and(|random| !random.is_empty() && random.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn is_temp_name(name: &str) -> bool {

@@ -533,26 +533,6 @@ async fn a_signature_stored_by_one_member_completes_a_later_attempt() {
     verify_taproot(&key.public_key, &message, &again);
 }
 
-/// The generations of `wallet` a node holds, from its `/status`.
-fn generations_on(node: &TestNode, wallet: WalletId) -> Vec<u32> {
-    let (_, body) = http_get(node.http, "/status").expect("status answers");
-    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
-    status["wallets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|entry| entry[0] == hex::encode(wallet.0))
-        .map(|entry| {
-            entry[2]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|generation| generation.as_u64().unwrap() as u32)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn reshare_2of3_to_3of4_with_a_fourth_node_keeps_address_and_deletes_old_shares() {
     let (nodes, coordinator_key) = cluster(4);
@@ -721,14 +701,6 @@ async fn garbage_frames_from_an_allow_listed_peer_are_counted_and_harmless() {
         http_get(nodes[0].http, "/healthz").map(|(status, _)| status),
         Some(200)
     );
-}
-
-/// Rewrites `node`'s `[backup]` section (the rest of its configuration
-/// stays).
-fn set_backup_config(node: &TestNode, section: &str) {
-    let text = std::fs::read_to_string(node.config_path()).unwrap();
-    let base = text.split("\n[backup]\n").next().unwrap().to_string();
-    std::fs::write(node.config_path(), format!("{base}\n[backup]\n{section}")).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -3,14 +3,18 @@
 //! HTTP to the operator endpoint, and an independent Taproot output key.
 #![allow(dead_code)]
 
+use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use custos_protocol::{KeyGeneration, PartyId, RequestId, WalletId};
 use custos_signer_node::coordinator::{Coordinator, CoordinatorError, NodeInfo, WalletKey};
 use custos_signer_node::job::{Curve, JobBody, JobOutput, Scheme};
+use custos_signer_node::master_key::{MasterKey, MasterKeyConfig};
+use custos_signer_node::store::ShareStore;
 use ed25519_dalek::SigningKey;
 
 pub fn free_port() -> u16 {
@@ -193,6 +197,29 @@ impl TestNode {
         }
     }
 
+    /// The node's data folder (identity, master key file, share store).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Opens the node's share store with its master key, as the node does.
+    /// The node must be stopped: a running node holds the store's lock.
+    pub fn open_store(&self) -> ShareStore {
+        assert!(
+            self.child.is_none(),
+            "stop the node before opening its store"
+        );
+        assert!(
+            self.backend == MasterKeyBackend::File,
+            "tests open stores with a file master key"
+        );
+        let master = MasterKey::open(&MasterKeyConfig::File {
+            path: self.data_dir().join("master.key"),
+        })
+        .unwrap();
+        ShareStore::open(&self.data_dir().join("store"), Arc::new(master), self.party).unwrap()
+    }
+
     pub fn metric(&self, line_prefix: &str) -> f64 {
         let (_, body) = http_get(self.http, "/metrics").expect("metrics answer");
         body.lines()
@@ -370,4 +397,212 @@ pub async fn sign_with(
         .into_iter()
         .map(signature_of)
         .collect()
+}
+
+/// Rewrites `node`'s `[backup]` section (the rest of its configuration
+/// stays).
+pub fn set_backup_config(node: &TestNode, section: &str) {
+    let text = std::fs::read_to_string(node.config_path()).unwrap();
+    let base = text.split("\n[backup]\n").next().unwrap().to_string();
+    std::fs::write(node.config_path(), format!("{base}\n[backup]\n{section}")).unwrap();
+}
+
+/// The generations of `wallet` a node holds, from its `/status`.
+pub fn generations_on(node: &TestNode, wallet: WalletId) -> Vec<u32> {
+    let (_, body) = http_get(node.http, "/status").expect("status answers");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    status["wallets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry[0] == hex::encode(wallet.0))
+        .map(|entry| {
+            entry[2]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|generation| generation.as_u64().unwrap() as u32)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every file under `dir`, recursively, with its bytes.
+pub fn files_with_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(files_with_bytes(&path));
+        } else {
+            let bytes = std::fs::read(&path).unwrap();
+            files.push((path, bytes));
+        }
+    }
+    files
+}
+
+/// The plaintext of every record in every namespace of an opened store
+/// whose folder is `store_root`, named `records/<namespace>`.
+pub fn record_plaintexts(store: &ShareStore, store_root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut plaintexts = Vec::new();
+    for entry in std::fs::read_dir(store_root.join("records")).unwrap() {
+        let namespace = entry.unwrap().file_name().into_string().unwrap();
+        store
+            .update_records(&namespace, |value| {
+                plaintexts.push((format!("record in {namespace}"), value.to_vec()));
+                None
+            })
+            .unwrap();
+    }
+    plaintexts
+}
+
+/// Windows of secrets are looked for at this length: a copy of any part
+/// of a secret this long is a leak.
+pub const LEAK_WINDOW: usize = 16;
+
+/// The byte strings inside a CBOR value, as serde writes bytes: CBOR byte
+/// strings, and arrays of small integers (how a `Vec<u8>` comes out), whose
+/// bytes are not next to each other in the encoding.
+fn cbor_byte_strings(value: &ciborium::Value, found: &mut Vec<Vec<u8>>) {
+    match value {
+        ciborium::Value::Bytes(bytes) => found.push(bytes.clone()),
+        ciborium::Value::Text(text) => found.push(text.as_bytes().to_vec()),
+        ciborium::Value::Array(items) => {
+            let bytes: Option<Vec<u8>> = items
+                .iter()
+                .map(|item| item.as_integer().and_then(|i| u8::try_from(i).ok()))
+                .collect();
+            if let Some(bytes) = bytes.filter(|bytes| !bytes.is_empty()) {
+                found.push(bytes);
+            }
+            items.iter().for_each(|item| cbor_byte_strings(item, found));
+        }
+        ciborium::Value::Map(entries) => entries.iter().for_each(|(key, item)| {
+            cbor_byte_strings(key, found);
+            cbor_byte_strings(item, found);
+        }),
+        ciborium::Value::Tag(_, item) => cbor_byte_strings(item, found),
+        _ => {}
+    }
+}
+
+/// Panics if any of `places` (a name and its bytes) holds a `LEAK_WINDOW`
+/// byte window of one of `secrets`, or the lowercase hex of one: in its
+/// bytes as they are, or, where they decode as CBOR (records, shares), in
+/// any byte string or byte array inside.
+pub fn assert_kept_nowhere(places: &[(String, Vec<u8>)], secrets: &[(&str, Vec<u8>)]) {
+    let mut views: Vec<(String, Vec<u8>)> = places.to_vec();
+    for (place, bytes) in places {
+        if let Ok(value) = ciborium::from_reader::<ciborium::Value, _>(bytes.as_slice()) {
+            let mut found = Vec::new();
+            cbor_byte_strings(&value, &mut found);
+            views.extend(
+                found
+                    .into_iter()
+                    .map(|inner| (format!("{place}, decoded as CBOR"), inner)),
+            );
+        }
+    }
+    for (what, secret) in secrets {
+        assert!(
+            secret.len() >= LEAK_WINDOW,
+            "{what} is too short to look for"
+        );
+        let windows: HashSet<&[u8]> = secret.windows(LEAK_WINDOW).collect();
+        let hex_secret = hex::encode(secret);
+        let hex_windows: HashSet<&[u8]> = hex_secret.as_bytes().windows(2 * LEAK_WINDOW).collect();
+        for (place, bytes) in &views {
+            let found = bytes.windows(LEAK_WINDOW).position(|w| windows.contains(w));
+            assert_eq!(
+                found, None,
+                "{place} holds bytes of {what} at offset {found:?}"
+            );
+            let found = bytes
+                .windows(2 * LEAK_WINDOW)
+                .position(|w| hex_windows.contains(w));
+            assert_eq!(
+                found, None,
+                "{place} holds {what} in hex at offset {found:?}"
+            );
+        }
+    }
+}
+
+/// Every place of a stopped node where a secret could stay: every file of
+/// its folder (data folder, configuration, log), raw; and, decrypted with
+/// its master key, every record of its store and every share it still
+/// holds of `wallets`.
+pub fn node_contents(node: &TestNode, wallets: &[WalletId]) -> Vec<(String, Vec<u8>)> {
+    let mut places: Vec<(String, Vec<u8>)> = files_with_bytes(node.dir.path())
+        .into_iter()
+        .map(|(path, bytes)| (path.display().to_string(), bytes))
+        .collect();
+    let store = node.open_store();
+    places.extend(record_plaintexts(&store, &node.data_dir().join("store")));
+    for wallet in wallets {
+        for generation in store.generations(*wallet).unwrap() {
+            let share = store
+                .share::<custos_protocol::Secp256k1>(*wallet, generation)
+                .unwrap()
+                .unwrap();
+            places.push((
+                format!("share of generation {} (decrypted)", generation.0),
+                share.to_bytes().unwrap().to_vec(),
+            ));
+        }
+    }
+    places
+}
+
+/// The secret scalar of a secp256k1 share, big-endian: found in the
+/// share's serialisation and checked against the holder's public share,
+/// so a test that looks for it looks for the real thing.
+pub fn secret_scalar(
+    share: &custos_protocol::share::KeyShare<custos_protocol::Secp256k1>,
+) -> [u8; 32] {
+    use k256::elliptic_curve::sec1::ToEncodedPoint;
+    fn candidates(value: &ciborium::Value, found: &mut Vec<[u8; 32]>) {
+        match value {
+            ciborium::Value::Bytes(bytes) => {
+                if let Ok(candidate) = <[u8; 32]>::try_from(bytes.as_slice()) {
+                    found.push(candidate);
+                }
+            }
+            ciborium::Value::Array(items) => {
+                let bytes: Option<Vec<u8>> = items
+                    .iter()
+                    .map(|item| item.as_integer().and_then(|i| u8::try_from(i).ok()))
+                    .collect();
+                if let Some(candidate) = bytes.and_then(|b| <[u8; 32]>::try_from(b).ok()) {
+                    found.push(candidate);
+                }
+                items.iter().for_each(|item| candidates(item, found));
+            }
+            ciborium::Value::Map(entries) => entries.iter().for_each(|(key, item)| {
+                candidates(key, found);
+                candidates(item, found);
+            }),
+            ciborium::Value::Tag(_, item) => candidates(item, found),
+            _ => {}
+        }
+    }
+    let bytes = share.to_bytes().unwrap();
+    let value: ciborium::Value = ciborium::from_reader(bytes.as_slice()).unwrap();
+    let mut found = Vec::new();
+    candidates(&value, &mut found);
+    let public_share = share.public_shares()[usize::from(share.index())]
+        .to_bytes(true)
+        .to_vec();
+    let matching: Vec<[u8; 32]> = found
+        .into_iter()
+        .filter(|candidate| {
+            k256::SecretKey::from_slice(candidate).is_ok_and(|secret| {
+                secret.public_key().to_encoded_point(true).as_bytes() == public_share.as_slice()
+            })
+        })
+        .collect();
+    assert_eq!(matching.len(), 1, "the share's secret scalar is found once");
+    matching[0]
 }
