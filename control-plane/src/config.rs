@@ -114,12 +114,31 @@ pub struct SealSettings {
 }
 
 /// The `[webhooks]` section.
+///
+/// ```toml
+/// [webhooks]
+/// allow_http = false             # http:// targets (always allowed in dev mode)
+/// allow_private_targets = false  # loopback, private, link-local, … targets
+/// backoff_ms = 1000
+/// max_attempts = 8
+/// poll_ms = 500
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSettings {
     /// Accept `http://` webhook URLs (always accepted in dev mode).
     #[serde(default)]
     pub allow_http: bool,
+    /// Accept webhook targets that are not public internet addresses:
+    /// loopback, private (RFC 1918, IPv6 unique local), link-local
+    /// (including the cloud metadata address 169.254.169.254), CGNAT,
+    /// multicast, documentation and other special-purpose ranges, directly
+    /// or in an IPv4-mapped or NAT64 form (see `webhooks::non_public_range`).
+    /// Off by default and not implied by `dev_mode`: a webhook is a request
+    /// the control plane makes on a caller's behalf, and inside the
+    /// deployment's network it could reach services the caller cannot.
+    #[serde(default)]
+    pub allow_private_targets: bool,
     /// The first retry's delay, milliseconds; each retry doubles it.
     #[serde(default = "default_webhook_backoff")]
     pub backoff_ms: u64,
@@ -135,6 +154,7 @@ impl Default for WebhookSettings {
     fn default() -> Self {
         Self {
             allow_http: false,
+            allow_private_targets: false,
             backoff_ms: default_webhook_backoff(),
             max_attempts: default_webhook_attempts(),
             poll_ms: default_webhook_poll(),

@@ -20,6 +20,7 @@ pub mod chain;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod evm_calls;
 pub mod gate;
 pub mod keyring;
 pub mod keys;

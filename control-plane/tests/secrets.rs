@@ -770,7 +770,7 @@ async fn a_rotation_webhook_is_signed_retried_with_backoff_and_audited() {
     let server = Server::start_with(
         dir,
         database_url,
-        "rate_limit_per_sec = 1000\n[webhooks]\nallow_http = true\nbackoff_ms = 100\npoll_ms = 50\n",
+        "rate_limit_per_sec = 1000\n[webhooks]\nallow_http = true\nallow_private_targets = true\nbackoff_ms = 100\npoll_ms = 50\n",
     )
     .await;
     let root = server.root_token().await;

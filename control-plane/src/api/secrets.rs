@@ -357,8 +357,7 @@ async fn rotate(
     secrets::check_environment(&request.environment)?;
     secrets::check_value(&request.new_value)?;
     if let Some(url) = &request.notify_webhook {
-        let settings = &state.config.webhooks;
-        webhooks::check_url(url, settings.allow_http || state.config.dev_mode)?;
+        webhooks::check_target(url, &state.config.webhooks, state.config.dev_mode).await?;
     }
     let expected =
         expected_version(&state, &caller, &request.environment, &name, request.cas).await?;
