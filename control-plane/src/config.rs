@@ -207,6 +207,14 @@ pub struct KeySettings {
     /// How often the scheduler looks for due rotations and expiries, ms.
     #[serde(default = "default_schedule_poll")]
     pub schedule_poll_ms: u64,
+    /// AES-256 keys: encryptions and wraps one version makes before the
+    /// registry rotates to a new version (2^30; 1 to 2^32, the bound of
+    /// random 96-bit GCM nonces under one key). Small in tests.
+    #[serde(
+        default = "default_encryptions_per_version",
+        deserialize_with = "encryptions_per_version"
+    )]
+    pub encryptions_per_version: i64,
 }
 
 impl Default for KeySettings {
@@ -218,6 +226,7 @@ impl Default for KeySettings {
             cse_keys_per_subject_per_day: default_cse_limit(),
             max_ciphertext_bytes: default_max_ciphertext(),
             schedule_poll_ms: default_schedule_poll(),
+            encryptions_per_version: default_encryptions_per_version(),
         }
     }
 }
@@ -236,6 +245,23 @@ fn default_max_ciphertext() -> usize {
 }
 fn default_schedule_poll() -> u64 {
     1000
+}
+fn default_encryptions_per_version() -> i64 {
+    1 << 30
+}
+
+/// Refuses a budget of zero (no version could encrypt) and one above 2^32
+/// (NIST SP 800-38D, 8.3: random nonces under one key).
+fn encryptions_per_version<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<i64, D::Error> {
+    let budget = i64::deserialize(deserializer)?;
+    if !(1..=1 << 32).contains(&budget) {
+        return Err(serde::de::Error::custom(
+            "keys.encryptions_per_version is 1 to 2^32",
+        ));
+    }
+    Ok(budget)
 }
 
 /// The control plane's settings.
@@ -409,5 +435,21 @@ mod tests {
         assert_eq!(config.database_url(), "postgres://localhost/test");
         assert_eq!(config.token_ttl_secs, 900);
         assert!(Config::parse(&format!("{text}colour = 1\n"), []).is_err());
+    }
+
+    #[test]
+    fn registry_keys_rotate_after_2_pow_30_encryptions_unless_configured_within_bounds() {
+        let text = "listen = \"127.0.0.1:8200\"\ndata_dir = \"/tmp/x\"\n";
+        let config = Config::parse(text, []).unwrap();
+        assert_eq!(config.keys.encryptions_per_version, 1 << 30);
+        let small = Config::parse(&format!("{text}[keys]\nencryptions_per_version = 5\n"), []);
+        assert_eq!(small.unwrap().keys.encryptions_per_version, 5);
+        for refused in ["0", "-1", "4294967297"] {
+            let parsed = Config::parse(
+                &format!("{text}[keys]\nencryptions_per_version = {refused}\n"),
+                [],
+            );
+            assert!(parsed.is_err(), "{refused}");
+        }
     }
 }

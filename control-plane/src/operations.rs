@@ -312,6 +312,11 @@ pub async fn execute(state: &AppState, id: &str) -> AppResult<()> {
             if operation.action.starts_with("policy.") {
                 state.policies.invalidate(&operation.org);
             }
+            // A key with token objects was committed `destroying` with the
+            // operation: the objects go now (or at the key scheduler's pass).
+            if operation.action == "key.destroy" {
+                crate::keys::finish_destroy_stored(state, &operation.org, &operation.body).await;
+            }
         }
         Err(error) => {
             tx.rollback().await?;

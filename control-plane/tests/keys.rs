@@ -895,3 +895,692 @@ async fn scheduled_rotation_adds_a_version_when_due() {
     assert_eq!(checked["valid"], false, "version 2 did not make it");
     server.stop().await;
 }
+
+// ---- Encryption budgets, destruction across the token, seal -------------------
+
+const SOFTHSM_SO_PIN: &str = "97531";
+
+/// The `[keys.pkcs11]` lines of a token of the test's SoftHSM2 directory.
+fn token_lines(label: &str) -> String {
+    format!("[keys.pkcs11]\nmodule = \"{SOFTHSM_MODULE}\"\ntoken_label = \"{label}\"\npin = \"{TOKEN_PIN}\"\n")
+}
+
+/// A store of its own for the test (the token answers like the server's).
+fn test_store(label: &str) -> custos_control_plane::keys::hsm::HsmKeyStore {
+    custos_control_plane::keys::hsm::HsmKeyStore::open(
+        std::path::Path::new(SOFTHSM_MODULE),
+        label,
+        TOKEN_PIN,
+    )
+    .unwrap()
+}
+
+/// A token of its own, made in this process on the free slot SoftHSM2
+/// always offers, for a test that logs the process out of it (login is per
+/// process and token: the other tests' token stays logged in).
+fn own_token(label: &str) -> cryptoki::slot::Slot {
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+    use custos_signer_node::master_key::{shared_pkcs11_context, slots_with_token};
+    static MADE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    softhsm();
+    let context = shared_pkcs11_context(std::path::Path::new(SOFTHSM_MODULE)).unwrap();
+    let mut made = MADE.lock().unwrap();
+    if !made.iter().any(|done| done == label) {
+        let free = context
+            .get_slots_with_token()
+            .unwrap()
+            .into_iter()
+            .find(|slot| !context.get_token_info(*slot).unwrap().token_initialized())
+            .expect("SoftHSM2 offers a free slot");
+        context
+            .init_token(free, &AuthPin::from(SOFTHSM_SO_PIN), label)
+            .unwrap();
+        let slot = slots_with_token(&context, label).unwrap()[0];
+        let session = context.open_rw_session(slot).unwrap();
+        session
+            .login(UserType::So, Some(&AuthPin::from(SOFTHSM_SO_PIN)))
+            .unwrap();
+        session.init_pin(&AuthPin::from(TOKEN_PIN)).unwrap();
+        session.logout().unwrap();
+        made.push(label.to_string());
+    }
+    slots_with_token(&context, label).unwrap()[0]
+}
+
+/// Each version of a key: (version, encryptions, material present, token
+/// object id), read from the store directly.
+async fn versions_of(database_url: &str, key: &Value) -> Vec<(i64, i64, bool, Option<String>)> {
+    let db = custos_control_plane::db::Db::connect(database_url)
+        .await
+        .unwrap();
+    let rows = sqlx::query(
+        "SELECT version, encryptions, material, hsm_id FROM registry_key_versions \
+         WHERE key_id = $1 ORDER BY version",
+    )
+    .bind(key["id"].as_str().unwrap())
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    db.close().await;
+    rows.iter()
+        .map(|row| {
+            (
+                row.try_get("version").unwrap(),
+                row.try_get("encryptions").unwrap(),
+                row.try_get::<Option<Vec<u8>>, _>("material")
+                    .unwrap()
+                    .is_some(),
+                row.try_get("hsm_id").unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The audit records `system` wrote with `action` on `key`.
+async fn system_records(server: &Server, token: &str, action: &str, key: &Value) -> Vec<Value> {
+    let (status, audit) = call(
+        server,
+        "GET",
+        &format!(
+            "/api/v1/audit?identity=system&action={action}&resource=key:{}&limit=1000",
+            key["name"].as_str().unwrap()
+        ),
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{audit}");
+    audit["items"].as_array().unwrap().clone()
+}
+
+async fn key_state(server: &Server, token: &str, key: &Value) -> String {
+    let (status, view) = call(
+        server,
+        "GET",
+        &format!("/api/v1/keys/{}", key["id"].as_str().unwrap()),
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{view}");
+    view["state"].as_str().unwrap().to_string()
+}
+
+/// A fresh store of `backend`: (folder, database URL).
+async fn fresh_store(backend: Backend) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = match backend {
+        Backend::Sqlite => format!("sqlite://{}", dir.path().join("custos.db").display()),
+        Backend::Postgres => fresh_postgres_database().await,
+    };
+    (dir, url)
+}
+
+/// Restarts `server` on its store with other settings (seal mode `env`,
+/// the same root credentials).
+async fn restart(server: Server, extra: &str) -> Server {
+    let (id, secret) = (
+        server.root_client_id.clone(),
+        server.root_client_secret.clone(),
+    );
+    let (dir, url) = server.halt().await;
+    let config = format!(
+        "dev_mode = true\n{extra}\n[seal]\nmode = \"env\"\nmaster_key = \"{TEST_MASTER_KEY}\"\n"
+    );
+    let mut server = Server::start_configured(dir, url, &config, false).await;
+    server.root_client_id = id;
+    server.root_client_secret = secret;
+    server
+}
+
+/// No AES-256 version makes more encryptions or wraps than its budget,
+/// counted in the store; the call that spends a version rotates the key,
+/// once, however many calls run at once (every version but the latest
+/// holds exactly the budget: a second rotation from one version would
+/// leave an empty one), audited as `system` with reason `budget`. Both
+/// databases, both backends; a version found spent after the budget was
+/// lowered rotates before it is used.
+#[tokio::test(flavor = "multi_thread")]
+async fn aes_versions_stop_at_their_budget_and_rotate_once_under_concurrent_calls() {
+    const BUDGET: i64 = 4;
+    softhsm();
+    for backend in BACKENDS {
+        eprintln!("-- on {backend:?}");
+        let (dir, url) = fresh_store(backend).await;
+        let settings = format!(
+            "rate_limit_per_sec = 1000\n[keys]\nencryptions_per_version = {BUDGET}\n{}",
+            token_lines(TOKEN)
+        );
+        let server = Server::start_with(dir, url, &settings).await;
+        let root = server.root_token().await;
+        let (_, service) = server.identity(&root, "app", "service", None).await;
+        let software = create(
+            &server,
+            &root,
+            json!({"name": "data", "type": "AES_256", "usage": "ENCRYPT_DECRYPT"}),
+        )
+        .await;
+        let hsm = create(
+            &server,
+            &root,
+            json!({"name": "kek", "type": "AES_256", "usage": "WRAP_UNWRAP", "backend": "hsm"}),
+        )
+        .await;
+        for (key, calls) in [(&software, 18i64), (&hsm, 10)] {
+            let wraps = key["usage"] == "WRAP_UNWRAP";
+            let (verb, field, back) = if wraps {
+                ("wrap", "wrapped", "unwrap")
+            } else {
+                ("encrypt", "ciphertext", "decrypt")
+            };
+            let input = |item: i64| {
+                if wraps {
+                    json!({"key": BASE64.encode([item as u8; 32])})
+                } else {
+                    json!({"plaintext": format!("item {item}")})
+                }
+            };
+            let answers = futures::future::join_all(
+                (0..calls).map(|item| op(&server, &service, key, verb, input(item))),
+            )
+            .await;
+            let mut made = std::collections::BTreeMap::<i64, i64>::new();
+            let mut openings = Vec::new();
+            for (item, (status, answer)) in answers.iter().enumerate() {
+                assert_eq!(*status, 200, "{answer}");
+                let version = answer["version"].as_i64().unwrap();
+                let sealed = answer[field].as_str().unwrap();
+                assert!(
+                    sealed.starts_with(&format!("custos:v{version}:")),
+                    "{answer}"
+                );
+                *made.entry(version).or_default() += 1;
+                let body = if wraps {
+                    json!({ "wrapped": sealed })
+                } else {
+                    json!({ "ciphertext": sealed })
+                };
+                openings.push((item as i64, op(&server, &service, key, back, body)));
+            }
+            for (item, opening) in openings {
+                let (status, opened) = opening.await;
+                assert_eq!(status, 200, "{opened}");
+                let expected = match input(item) {
+                    value if wraps => value["key"].clone(),
+                    value => value["plaintext"].clone(),
+                };
+                assert_eq!(opened[if wraps { "key" } else { "plaintext" }], expected);
+            }
+
+            let versions = versions_of(&server.database_url, key).await;
+            let latest = calls / BUDGET + 1;
+            assert_eq!(versions.len() as i64, latest, "{versions:?}");
+            for (version, encryptions, _, _) in &versions {
+                let expected = if *version < latest {
+                    BUDGET
+                } else {
+                    calls % BUDGET
+                };
+                assert_eq!(*encryptions, expected, "version {version}: {versions:?}");
+                assert_eq!(made.get(version).copied().unwrap_or(0), expected);
+            }
+            let (_, view) = call(
+                &server,
+                "GET",
+                &format!("/api/v1/keys/{}", key["id"].as_str().unwrap()),
+                &root,
+                None,
+            )
+            .await;
+            assert_eq!(view["version"], latest);
+            let rotations = system_records(&server, &root, "key.rotate", key).await;
+            let mut from: Vec<i64> = rotations
+                .iter()
+                .map(|record| {
+                    assert_eq!(record["detail"]["reason"], "budget", "{record}");
+                    assert_eq!(record["approved"], "not_required");
+                    record["detail"]["from"].as_i64().unwrap()
+                })
+                .collect();
+            from.sort();
+            assert_eq!(
+                from,
+                (1..latest).collect::<Vec<_>>(),
+                "one rotation per spent version"
+            );
+        }
+
+        // A lower budget: the latest version (2 made) is spent already.
+        // It is rotated before use, and the call that spends its successor
+        // (budget 1) rotates again.
+        let settings = format!(
+            "rate_limit_per_sec = 1000\n[keys]\nencryptions_per_version = 1\n{}",
+            token_lines(TOKEN)
+        );
+        let server = restart(server, &settings).await;
+        let root = server.root_token().await;
+        let (status, made) = op(
+            &server,
+            &root,
+            &software,
+            "encrypt",
+            json!({"plaintext": "late"}),
+        )
+        .await;
+        assert_eq!((status, made["version"].clone()), (200, json!(6)), "{made}");
+        let versions = versions_of(&server.database_url, &software).await;
+        let counts: Vec<i64> = versions.iter().map(|version| version.1).collect();
+        assert_eq!(counts, [4, 4, 4, 4, 2, 1, 0]);
+        assert_eq!(
+            system_records(&server, &root, "key.rotate", &software)
+                .await
+                .len(),
+            6
+        );
+        server.stop().await;
+    }
+}
+
+/// Destroying a key with token objects is all or nothing: `destroying` is
+/// committed first and from then on every use answers `410`; while the
+/// token cannot delete (the process logged out of it: private objects are
+/// hidden, which must not pass for "already gone") the key stays
+/// `destroying` with every object id in the store; once the token answers,
+/// the scheduler deletes the objects (one deleted already by an earlier
+/// attempt counts as deleted) and only then wipes the rows, `destroyed`,
+/// audited as `system`. Both databases, a real SoftHSM2 token.
+#[tokio::test(flavor = "multi_thread")]
+async fn destroying_an_hsm_key_never_leaves_half_a_key_and_the_scheduler_finishes_it() {
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+    use custos_control_plane::keys::hsm::HsmKeyId;
+    const LABEL: &str = "custos-cp-destroy";
+    let slot = own_token(LABEL);
+    for backend in BACKENDS {
+        eprintln!("-- on {backend:?}");
+        let (dir, url) = fresh_store(backend).await;
+        let settings = format!(
+            "rate_limit_per_sec = 1000\n[keys]\nschedule_poll_ms = 50\nencryptions_per_version = 1\n{}",
+            token_lines(LABEL)
+        );
+        let server = Server::start_with(dir, url, &settings).await;
+        let root = server.root_token().await;
+        let (_, first) = server.identity(&root, "approver-1", "approver", None).await;
+        let (_, second) = server.identity(&root, "approver-2", "approver", None).await;
+        let key = create(&server, &root, json!({"name": "doomed", "type": "AES_256", "usage": "ENCRYPT_DECRYPT", "backend": "hsm"})).await;
+        // Budget 1: each encryption rotates, so the key has four versions.
+        let mut ciphertexts = Vec::new();
+        for item in 0..3 {
+            let (status, made) = op(
+                &server,
+                &root,
+                &key,
+                "encrypt",
+                json!({"plaintext": format!("secret {item}")}),
+            )
+            .await;
+            assert_eq!(status, 200, "{made}");
+            ciphertexts.push(made["ciphertext"].clone());
+        }
+        let objects: Vec<HsmKeyId> = versions_of(&server.database_url, &key)
+            .await
+            .iter()
+            .map(|version| HsmKeyId::from_hex(version.3.as_deref().unwrap()).unwrap())
+            .collect();
+        assert_eq!(objects.len(), 4);
+        let token = test_store(LABEL);
+        assert!(objects.iter().all(|object| token.exists(object).unwrap()));
+        // An earlier attempt got as far as one object.
+        token.destroy(&objects[0]).unwrap();
+
+        // The token logs the process out.
+        let context = custos_signer_node::master_key::shared_pkcs11_context(std::path::Path::new(
+            SOFTHSM_MODULE,
+        ))
+        .unwrap();
+        let session = context.open_ro_session(slot).unwrap();
+        session.logout().unwrap();
+
+        let (status, pending) = call(
+            &server,
+            "DELETE",
+            &format!("/api/v1/keys/{}", key["id"].as_str().unwrap()),
+            &root,
+            None,
+        )
+        .await;
+        assert_eq!(status, 202, "{pending}");
+        let operation = approved(&server, &[&first, &second], &pending).await;
+        assert_eq!(operation["status"], "executed", "{operation}");
+        assert_eq!(operation["result"]["state"], "destroying", "{operation}");
+        // Several scheduler passes fail meanwhile.
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        assert_eq!(key_state(&server, &root, &key).await, "destroying");
+        for (verb, body) in [
+            ("decrypt", json!({"ciphertext": ciphertexts[0]})),
+            ("encrypt", json!({"plaintext": "more"})),
+            ("rotate", json!({})),
+        ] {
+            let (status, answer) = op(&server, &root, &key, verb, body).await;
+            assert_eq!(
+                (status, code(&answer)),
+                (410, "key_destroyed"),
+                "{verb}: {answer}"
+            );
+        }
+        let (status, answer) = call(
+            &server,
+            "DELETE",
+            &format!("/api/v1/keys/{}", key["id"].as_str().unwrap()),
+            &root,
+            None,
+        )
+        .await;
+        assert_eq!((status, code(&answer)), (410, "key_destroyed"));
+        let versions = versions_of(&server.database_url, &key).await;
+        assert!(
+            versions.iter().all(|version| version.3.is_some()),
+            "no object id is forgotten while an object may exist: {versions:?}"
+        );
+        assert!(system_records(&server, &root, "key.destroy", &key)
+            .await
+            .is_empty());
+
+        // The token answers again: the scheduler finishes the job.
+        session
+            .login(UserType::User, Some(&AuthPin::from(TOKEN_PIN)))
+            .unwrap();
+        let mut state = String::new();
+        for _ in 0..100 {
+            state = key_state(&server, &root, &key).await;
+            if state == "destroyed" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(state, "destroyed");
+        assert!(
+            objects.iter().all(|object| !token.exists(object).unwrap()),
+            "every token object is gone"
+        );
+        let versions = versions_of(&server.database_url, &key).await;
+        assert!(
+            versions
+                .iter()
+                .all(|version| !version.2 && version.3.is_none()),
+            "{versions:?}"
+        );
+        let finished = system_records(&server, &root, "key.destroy", &key).await;
+        assert_eq!(finished.len(), 1, "{finished:?}");
+        assert_eq!(finished[0]["detail"]["state"], "destroyed");
+        assert_eq!(finished[0]["detail"]["versions"], 4);
+        assert_eq!(finished[0]["detail"]["tokenObjectsDeleted"], 3);
+        let (status, answer) = op(
+            &server,
+            &root,
+            &key,
+            "decrypt",
+            json!({"ciphertext": ciphertexts[1]}),
+        )
+        .await;
+        assert_eq!((status, code(&answer)), (410, "key_destroyed"));
+        drop(session);
+        server.stop().await;
+    }
+}
+
+/// One request through the router in process (no socket), as a client at
+/// 127.0.0.1: (status, JSON body).
+async fn through(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    use tower::ServiceExt as _;
+    let mut request = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let mut request = request
+        .body(axum::body::Body::from(
+            body.map(|body| body.to_string()).unwrap_or_default(),
+        ))
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            40_000,
+        ))));
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// `sys/seal` leaves no opened key in memory: the transit cache is empty
+/// and the token store of HSM keys is locked (every call refused before
+/// the token), while the keyring forgets its keys; after the operators'
+/// unseal, transit and registry keys (software and HSM) work again and the
+/// old ciphertexts open. The server's own state is built as `run` builds
+/// it, so the test can look inside; requests go through the router.
+#[tokio::test(flavor = "multi_thread")]
+async fn sealing_drops_cached_transit_keys_and_locks_the_token_until_unseal() {
+    use custos_control_plane::state::{AppState, RateLimiter};
+    softhsm();
+    for backend in BACKENDS {
+        eprintln!("-- on {backend:?}");
+        let (dir, url) = fresh_store(backend).await;
+        let config = custos_control_plane::config::Config::parse(
+            &format!(
+                "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ndatabase_url = \"{url}\"\n\
+                 rate_limit_per_sec = 1000\n{}[seal]\nmode = \"shamir\"\n",
+                dir.path().display(),
+                token_lines(TOKEN)
+            ),
+            [],
+        )
+        .unwrap();
+        let db = custos_control_plane::db::Db::connect(&url).await.unwrap();
+        let keyring = {
+            let mut conn = db.pool().acquire().await.unwrap();
+            custos_control_plane::keyring::Keyring::load(
+                &mut conn,
+                custos_control_plane::config::SealMode::Shamir,
+            )
+            .await
+            .unwrap()
+        };
+        let state = std::sync::Arc::new(AppState {
+            db: db.clone(),
+            replica: config.replica_id(),
+            limiter: RateLimiter::new(config.rate_limit_per_sec),
+            tokens: custos_control_plane::auth::TokenCache::new(config.token_cache_ms),
+            coordinator: std::sync::RwLock::new(None),
+            registry: std::sync::Arc::new(
+                custos_control_plane::nodes::Registry::from_config(&config.nodes).unwrap(),
+            ),
+            worker_wake: tokio::sync::Notify::new(),
+            metrics: None,
+            keyring: std::sync::Arc::new(keyring),
+            transit: Default::default(),
+            audit: custos_control_plane::audit::AuditBatcher::start(db.clone()),
+            hsm_keys: Some(test_store(TOKEN)),
+            config,
+        });
+        let app = custos_control_plane::api::app(state.clone());
+        let (status, init) = through(
+            &app,
+            "POST",
+            "/api/v1/sys/init",
+            None,
+            Some(json!({"shares": 3, "threshold": 2})),
+        )
+        .await;
+        assert_eq!(status, 200, "{init}");
+        let shares: Vec<String> = init["unsealShares"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|share| share.as_str().unwrap().to_string())
+            .collect();
+        let unseal = || async {
+            for share in &shares[..2] {
+                let (status, answer) = through(
+                    &app,
+                    "POST",
+                    "/api/v1/sys/unseal",
+                    None,
+                    Some(json!({ "share": share })),
+                )
+                .await;
+                assert_eq!(status, 200, "{answer}");
+            }
+        };
+        unseal().await;
+        let (status, issued) = through(
+            &app,
+            "POST",
+            "/api/v1/auth/token",
+            None,
+            Some(
+                json!({"clientId": init["rootClientId"], "clientSecret": init["rootClientSecret"]}),
+            ),
+        )
+        .await;
+        assert_eq!(status, 200, "{issued}");
+        let root = issued["accessToken"].as_str().unwrap().to_string();
+        let root = Some(root.as_str());
+
+        let (status, answer) = through(
+            &app,
+            "POST",
+            "/api/v1/transit/keys",
+            root,
+            Some(json!({"name": "payments"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{answer}");
+        let (status, transit) = through(
+            &app,
+            "POST",
+            "/api/v1/transit/encrypt",
+            root,
+            Some(json!({"keyName": "payments", "plaintext": "4111"})),
+        )
+        .await;
+        assert_eq!(status, 200, "{transit}");
+        let mut registry = Vec::new();
+        for backend in ["software", "hsm"] {
+            let (status, key) = through(&app, "POST", "/api/v1/keys", root, Some(json!({"name": format!("{backend}-aes"), "type": "AES_256", "usage": "ENCRYPT_DECRYPT", "backend": backend}))).await;
+            assert_eq!(status, 201, "{key}");
+            let id = key["id"].as_str().unwrap().to_string();
+            let (status, made) = through(
+                &app,
+                "POST",
+                &format!("/api/v1/keys/{id}/encrypt"),
+                root,
+                Some(json!({"plaintext": backend})),
+            )
+            .await;
+            assert_eq!(status, 200, "{made}");
+            registry.push((id, backend, made["ciphertext"].clone()));
+        }
+        assert_eq!(state.transit.cached_keys(), 1);
+        let token_store = state.hsm_keys.as_ref().unwrap();
+        assert!(!token_store.is_locked());
+
+        let (status, sealed) =
+            through(&app, "POST", "/api/v1/sys/seal", root, Some(json!({}))).await;
+        assert_eq!(status, 200, "{sealed}");
+        assert!(state.keyring.is_sealed());
+        assert_eq!(
+            state.transit.cached_keys(),
+            0,
+            "no transit key stays opened"
+        );
+        assert!(
+            token_store.is_locked(),
+            "the token store uses no key while sealed"
+        );
+        let object = {
+            let mut conn = db.pool().acquire().await.unwrap();
+            let row = sqlx::query("SELECT hsm_id FROM registry_key_versions WHERE key_id = $1")
+                .bind(&registry[1].0)
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            custos_control_plane::keys::hsm::HsmKeyId::from_hex(
+                &row.try_get::<String, _>("hsm_id").unwrap(),
+            )
+            .unwrap()
+        };
+        let refused = token_store.purge(&object).unwrap_err();
+        assert_eq!(refused.code(), "hsm_locked");
+        let (status, answer) = through(
+            &app,
+            "POST",
+            "/api/v1/transit/decrypt",
+            root,
+            Some(json!({"keyName": "payments", "ciphertext": transit["ciphertext"]})),
+        )
+        .await;
+        assert_eq!((status, code(&answer)), (503, "sealed"));
+
+        unseal().await;
+        assert!(!token_store.is_locked(), "logged in again at unseal");
+        let (status, opened) = through(
+            &app,
+            "POST",
+            "/api/v1/transit/decrypt",
+            root,
+            Some(json!({"keyName": "payments", "ciphertext": transit["ciphertext"]})),
+        )
+        .await;
+        assert_eq!(
+            (status, opened["plaintext"].clone()),
+            (200, json!("4111")),
+            "{opened}"
+        );
+        assert_eq!(state.transit.cached_keys(), 1);
+        for (id, backend, ciphertext) in &registry {
+            let (status, opened) = through(
+                &app,
+                "POST",
+                &format!("/api/v1/keys/{id}/decrypt"),
+                root,
+                Some(json!({ "ciphertext": ciphertext })),
+            )
+            .await;
+            assert_eq!(
+                (status, opened["plaintext"].clone()),
+                (200, json!(backend)),
+                "{opened}"
+            );
+            let (status, made) = through(
+                &app,
+                "POST",
+                &format!("/api/v1/keys/{id}/encrypt"),
+                root,
+                Some(json!({"plaintext": "after"})),
+            )
+            .await;
+            assert_eq!(status, 200, "{made}");
+        }
+        drop(app);
+        drop(state);
+        db.close().await;
+        drop_postgres_database(&url).await;
+    }
+}

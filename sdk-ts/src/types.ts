@@ -621,8 +621,8 @@ export interface Key {
   usage: KeyUsage;
   /** `software` or `hsm`. */
   backend: "software" | "hsm";
-  /** `enabled`, `deprecated` (expired client-side encryption key) or `destroyed`. */
-  state: "enabled" | "deprecated" | "destroyed";
+  /** `enabled`, `deprecated` (expired client-side encryption key), `destroying` (destruction committed, token objects not yet deleted: already unusable) or `destroyed`. */
+  state: "enabled" | "deprecated" | "destroying" | "destroyed";
   /** The latest version. */
   version: number;
   /** Asymmetric keys: the latest public key, PEM (SubjectPublicKeyInfo). */

@@ -455,11 +455,10 @@ async fn encrypt(
     let plaintext = decode(&request.plaintext, request.encoding.as_deref(), "plaintext")?;
     let context = request.context.unwrap_or_default().into_bytes();
     let (key, mut tx) = begin(&state, &caller, &id, "key.encrypt").await?;
-    let ciphertext = keys::seal(&state, &mut tx, &key, "encrypt", plaintext, context).await?;
+    let (ciphertext, version) =
+        keys::seal(&state, &mut tx, &key, "encrypt", plaintext, context).await?;
     finish(&state, &caller, tx, &key, "key.encrypt", json!({})).await?;
-    Ok(Json(
-        json!({"ciphertext": ciphertext, "version": key.latest_version}),
-    ))
+    Ok(Json(json!({"ciphertext": ciphertext, "version": version})))
 }
 
 #[derive(Deserialize)]
@@ -533,11 +532,9 @@ async fn wrap(
         .ok_or_else(|| AppError::bad_request("invalid_key", "key is base64 of 16 to 64 bytes"))?;
     let context = request.context.unwrap_or_default().into_bytes();
     let (key, mut tx) = begin(&state, &caller, &id, "key.wrap").await?;
-    let wrapped = keys::seal(&state, &mut tx, &key, "wrap", material, context).await?;
+    let (wrapped, version) = keys::seal(&state, &mut tx, &key, "wrap", material, context).await?;
     finish(&state, &caller, tx, &key, "key.wrap", json!({})).await?;
-    Ok(Json(
-        json!({"wrapped": wrapped, "version": key.latest_version}),
-    ))
+    Ok(Json(json!({"wrapped": wrapped, "version": version})))
 }
 
 #[derive(Deserialize)]
@@ -582,7 +579,7 @@ async fn gated(
         let mut conn = state.db.pool().acquire().await?;
         keys::load(&mut conn, &caller.org, id).await?
     };
-    if key.state == "destroyed" {
+    if key.is_destroyed() {
         return Err(AppError::new(
             StatusCode::GONE,
             "key_destroyed",
@@ -612,6 +609,13 @@ async fn gated(
             )
             .await?;
             tx.commit().await?;
+            // An HSM key was committed `destroying`: its token objects go now.
+            let answer = match action {
+                "key.destroy" => keys::finish_destroy_stored(state, &caller.org, &body)
+                    .await
+                    .unwrap_or(answer),
+                _ => answer,
+            };
             Ok((StatusCode::OK, Json(answer)))
         }
     }

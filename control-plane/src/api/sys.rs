@@ -183,6 +183,7 @@ async fn unseal(
                     if was_sealed && !status.sealed {
                         system_audit(&state, "system.unseal", "success", json!({})).await?;
                         start_coordinator(&state).await?;
+                        crate::keys::unseal_token(&state).await;
                         state.wake_worker();
                     }
                     status
@@ -237,6 +238,8 @@ async fn seal(State(state): State<Arc<AppState>>, caller: Caller) -> AppResult<J
     )
     .await?;
     state.keyring.seal();
+    state.transit.clear();
+    crate::keys::seal_token(&state);
     state.stop_coordinator();
     state.policies.clear();
     Ok(Json(json!({"sealed": true})))

@@ -280,9 +280,11 @@ pub fn generate_hsm(
     Ok((key.id, key.public_key_der))
 }
 
-/// Removes a token object for good.
-pub fn destroy_hsm(hsm: &HsmKeyStore, id: &HsmKeyId) -> Result<(), KeyError> {
-    Ok(hsm.destroy(id)?)
+/// Removes a version's token objects for good; answers how many there
+/// were. An id the token no longer holds is success, so a destruction
+/// retried after a failure finishes.
+pub fn destroy_hsm(hsm: &HsmKeyStore, id: &HsmKeyId) -> Result<usize, KeyError> {
+    Ok(hsm.purge(id)?)
 }
 
 /// What is signed, owned (for a blocking task).

@@ -74,8 +74,20 @@
 //! generation takes seconds): async callers run them in
 //! `tokio::task::spawn_blocking`. Each call opens its own PKCS#11 session,
 //! so calls run in parallel; one further session, opened at login and kept
-//! for the life of the store, keeps the token logged in (PKCS#11 logs the
+//! while the store is unlocked, keeps the token logged in (PKCS#11 logs the
 //! application out when its last session closes).
+//!
+//! # Seal
+//!
+//! [`HsmKeyStore::lock`] (the control plane's `sys/seal`) closes the login
+//! session and makes every later call of every clone of the store fail
+//! with [`HsmError::Locked`] before it touches the token;
+//! [`HsmKeyStore::unlock`] logs in again with the PIN (at unseal). The
+//! store does not call `C_Logout`: login is per process and token, and
+//! another opener in the process (the keyring's master key in the same
+//! token) would be logged out with it; once no session of the process is
+//! left, the token logs the process out by itself. A call already past the
+//! check when the store is locked finishes.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -89,7 +101,7 @@ use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use custos_signer_node::master_key::{shared_pkcs11_context, slots_with_token};
@@ -284,6 +296,15 @@ pub enum HsmError {
         /// The token label or key id.
         name: String,
     },
+    /// The store was locked because the control plane was sealed
+    /// ([`HsmKeyStore::lock`]).
+    #[error("the HSM key store is locked: the control plane was sealed")]
+    Locked,
+    /// The token's session is not logged in as the user (the token logged
+    /// the process out): private objects are hidden, so the store cannot
+    /// tell whether a key is there.
+    #[error("the HSM session is not logged in")]
+    NotLoggedIn,
     /// No key with this id is in the token (never created, or destroyed).
     #[error("no key {id} in the HSM")]
     KeyNotFound {
@@ -394,6 +415,8 @@ impl HsmError {
             Self::Unavailable { .. } => "hsm_unavailable",
             Self::TokenNotFound { .. } => "hsm_token_not_found",
             Self::Login { .. } => "hsm_login_failed",
+            Self::Locked => "hsm_locked",
+            Self::NotLoggedIn => "hsm_not_logged_in",
             Self::Ambiguous { .. } => "hsm_ambiguous",
             Self::KeyNotFound { .. } => "key_not_found",
             Self::KeyKindMismatch { .. } => "key_kind_mismatch",
@@ -450,9 +473,10 @@ struct StoreInner {
     slot: Slot,
     module: PathBuf,
     token_label: String,
-    /// Held, never used, so that the token stays logged in: the mutex only
-    /// makes the (`Send`, not `Sync`) session shareable.
-    _login_session: Mutex<Session>,
+    /// Held, never used, so that the token stays logged in; `None` while
+    /// the store is locked (sealed). The mutex also makes the (`Send`, not
+    /// `Sync`) session shareable.
+    login_session: Mutex<Option<Session>>,
 }
 
 impl fmt::Debug for HsmKeyStore {
@@ -477,27 +501,54 @@ impl HsmKeyStore {
     pub fn open(module: &Path, token_label: &str, pin: &str) -> Result<Self, HsmError> {
         let context = pkcs11_context(module)?;
         let slot = find_token(&context, module, token_label)?;
-        let session = context
-            .open_ro_session(slot)
-            .map_err(unavailable("C_OpenSession"))?;
-        match session.login(UserType::User, Some(&AuthPin::from(pin))) {
-            Ok(()) | Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-            Err(source) => {
-                return Err(HsmError::Login {
-                    token_label: token_label.to_owned(),
-                    source,
-                })
-            }
-        }
+        let session = login(&context, slot, token_label, pin)?;
         Ok(Self {
             inner: Arc::new(StoreInner {
                 context,
                 slot,
                 module: module.to_path_buf(),
                 token_label: token_label.to_owned(),
-                _login_session: Mutex::new(session),
+                login_session: Mutex::new(Some(session)),
             }),
         })
+    }
+
+    /// Closes the login session and refuses every later call, of this
+    /// store and of all its clones, with [`HsmError::Locked`] until
+    /// [`HsmKeyStore::unlock`] (see "Seal" in the module docs). Idempotent.
+    pub fn lock(&self) {
+        let session = self
+            .inner
+            .login_session
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        // Closed outside the mutex (C_CloseSession may take a moment).
+        drop(session);
+    }
+
+    /// Logs in again with `pin` after [`HsmKeyStore::lock`]; nothing when
+    /// the store is not locked.
+    pub fn unlock(&self, pin: &str) -> Result<(), HsmError> {
+        let inner = &self.inner;
+        let mut slot = inner
+            .login_session
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some(login(&inner.context, inner.slot, &inner.token_label, pin)?);
+        }
+        Ok(())
+    }
+
+    /// Whether the store is locked (sealed): every call answers
+    /// [`HsmError::Locked`].
+    pub fn is_locked(&self) -> bool {
+        self.inner
+            .login_session
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
     }
 
     /// Generates a non-extractable key of `kind` in the token, labelled
@@ -596,11 +647,28 @@ impl HsmKeyStore {
     /// Afterwards every operation on the id answers
     /// [`HsmError::KeyNotFound`], as does a second `destroy`.
     pub fn destroy(&self, id: &HsmKeyId) -> Result<(), HsmError> {
-        let session = self.session(true)?;
-        if destroy_all(&session, *id)? == 0 {
+        if self.purge(id)? == 0 {
             return Err(HsmError::KeyNotFound { id: *id });
         }
         Ok(())
+    }
+
+    /// Destroys every object with this id that is still in the token and
+    /// answers how many there were: none is success, so a destruction
+    /// retried after a failure half-way finishes what the first attempt
+    /// left.
+    /// A session that is not logged in (the token logged the process out)
+    /// sees no private object: that is [`HsmError::NotLoggedIn`], never
+    /// "nothing left".
+    pub fn purge(&self, id: &HsmKeyId) -> Result<usize, HsmError> {
+        let session = self.session(true)?;
+        let info = session
+            .get_session_info()
+            .map_err(pkcs11_error("C_GetSessionInfo"))?;
+        if info.session_state() != SessionState::RwUser {
+            return Err(HsmError::NotLoggedIn);
+        }
+        destroy_all(&session, *id)
     }
 
     /// Signs a message. ECDSA (P-256, secp256k1): SHA-256 of the message on
@@ -876,6 +944,9 @@ impl HsmKeyStore {
     /// A new session on the token; it is already logged in through the
     /// store's login session. Closed when dropped.
     fn session(&self, read_write: bool) -> Result<Session, HsmError> {
+        if self.is_locked() {
+            return Err(HsmError::Locked);
+        }
         let inner = &self.inner;
         if read_write {
             inner.context.open_rw_session(inner.slot)
@@ -883,6 +954,21 @@ impl HsmKeyStore {
             inner.context.open_ro_session(inner.slot)
         }
         .map_err(unavailable("C_OpenSession"))
+    }
+}
+
+/// A new read-only session on `slot`, logged in as the user with `pin`
+/// (or already logged in through another session of the process).
+fn login(context: &Pkcs11, slot: Slot, token_label: &str, pin: &str) -> Result<Session, HsmError> {
+    let session = context
+        .open_ro_session(slot)
+        .map_err(unavailable("C_OpenSession"))?;
+    match session.login(UserType::User, Some(&AuthPin::from(pin))) {
+        Ok(()) | Err(CryptokiError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
+        Err(source) => Err(HsmError::Login {
+            token_label: token_label.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -1965,6 +2051,55 @@ mod tests {
             .unwrap_data_key(&aes.id, aes.kind, &wrapped, b"")
             .unwrap_err();
         assert_eq!(error.code(), "key_not_found");
+    }
+
+    #[test]
+    fn purging_an_id_the_token_no_longer_holds_is_success() {
+        let store = store();
+        let key = store.generate(HsmKeyKind::Aes256, "test-purge").unwrap();
+        assert_eq!(store.purge(&key.id).unwrap(), 1);
+        assert_eq!(store.purge(&key.id).unwrap(), 0, "absent: nothing to do");
+        assert!(!store.exists(&key.id).unwrap());
+    }
+
+    /// What `sys/seal` relies on: a locked store, through any clone, uses
+    /// no key until it is unlocked with the PIN again.
+    #[test]
+    fn a_locked_store_refuses_every_call_until_it_is_unlocked() {
+        softhsm();
+        // A store of its own: locking it leaves the other tests' store be.
+        let own = HsmKeyStore::open(Path::new(MODULE), TOKEN, PIN).unwrap();
+        let clone = own.clone();
+        let key = own.generate(HsmKeyKind::Aes256, "test-lock").unwrap();
+        let sealed = own.encrypt(&key.id, key.kind, b"before", b"aad").unwrap();
+        assert!(!own.is_locked());
+
+        own.lock();
+        assert!(clone.is_locked(), "the clones share the lock");
+        for error in [
+            clone
+                .encrypt(&key.id, key.kind, b"after", b"aad")
+                .unwrap_err(),
+            clone
+                .decrypt(&key.id, key.kind, &sealed, b"aad")
+                .unwrap_err(),
+            clone
+                .generate(HsmKeyKind::Aes256, "test-lock-2")
+                .unwrap_err(),
+            clone.purge(&key.id).unwrap_err(),
+        ] {
+            assert!(matches!(error, HsmError::Locked), "{error:?}");
+            assert_eq!(error.code(), "hsm_locked");
+        }
+        assert!(store().exists(&key.id).unwrap(), "other stores still work");
+        own.lock();
+
+        own.unlock(PIN).unwrap();
+        assert!(!clone.is_locked());
+        let opened = clone.decrypt(&key.id, key.kind, &sealed, b"aad").unwrap();
+        assert_eq!(opened.as_slice(), b"before");
+        own.unlock(PIN).unwrap();
+        own.destroy(&key.id).unwrap();
     }
 
     #[test]

@@ -10,9 +10,23 @@
 //!   associated data binding org, key id, version, purpose (`encrypt` or
 //!   `wrap`) and the caller's context: a ciphertext made under another key,
 //!   org or purpose does not open.
+//! * Encryption budgets: every encryption or wrap under an AES-256 key (both
+//!   backends) is counted on its version (`registry_key_versions.
+//!   encryptions`) in the transaction of the operation and its audit
+//!   record. No version makes more than `[keys] encryptions_per_version`
+//!   (2^30); the call whose count reaches it rotates the key in the same
+//!   transaction, once, audited as `system` (`key.rotate`, reason
+//!   `budget`). This rotation is the system's own and needs no approval;
+//!   a manual `key.rotate` still goes through the policy.
 //! * Destroy (after the approval the default policy asks for) removes the
 //!   sealed material and the token objects; afterwards every use answers
 //!   `410 key_destroyed`. The key's row and public keys stay for the audit.
+//!   It is all-or-nothing across the database and the token: a software
+//!   key is wiped in one transaction; a key with token objects is first
+//!   committed `destroying` (as unusable as `destroyed`), then its objects
+//!   are deleted, then its rows are wiped and it is `destroyed`
+//!   ([`finish_destroy`]). A failure or crash in between leaves it
+//!   `destroying` with its object ids, and the scheduler finishes it.
 //! * Client-side encryption keys (`purpose: "client_side_encryption"`,
 //!   RSA with `ENCRYPT_DECRYPT`): the public key is readable, decryption
 //!   only through the API; after `expiresAt` (30 days by default) the key is
@@ -20,7 +34,14 @@
 //!   scheduler destroys it; at most 5 keys per subject per 24 hours.
 //!
 //! Every operation is blocking (RSA, the token) and runs in
-//! `spawn_blocking`; material is opened per call and wiped after it.
+//! `spawn_blocking`; material is opened per call and wiped after it, so
+//! the registry caches no key material. At `sys/seal` the token store is
+//! locked ([`seal_token`]) and at unseal logged in again ([`unseal_token`]).
+//!
+//! Locks: every transaction that changes a key or counts on it locks the
+//! key's row (`FOR UPDATE` on PostgreSQL; SQLite's write transactions are
+//! serial) before its versions, and uses lock it shared, so a destruction
+//! waits for the uses in flight and no use follows it.
 
 pub mod engine;
 pub mod hsm;
@@ -34,7 +55,7 @@ use sqlx::{AnyConnection, Row};
 use zeroize::Zeroizing;
 
 use crate::audit::{self, AuditEvent};
-use crate::db::{new_id, now_ms, Tx};
+use crate::db::{new_id, now_ms, Dialect, Tx};
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
 use engine::{KeyError, KeyType, Material, Signed, Usage, VersionKey};
@@ -47,14 +68,23 @@ const PREFIX: &str = "custos:v";
 /// `purpose` of client-side encryption keys.
 pub const CLIENT_SIDE_ENCRYPTION: &str = "client_side_encryption";
 const DAY_MS: i64 = 86_400_000;
+/// The state of a key whose destruction committed and whose token objects
+/// may still exist: unusable, finished by [`finish_destroy`].
+pub const DESTROYING: &str = "destroying";
+/// The state of a key whose material is gone everywhere.
+pub const DESTROYED: &str = "destroyed";
 
 /// The API error of an engine error.
 pub fn key_error(error: KeyError) -> AppError {
     match &error {
         KeyError::Material => AppError::internal("key material", &error),
-        KeyError::Hsm(hsm::HsmError::Unavailable { .. }) => {
+        KeyError::Hsm(hsm::HsmError::Unavailable { .. } | hsm::HsmError::NotLoggedIn) => {
             AppError::unavailable("hsm_unavailable", "the HSM does not answer")
         }
+        KeyError::Hsm(hsm::HsmError::Locked) => AppError::unavailable(
+            "hsm_locked",
+            "the HSM key store is locked: the control plane was sealed",
+        ),
         KeyError::Hsm(hsm::HsmError::UnsupportedMechanism { .. }) => AppError::invalid(
             "hsm_mechanism_unsupported",
             "the HSM does not implement this operation for this key type",
@@ -78,7 +108,7 @@ pub struct KeyRow {
     pub usage: Usage,
     /// `software` or `hsm`.
     pub backend: String,
-    /// `enabled`, `deprecated` or `destroyed`.
+    /// `enabled`, `deprecated`, `destroying` or `destroyed`.
     pub state: String,
     /// The version new operations use.
     pub latest_version: i64,
@@ -127,6 +157,12 @@ impl KeyRow {
     /// The policy resource: `key:<name>`.
     pub fn resource(&self) -> String {
         format!("key:{}", self.name)
+    }
+
+    /// Whether the key's destruction committed (`destroying` or
+    /// `destroyed`): it is never usable again.
+    pub fn is_destroyed(&self) -> bool {
+        self.state == DESTROYING || self.state == DESTROYED
     }
 
     fn destroyed_error(&self) -> AppError {
@@ -179,6 +215,56 @@ pub async fn load(conn: &mut AnyConnection, org: &str, id: &str) -> AppResult<Ke
         .await?
         .ok_or_else(|| AppError::not_found("key"))?;
     KeyRow::from_row(&row)
+}
+
+/// How [`current`] locks the key's row on PostgreSQL.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RowLock {
+    /// A use: a destruction or rotation waits for it.
+    Share,
+    /// A change, or counting an encryption: one at a time per key.
+    Update,
+}
+
+/// Loads a key of `org` by id inside a transaction, its row locked.
+async fn locked(
+    state: &AppState,
+    conn: &mut AnyConnection,
+    org: &str,
+    id: &str,
+    lock: RowLock,
+) -> AppResult<KeyRow> {
+    let clause = match (state.db.dialect(), lock) {
+        (Dialect::Postgres, RowLock::Share) => " FOR SHARE",
+        (Dialect::Postgres, RowLock::Update) => " FOR UPDATE",
+        (Dialect::Sqlite, _) => "",
+    };
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT * FROM registry_keys WHERE id = $1 AND org_id = $2{clause}"
+    )))
+    .bind(id)
+    .bind(org)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| AppError::not_found("key"))?;
+    KeyRow::from_row(&row)
+}
+
+/// The key's row as it is now, read in the operation's transaction (the
+/// route loaded it before opening it, and a rotation or destruction may
+/// have committed since): `410 key_destroyed` once its destruction
+/// committed.
+async fn current(
+    state: &AppState,
+    conn: &mut AnyConnection,
+    key: &KeyRow,
+    lock: RowLock,
+) -> AppResult<KeyRow> {
+    let key = locked(state, conn, &key.org, &key.id, lock).await?;
+    if key.is_destroyed() {
+        return Err(key.destroyed_error());
+    }
+    Ok(key)
 }
 
 /// The public key (SPKI DER) of `version`.
@@ -392,17 +478,8 @@ pub async fn rotate(
     org: &str,
     id: &str,
 ) -> AppResult<(KeyRow, Option<Vec<u8>>)> {
-    let lock = state.db.for_update();
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT * FROM registry_keys WHERE id = $1 AND org_id = $2{lock}"
-    )))
-    .bind(id)
-    .bind(org)
-    .fetch_optional(&mut **tx)
-    .await?
-    .ok_or_else(|| AppError::not_found("key"))?;
-    let key = KeyRow::from_row(&row)?;
-    if key.state == "destroyed" {
+    let key = locked(state, tx, org, id, RowLock::Update).await?;
+    if key.is_destroyed() {
         return Err(key.destroyed_error());
     }
     let version = key.latest_version + 1;
@@ -432,50 +509,245 @@ pub async fn rotate(
     Ok((load(tx, org, id).await?, public))
 }
 
-/// Crypto-shreds a key inside `tx`: the sealed material rows lose their
-/// material and the token objects are destroyed. Idempotent.
+/// Crypto-shreds a key inside `tx`, or starts to. A key without token
+/// objects (software) loses its material and is `destroyed` in `tx`. A key
+/// with token objects only becomes `destroying` in `tx` (unusable from the
+/// commit on): once `tx` committed, the caller runs [`finish_destroy`]
+/// (the routes and the operations executor do; the scheduler finishes
+/// what they could not). Idempotent.
 pub async fn destroy(state: &AppState, tx: &mut Tx, org: &str, id: &str) -> AppResult<KeyRow> {
-    let key = load(tx, org, id).await?;
-    if key.state == "destroyed" {
+    let key = locked(state, tx, org, id, RowLock::Update).await?;
+    if key.is_destroyed() {
         return Ok(key);
     }
-    let objects = sqlx::query(
-        "SELECT hsm_id FROM registry_key_versions WHERE key_id = $1 AND hsm_id IS NOT NULL",
+    let objects: i64 = sqlx::query(
+        "SELECT COUNT(*) AS n FROM registry_key_versions WHERE key_id = $1 AND hsm_id IS NOT NULL",
     )
     .bind(&key.id)
-    .fetch_all(&mut **tx)
-    .await?;
-    if !objects.is_empty() {
-        let store = state.hsm_keys.clone().ok_or_else(hsm_not_configured)?;
-        let mut ids = Vec::new();
-        for row in objects {
-            let text: String = row.try_get("hsm_id")?;
-            ids.push(HsmKeyId::from_hex(&text).map_err(|error| key_error(error.into()))?);
-        }
-        tokio::task::spawn_blocking(move || {
-            ids.iter()
-                .try_for_each(|id| engine::destroy_hsm(&store, id))
-        })
-        .await
-        .map_err(|_| AppError::internal("keys", "destroy stopped"))?
-        .map_err(key_error)?;
-    }
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get("n")?;
     let now = now_ms();
+    if objects == 0 {
+        wipe(tx, &key.id, now).await?;
+    } else {
+        sqlx::query(
+            "UPDATE registry_keys SET state = $1, updated_at = $2, next_rotation = NULL \
+             WHERE id = $3",
+        )
+        .bind(DESTROYING)
+        .bind(now)
+        .bind(&key.id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    load(tx, org, id).await
+}
+
+/// Forgets every version's material and token object id and records the
+/// key `destroyed`.
+async fn wipe(conn: &mut AnyConnection, key_id: &str, now: i64) -> AppResult<()> {
     sqlx::query(
         "UPDATE registry_key_versions SET material = NULL, hsm_id = NULL WHERE key_id = $1",
     )
-    .bind(&key.id)
-    .execute(&mut **tx)
+    .bind(key_id)
+    .execute(&mut *conn)
     .await?;
     sqlx::query(
-        "UPDATE registry_keys SET state = 'destroyed', destroyed_at = $1, updated_at = $1, \
-         next_rotation = NULL WHERE id = $2",
+        "UPDATE registry_keys SET state = $1, destroyed_at = $2, updated_at = $2, \
+         next_rotation = NULL WHERE id = $3",
     )
+    .bind(DESTROYED)
     .bind(now)
-    .bind(&key.id)
-    .execute(&mut **tx)
+    .bind(key_id)
+    .execute(&mut *conn)
     .await?;
-    load(tx, org, id).await
+    Ok(())
+}
+
+/// Finishes the destruction of a `destroying` key: deletes its token
+/// objects (an object already gone counts as deleted: a retry finishes
+/// what a failed attempt left), then in one transaction wipes its rows,
+/// records it `destroyed` and appends the audit record (`system`,
+/// `key.destroy`). Until that commits the object ids stay in the
+/// database, so a failure (the token unreachable, a crash) leaves a
+/// `destroying` key that a later call or the scheduler finishes; nothing
+/// is left half-destroyed. A key in any other state is answered as it is.
+pub async fn finish_destroy(state: &AppState, org: &str, id: &str) -> AppResult<KeyRow> {
+    let key = {
+        let mut conn = state.db.pool().acquire().await?;
+        load(&mut conn, org, id).await?
+    };
+    if key.state != DESTROYING {
+        return Ok(key);
+    }
+    // No version is added to a `destroying` key (`rotate` refuses it), so
+    // these are all of its objects.
+    let rows = sqlx::query(
+        "SELECT hsm_id FROM registry_key_versions WHERE key_id = $1 AND hsm_id IS NOT NULL",
+    )
+    .bind(&key.id)
+    .fetch_all(state.db.pool())
+    .await?;
+    let mut ids = Vec::new();
+    for row in rows {
+        let text: String = row.try_get("hsm_id")?;
+        ids.push(HsmKeyId::from_hex(&text).map_err(|error| key_error(error.into()))?);
+    }
+    let versions = ids.len();
+    let deleted = if ids.is_empty() {
+        0
+    } else {
+        let store = state.hsm_keys.clone().ok_or_else(hsm_not_configured)?;
+        tokio::task::spawn_blocking(move || {
+            ids.iter().try_fold(0, |deleted, id| {
+                Ok::<_, KeyError>(deleted + engine::destroy_hsm(&store, id)?)
+            })
+        })
+        .await
+        .map_err(|_| AppError::internal("keys", "destroy stopped"))?
+        .map_err(key_error)?
+    };
+    let mut tx = state.db.begin().await?;
+    let key = locked(state, &mut tx, org, id, RowLock::Update).await?;
+    if key.state != DESTROYING {
+        // Another replica finished it meanwhile.
+        return Ok(key);
+    }
+    wipe(&mut tx, &key.id, now_ms()).await?;
+    audit::append(
+        &state.db,
+        &mut tx,
+        &AuditEvent {
+            org,
+            action: "key.destroy",
+            resource: &key.resource(),
+            identity: "system",
+            ip: "",
+            approved: "not_required",
+            outcome: "success",
+            request_id: &key.id,
+            detail: json!({"state": DESTROYED, "versions": versions, "tokenObjectsDeleted": deleted}),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    let mut conn = state.db.pool().acquire().await?;
+    load(&mut conn, org, id).await
+}
+
+/// [`finish_destroy`] after the transaction of a `key.destroy` (its
+/// stored body, `{"id": ...}`) committed. Never fails: the destruction is
+/// committed, and a failure to finish it now is logged and left to the
+/// scheduler. Answers the key's view afterwards, if it could be read.
+pub async fn finish_destroy_stored(state: &AppState, org: &str, body: &Value) -> Option<Value> {
+    let body: TargetBody = serde_json::from_value(body.clone()).ok()?;
+    match finish_destroy(state, org, &body.id).await {
+        Ok(key) => Some(key.to_json(None)),
+        Err(error) => {
+            tracing::warn!(key = %body.id, code = error.code, message = %error.message, "key left destroying: the scheduler finishes it");
+            None
+        }
+    }
+}
+
+/// At `sys/seal`: the token store refuses every call until
+/// [`unseal_token`]. (The registry keeps no other key in memory: software
+/// versions are opened per call and wiped after it.)
+pub fn seal_token(state: &AppState) {
+    if let Some(store) = &state.hsm_keys {
+        store.lock();
+    }
+}
+
+/// At unseal: logs the token store in again with the configured PIN.
+/// A failure is logged, and HSM keys answer `503 hsm_locked` until the
+/// next seal and unseal (or restart).
+pub async fn unseal_token(state: &AppState) {
+    let (Some(store), Some(token)) = (state.hsm_keys.clone(), state.config.keys.pkcs11.as_ref())
+    else {
+        return;
+    };
+    let pin = Zeroizing::new(token.pin.expose().to_string());
+    match tokio::task::spawn_blocking(move || store.unlock(&pin)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::error!(code = error.code(), %error, "the key registry's token did not log in again at unseal");
+        }
+        Err(_) => tracing::error!("the key registry's token login stopped"),
+    }
+}
+
+/// Counts one encryption (or wrap) on the key's latest version inside
+/// `tx` and answers the key as it is now and that version. The key's row
+/// is locked first, so the counts are exact on both databases and one call
+/// per key at a time gets here. The call whose count reaches the budget
+/// rotates the key in the same transaction, audited as `system`: exactly
+/// once, since no other call counts on that version meanwhile and every
+/// later one finds the new version. A version found already spent (the
+/// budget was lowered) is rotated the same way first. A rotation that
+/// fails fails the call, which then counts nothing.
+async fn count_encryption(state: &AppState, tx: &mut Tx, key: &KeyRow) -> AppResult<(KeyRow, i64)> {
+    let budget = state.config.keys.encryptions_per_version;
+    let mut key = current(state, tx, key, RowLock::Update).await?;
+    // Twice at most: a spent version is rotated once, and its successor
+    // has a fresh budget of at least one.
+    for _ in 0..2 {
+        let version = key.latest_version;
+        let counted = sqlx::query(
+            "UPDATE registry_key_versions SET encryptions = encryptions + 1 \
+             WHERE key_id = $1 AND version = $2 AND encryptions < $3 RETURNING encryptions",
+        )
+        .bind(&key.id)
+        .bind(version)
+        .bind(budget)
+        .fetch_optional(&mut **tx)
+        .await?;
+        match counted {
+            Some(row) => {
+                let count: i64 = row.try_get("encryptions")?;
+                if count >= budget {
+                    rotate_for_budget(state, tx, &key).await?;
+                }
+                return Ok((key, version));
+            }
+            None => key = rotate_for_budget(state, tx, &key).await?,
+        }
+    }
+    Err(AppError::conflict(
+        "encryption_budget_exhausted",
+        "the key's latest version made all the encryptions it may",
+    ))
+}
+
+/// Rotates `key`, whose latest version spent its encryption budget, and
+/// audits it as the system's own rotation (no approval: the budget is a
+/// safety limit, not a choice).
+async fn rotate_for_budget(state: &AppState, tx: &mut Tx, key: &KeyRow) -> AppResult<KeyRow> {
+    let (rotated, _) = rotate(state, tx, &key.org, &key.id).await?;
+    audit::append(
+        &state.db,
+        tx,
+        &AuditEvent {
+            org: &key.org,
+            action: "key.rotate",
+            resource: &key.resource(),
+            identity: "system",
+            ip: "",
+            approved: "not_required",
+            outcome: "success",
+            request_id: &key.id,
+            detail: json!({
+                "reason": "budget",
+                "from": key.latest_version,
+                "version": rotated.latest_version,
+                "encryptionsPerVersion": state.config.keys.encryptions_per_version,
+            }),
+        },
+    )
+    .await?;
+    tracing::info!(key = %key.id, from = key.latest_version, version = rotated.latest_version, "registry key version reached its encryption budget: rotated");
+    Ok(rotated)
 }
 
 /// One opened version, owned (for `spawn_blocking`).
@@ -500,7 +772,8 @@ impl Opened {
     }
 }
 
-/// Opens `version` of `key` for an operation (refusing destroyed keys).
+/// Opens `version` of `key` (as [`current`] read it) for an operation,
+/// refusing destroyed keys.
 async fn open(
     state: &AppState,
     conn: &mut AnyConnection,
@@ -508,7 +781,7 @@ async fn open(
     version: i64,
     need_secret: bool,
 ) -> AppResult<Opened> {
-    if key.state == "destroyed" {
+    if key.is_destroyed() {
         return Err(key.destroyed_error());
     }
     if version < 1 || version > key.latest_version {
@@ -649,6 +922,7 @@ pub async fn sign(
     signed: Signed,
 ) -> AppResult<(Vec<u8>, i64)> {
     require_usage(key, Usage::SignVerify)?;
+    let key = &current(state, conn, key, RowLock::Share).await?;
     if key.state == "deprecated" {
         return Err(deprecated());
     }
@@ -679,6 +953,7 @@ pub async fn verify(
     signature: Vec<u8>,
 ) -> AppResult<(bool, i64)> {
     require_usage(key, Usage::SignVerify)?;
+    let key = &current(state, conn, key, RowLock::Share).await?;
     let version = version.unwrap_or(key.latest_version);
     let opened = open(state, conn, key, version, false).await?;
     let valid = blocking(opened, move |version_key| {
@@ -689,27 +964,37 @@ pub async fn verify(
 }
 
 /// Encrypts (`purpose` `encrypt`) or wraps (`wrap`) with the latest
-/// version. Returns the `custos:v<N>:` ciphertext.
+/// version inside `tx`, the transaction of the call's audit record. An
+/// AES-256 key counts the encryption against the version's budget first
+/// (and may rotate: see the module docs). Returns the `custos:v<N>:`
+/// ciphertext and its version.
 pub async fn seal(
     state: &AppState,
-    conn: &mut AnyConnection,
+    tx: &mut Tx,
     key: &KeyRow,
     purpose: &'static str,
     plaintext: Zeroizing<Vec<u8>>,
     context: Vec<u8>,
-) -> AppResult<String> {
+) -> AppResult<(String, i64)> {
     require_usage(key, usage_of(purpose))?;
+    let (key, version) = if key.key_type == KeyType::Aes256 {
+        count_encryption(state, tx, key).await?
+    } else {
+        // RSA-OAEP pads with fresh randomness: no nonce to run out of.
+        let key = current(state, tx, key, RowLock::Share).await?;
+        let version = key.latest_version;
+        (key, version)
+    };
     if key.state == "deprecated" {
         return Err(deprecated());
     }
-    let version = key.latest_version;
-    let opened = open(state, conn, key, version, true).await?;
-    let aad = aad(key, version, purpose, &context);
+    let opened = open(state, tx, &key, version, true).await?;
+    let aad = aad(&key, version, purpose, &context);
     let sealed = blocking(opened, move |version_key| {
         engine::encrypt(version_key, &plaintext, &aad)
     })
     .await?;
-    Ok(format_ciphertext(version, &sealed))
+    Ok((format_ciphertext(version, &sealed), version))
 }
 
 fn usage_of(purpose: &str) -> Usage {
@@ -732,6 +1017,7 @@ pub async fn open_ciphertext(
     context: Vec<u8>,
 ) -> AppResult<Zeroizing<Vec<u8>>> {
     require_usage(key, usage_of(purpose))?;
+    let key = &current(state, conn, key, RowLock::Share).await?;
     let (version, bytes) = parse_ciphertext(
         ciphertext,
         version.unwrap_or(key.latest_version),
@@ -745,17 +1031,20 @@ pub async fn open_ciphertext(
     .await
 }
 
-/// The scheduler's pass: rotates keys whose rotation is due, deprecates
-/// expired client-side encryption keys and destroys those past retention.
-/// Each change is audited as the `system` identity. Returns how many keys
-/// changed.
+/// The scheduler's pass: finishes destructions left `destroying`, rotates
+/// keys whose rotation is due, deprecates expired client-side encryption
+/// keys and destroys those past retention. Each change is audited as the
+/// `system` identity. Returns how many keys changed. A destruction that
+/// cannot finish yet (the token unreachable) is logged and tried again at
+/// the next pass.
 pub async fn run_schedule(state: &AppState) -> AppResult<usize> {
     let now = now_ms();
     let due = sqlx::query(
         "SELECT id, org_id, name, state, next_rotation, expires_at, destroy_at FROM registry_keys \
-         WHERE state <> 'destroyed' AND ((next_rotation IS NOT NULL AND next_rotation <= $1) \
+         WHERE state = 'destroying' OR (state <> 'destroyed' \
+         AND ((next_rotation IS NOT NULL AND next_rotation <= $1) \
          OR (state = 'enabled' AND expires_at IS NOT NULL AND expires_at <= $1) \
-         OR (destroy_at IS NOT NULL AND destroy_at <= $1)) LIMIT 100",
+         OR (destroy_at IS NOT NULL AND destroy_at <= $1))) LIMIT 100",
     )
     .bind(now)
     .fetch_all(state.db.pool())
@@ -765,6 +1054,17 @@ pub async fn run_schedule(state: &AppState) -> AppResult<usize> {
         let id: String = row.try_get("id")?;
         let org: String = row.try_get("org_id")?;
         let name: String = row.try_get("name")?;
+        let key_state: String = row.try_get("state")?;
+        if key_state == DESTROYING {
+            match finish_destroy(state, &org, &id).await {
+                Ok(key) if key.state == DESTROYED => changed += 1,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(key = %id, code = error.code, message = %error.message, "a destroying key could not be finished yet");
+                }
+            }
+            continue;
+        }
         let destroy_at: Option<i64> = row.try_get("destroy_at")?;
         let expires_at: Option<i64> = row.try_get("expires_at")?;
         let mut tx = state.db.begin().await?;
@@ -805,6 +1105,10 @@ pub async fn run_schedule(state: &AppState) -> AppResult<usize> {
         )
         .await?;
         tx.commit().await?;
+        if action == "key.destroy" {
+            // Its token objects, if any (else nothing to do).
+            finish_destroy_stored(state, &org, &json!({ "id": id })).await;
+        }
         changed += 1;
     }
     Ok(changed)

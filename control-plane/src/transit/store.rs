@@ -21,7 +21,7 @@
 //! another [`CACHE_TTL`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -174,6 +174,9 @@ impl LoadedKey {
 #[derive(Default)]
 pub struct TransitKeys {
     cache: RwLock<HashMap<(String, String), Arc<LoadedKey>>>,
+    /// How many times [`TransitKeys::clear`] ran; changed under the cache's
+    /// write lock, so a key opened before a clear is not cached after it.
+    cleared: AtomicU64,
 }
 
 /// Key names: 1 to 128 of `[A-Za-z0-9_.-]`, as Vault accepts in paths.
@@ -269,6 +272,33 @@ impl TransitKeys {
         self.get(keyring, conn, org, name).await
     }
 
+    /// Drops every opened key (`sys/seal`): the cache holds no material
+    /// afterwards, and each version's material is wiped once the calls in
+    /// flight that hold it end. The unused rest of each reserved block is
+    /// lost, which only makes the counts conservative. After unseal keys
+    /// are opened again from the store.
+    /// A call that was opening a key meanwhile does not cache it.
+    pub fn clear(&self) {
+        let opened = {
+            let mut cache = self
+                .cache
+                .write()
+                .unwrap_or_else(|poison| poison.into_inner());
+            self.cleared.fetch_add(1, Ordering::AcqRel);
+            std::mem::take(&mut *cache)
+        };
+        // Dropped outside the lock: wiping the material takes a moment.
+        drop(opened);
+    }
+
+    /// How many keys the cache holds opened.
+    pub fn cached_keys(&self) -> usize {
+        self.cache
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .len()
+    }
+
     fn forget(&self, org: &str, name: &str) {
         self.cache
             .write()
@@ -305,6 +335,7 @@ impl TransitKeys {
         if let Some(key) = self.cached(org, name) {
             return Ok(key);
         }
+        let cleared = self.cleared.load(Ordering::Acquire);
         let row = sqlx::query(
             "SELECT id, key_type, latest_version, min_decryption_version, created_at \
              FROM transit_keys WHERE org_id = $1 AND name = $2",
@@ -369,10 +400,14 @@ impl TransitKeys {
             loaded: Instant::now(),
             reloading: AtomicBool::new(false),
         });
-        self.cache
+        let mut cache = self
+            .cache
             .write()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .insert((org.to_string(), name.to_string()), key.clone());
+            .unwrap_or_else(|poison| poison.into_inner());
+        // Opened while a seal cleared the cache: used by this call only.
+        if self.cleared.load(Ordering::Acquire) == cleared {
+            cache.insert((org.to_string(), name.to_string()), key.clone());
+        }
         Ok(key)
     }
 
@@ -678,6 +713,52 @@ mod tests {
             .try_get("n")
             .unwrap();
         assert_eq!(versions, 2);
+        drop(conn);
+        db.close().await;
+    }
+
+    /// `sys/seal` relies on it: after `clear` no key stays opened, and the
+    /// next use opens it again from the store.
+    #[tokio::test]
+    async fn clearing_drops_every_opened_key_and_the_next_use_reopens_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("transit.db").display());
+        let db = crate::db::Db::connect(&url).await.unwrap();
+        let mut conn = db.pool().acquire().await.unwrap();
+        sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ('org_t', 't', 0)")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let keyring = Keyring::load(&mut conn, crate::config::SealMode::Env)
+            .await
+            .unwrap();
+        keyring
+            .init_env(
+                &mut conn,
+                custos_protocol::seal::SealingKey::generate(&mut OsRng),
+            )
+            .await
+            .unwrap();
+        keyring.ensure_org_key(&mut conn, "org_t").await.unwrap();
+        let keys = TransitKeys::default();
+        for name in ["a", "b"] {
+            keys.create(&keyring, &mut conn, "org_t", name, KeyType::default())
+                .await
+                .unwrap();
+        }
+        assert_eq!(keys.cached_keys(), 2);
+        let held = keys.cached("org_t", "a").unwrap();
+        keys.clear();
+        assert_eq!(keys.cached_keys(), 0);
+        assert!(keys.cached("org_t", "a").is_none());
+        assert_eq!(
+            Arc::strong_count(&held),
+            1,
+            "only the call in flight holds it"
+        );
+        drop(held);
+        let reopened = keys.get(&keyring, &mut conn, "org_t", "a").await.unwrap();
+        assert_eq!((reopened.latest, keys.cached_keys()), (1, 1));
         drop(conn);
         db.close().await;
     }
