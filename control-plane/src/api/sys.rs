@@ -236,6 +236,7 @@ async fn seal(State(state): State<Arc<AppState>>, caller: Caller) -> AppResult<J
         json!({"identity": caller.identity}),
     )
     .await?;
+    state.checkpoints.at_seal(&state.db, &state.keyring).await;
     state.keyring.seal();
     state.stop_coordinator();
     state.policies.clear();
