@@ -208,15 +208,17 @@ pub async fn verify_audit(
 }
 
 /// Loads the keyring and, for the backends that can, unseals it: `env`
-/// (initializing it on the first start when `initialize`) and `hsm` (once
-/// initialized). Shamir starts sealed (or uninitialized) and waits for the
-/// operators.
-async fn open_keyring(config: &Config, db: &Db, initialize: bool) -> anyhow::Result<Keyring> {
+/// and `hsm` (once initialized). Shamir starts sealed (or uninitialized)
+/// and waits for the operators. With `server_start` (the server, or
+/// `coordinator-key` which opens the store as the server would), `env`
+/// initializes itself on the first start and the operator is told what
+/// comes next; without it (`audit verify`), nothing is written or logged.
+async fn open_keyring(config: &Config, db: &Db, server_start: bool) -> anyhow::Result<Keyring> {
     let mut conn = db.pool().acquire().await?;
     let keyring = Keyring::load(&mut conn, config.seal.mode).await?;
     match config.seal.mode {
         SealMode::Env => {
-            if !config.dev_mode && initialize {
+            if !config.dev_mode && server_start {
                 tracing::warn!(
                     "seal mode `env` keeps the master key in an environment variable: \
                      for development only; use shamir or hsm in production"
@@ -230,7 +232,7 @@ async fn open_keyring(config: &Config, db: &Db, initialize: bool) -> anyhow::Res
             let key = parse_master_key(key.expose())?;
             if keyring.is_initialized() {
                 keyring.unseal_env(key)?;
-            } else if initialize {
+            } else if server_start {
                 keyring.init_env(&mut conn, key).await?;
             }
         }
@@ -240,11 +242,11 @@ async fn open_keyring(config: &Config, db: &Db, initialize: bool) -> anyhow::Res
                 .ok_or_else(|| anyhow::anyhow!("seal mode hsm needs a [seal.pkcs11] section"))?;
             if keyring.is_initialized() {
                 keyring.unseal_hsm(&master)?;
-            } else if initialize {
+            } else if server_start {
                 tracing::warn!("not initialized: POST /api/v1/sys/init with {{\"hsm\": true}}");
             }
         }
-        SealMode::Shamir if !initialize => {}
+        SealMode::Shamir if !server_start => {}
         SealMode::Shamir => {
             if keyring.is_initialized() {
                 tracing::warn!(

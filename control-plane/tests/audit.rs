@@ -258,6 +258,45 @@ async fn sealed_once(backend: Backend) -> (Server, String) {
     (server, root)
 }
 
+/// `report` has every field the OpenAPI document's `VerifyReport` requires
+/// and no other, and so has its `firstBroken` (with its `checkpoint`).
+async fn assert_documented(server: &Server, report: &Value) {
+    let (status, document, _) = server
+        .request("GET", "/api/v1/openapi.json", None, None)
+        .await;
+    assert_eq!(status, 200);
+    let schema = &document["components"]["schemas"]["VerifyReport"];
+    assert_eq!(
+        document["paths"]["/api/v1/audit/verify"]["get"]["responses"]["200"]["content"]
+            ["application/json"]["schema"]["$ref"],
+        "#/components/schemas/VerifyReport"
+    );
+    let check = |schema: &Value, value: &Value| {
+        let fields = value.as_object().unwrap();
+        for required in schema["required"].as_array().unwrap() {
+            assert!(
+                fields.contains_key(required.as_str().unwrap()),
+                "{required} in {value}"
+            );
+        }
+        for field in fields.keys() {
+            assert!(
+                schema["properties"].get(field).is_some(),
+                "{field} is not documented"
+            );
+        }
+    };
+    check(schema, report);
+    let broken = &schema["properties"]["firstBroken"];
+    check(broken, &report["firstBroken"]);
+    check(
+        &broken["properties"]["checkpoint"],
+        &report["firstBroken"]["checkpoint"],
+    );
+    let reasons = broken["properties"]["reason"]["enum"].as_array().unwrap();
+    assert!(reasons.contains(&report["firstBroken"]["reason"]));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_truncated_chain_tail_is_named_by_verify() {
     for backend in BACKENDS {
@@ -288,6 +327,7 @@ async fn a_truncated_chain_tail_is_named_by_verify() {
         assert_eq!(broken["checkpoint"]["number"], 1);
         assert_eq!(broken["checkpoint"]["reason"], "seal");
         assert_eq!(broken["checkpoint"]["seq"], checkpoint.seq);
+        assert_documented(&server, &report).await;
         let message = broken["message"].as_str().unwrap();
         assert!(
             message.contains(&format!(
@@ -377,6 +417,9 @@ async fn a_forged_checkpoint_signature_is_named() {
             report["firstBroken"]["reason"], "checkpoint_signature_invalid",
             "{report}"
         );
+        // The writer does not extend a forged checkpoint, even at seal.
+        seal(&server).await;
+        assert_eq!(checkpoints_of(&pool, &org).await.len(), 1);
         pool.close().await;
         server.stop().await;
     }

@@ -26,11 +26,12 @@
 //! number once: the primary key `(org_id, number)` takes the first insert,
 //! and the replica that lost reads again.
 //!
-//! The writer signs only what extends what it signed before: the head row
-//! must match its record, and the record at the previous checkpoint's `seq`
-//! must still have that checkpoint's hash. A chain found rewritten or cut
-//! gets no new checkpoint (an error in the log each round) until an
-//! operator looks at it; verify names what is wrong.
+//! The writer signs only what extends what it signed before: the newest
+//! checkpoint must carry the key's signature, the head row must match its
+//! record, and the record at the newest checkpoint's `seq` must still have
+//! that checkpoint's hash. A chain found rewritten or cut gets no new
+//! checkpoint (an error in the log each round) until an operator looks at
+//! it; verify names what is wrong.
 //!
 //! The key: `meta` row `secret/audit-checkpoint-key`, a keyring system
 //! secret like the coordinator's key, created on first use. It is not
@@ -193,11 +194,8 @@ pub fn check_link(
     previous: Option<&Checkpoint>,
     checkpoint: &Checkpoint,
 ) -> Result<(), CheckpointFault> {
-    if let Some(key) = key {
-        let signature = Signature::from_slice(&checkpoint.signature)
-            .map_err(|_| CheckpointFault::SignatureInvalid)?;
-        key.verify_strict(&checkpoint.signed_message(), &signature)
-            .map_err(|_| CheckpointFault::SignatureInvalid)?;
+    if key.is_some_and(|key| !signed_by(key, checkpoint)) {
+        return Err(CheckpointFault::SignatureInvalid);
     }
     let expected = previous.map_or(1, |previous| previous.number + 1);
     if checkpoint.number != expected {
@@ -208,6 +206,14 @@ pub fn check_link(
         return Err(CheckpointFault::LinkBroken);
     }
     Ok(())
+}
+
+/// Whether `checkpoint` carries a valid signature by `key`.
+fn signed_by(key: &VerifyingKey, checkpoint: &Checkpoint) -> bool {
+    Signature::from_slice(&checkpoint.signature).is_ok_and(|signature| {
+        key.verify_strict(&checkpoint.signed_message(), &signature)
+            .is_ok()
+    })
 }
 
 /// Signs a new checkpoint.
@@ -536,6 +542,14 @@ impl Checkpoints {
                 )));
             }
             if let Some(latest) = &latest {
+                // A forged newest checkpoint is not extended (verify names
+                // it either way; refusing here puts it in the log now).
+                if !signed_by(&key.verifying_key(), latest) {
+                    return Err(refuse(format!(
+                        "{} does not carry this key's signature",
+                        latest.describe()
+                    )));
+                }
                 if seq < latest.seq {
                     return Err(refuse(format!(
                         "the head is at seq {seq}, behind {} at seq {}",
@@ -737,7 +751,7 @@ pub(super) struct CheckpointWalk<'t> {
 pub(super) struct Fault {
     pub(super) code: &'static str,
     pub(super) message: String,
-    pub(super) checkpoint: Option<Checkpoint>,
+    pub(super) checkpoint: Option<CheckpointSummary>,
 }
 
 /// Why a walk stopped.
@@ -796,7 +810,7 @@ impl<'t> CheckpointWalk<'t> {
                          store or does not open",
                         checkpoint.describe()
                     ),
-                    checkpoint: Some(checkpoint),
+                    checkpoint: Some(checkpoint.summary()),
                 }))
             }
         };
@@ -822,7 +836,7 @@ impl<'t> CheckpointWalk<'t> {
             return Err(WalkError::Fault(Fault {
                 code: fault.code(),
                 message,
-                checkpoint: Some(checkpoint),
+                checkpoint: Some(checkpoint.summary()),
             }));
         }
         if let Some((number, signature)) = self.trust.known.get(&self.org) {
@@ -833,7 +847,7 @@ impl<'t> CheckpointWalk<'t> {
                         "{} is not the checkpoint {number} this replica wrote",
                         checkpoint.describe()
                     ),
-                    checkpoint: Some(checkpoint),
+                    checkpoint: Some(checkpoint.summary()),
                 }));
             }
         }
@@ -856,7 +870,7 @@ impl<'t> CheckpointWalk<'t> {
                     "checkpoint {number}, written by this replica, is missing: the newest \
                      stored is {newest}"
                 ),
-                checkpoint: self.previous.clone(),
+                checkpoint: self.previous.as_ref().map(Checkpoint::summary),
             });
         }
         Ok(())

@@ -26,10 +26,10 @@ use sqlx::Row;
 
 use crate::db::{now_ms, Db, Tx};
 
-use checkpoints::{Checkpoint, CheckpointWalk, WalkError};
 pub use checkpoints::{
     CheckpointSummary, CheckpointTrust, Checkpoints, KeySource, REASON_INTERVAL, REASON_SEAL,
 };
+use checkpoints::{CheckpointWalk, WalkError};
 
 const DOMAIN: &[u8] = b"custos/audit/v1";
 
@@ -486,7 +486,7 @@ impl checkpoints::Fault {
                 .map_or(0, |checkpoint| checkpoint.seq),
             reason: self.code.to_string(),
             message: self.message,
-            checkpoint: self.checkpoint.as_ref().map(Checkpoint::summary),
+            checkpoint: self.checkpoint,
         }
     }
 }
