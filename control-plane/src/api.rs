@@ -989,7 +989,10 @@ async fn verify_audit(
     caller: Caller,
 ) -> AppResult<Json<audit::VerifyReport>> {
     audited_read(&state, &caller, "audit.verify", "audit:*").await?;
-    Ok(Json(audit::verify(&state.db, Some(&caller.org)).await?))
+    let trust = state.checkpoints.trust(&state.db, &state.keyring).await?;
+    Ok(Json(
+        audit::verify(&state.db, Some(&caller.org), &trust).await?,
+    ))
 }
 
 // ---- Nodes ----

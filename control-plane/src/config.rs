@@ -264,6 +264,34 @@ fn encryptions_per_version<'de, D: serde::Deserializer<'de>>(
     Ok(budget)
 }
 
+/// The `[audit]` section.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Seconds between rounds of signed checkpoints of the audit chains
+    /// (each org whose head moved gets one; at least 1).
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval_secs: u64,
+    /// The public key (64 hex) checkpoints must be signed with, as the
+    /// verify report and the log show it once the key exists. Pinned here,
+    /// it survives a restart: a key replaced in the database is refused.
+    #[serde(default)]
+    pub checkpoint_public_key: Option<String>,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            checkpoint_interval_secs: default_checkpoint_interval(),
+            checkpoint_public_key: None,
+        }
+    }
+}
+
+fn default_checkpoint_interval() -> u64 {
+    60
+}
+
 /// The control plane's settings.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -308,6 +336,9 @@ pub struct Config {
     /// The key registry.
     #[serde(default)]
     pub keys: KeySettings,
+    /// Audit checkpoints.
+    #[serde(default)]
+    pub audit: AuditSettings,
     /// Signer nodes.
     #[serde(default)]
     pub nodes: Vec<NodeEntry>,

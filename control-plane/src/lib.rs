@@ -103,7 +103,7 @@ pub async fn coordinator_public_key(config: &Config) -> anyhow::Result<String> {
         std::fs::create_dir_all(&config.data_dir)?;
     }
     let db = Db::connect(&database_url).await?;
-    let keyring = open_keyring(config, &db).await?;
+    let keyring = open_keyring(config, &db, true).await?;
     if keyring.is_sealed() {
         anyhow::bail!(
             "the keyring is sealed (seal mode {}): unseal the server and read \
@@ -141,15 +141,85 @@ pub async fn start_coordinator(state: &AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `custos audit verify`: recomputes the chains of `org` (or of every
+/// org) in the store and checks them against their signed checkpoints.
+/// The checkpoint key is, in order: `checkpoint_key` (hex, the operator's
+/// pin), the configuration's `audit.checkpoint_public_key`, or the key
+/// derived from the keyring when `config` is given and its seal mode
+/// unseals here (`env`, `hsm`). Never the database alone: a database writer
+/// who can cut the chain could also replace a public key stored beside it.
+/// Without any of these (a Shamir-sealed store), the signatures are not
+/// checked and the report says so. Writes nothing.
+pub async fn verify_audit(
+    config: Option<&Config>,
+    database_url: Option<&str>,
+    org: Option<&str>,
+    checkpoint_key: Option<&str>,
+) -> anyhow::Result<audit::VerifyReport> {
+    let database_url = match (database_url, config) {
+        (Some(url), _) => url.to_string(),
+        (None, Some(config)) => config.database_url(),
+        (None, None) => anyhow::bail!("give --database-url or --config"),
+    };
+    let parse = |text: &str| {
+        audit::checkpoints::parse_public_key(text).ok_or_else(|| {
+            anyhow::anyhow!("a checkpoint public key is 64 hex characters of an Ed25519 key")
+        })
+    };
+    let mut pinned = checkpoint_key.map(parse).transpose()?;
+    if let Some(configured) =
+        config.and_then(|config| config.audit.checkpoint_public_key.as_deref())
+    {
+        let configured = parse(configured)?;
+        if pinned.is_some_and(|pinned| pinned != configured) {
+            anyhow::bail!("--checkpoint-key is not the configured audit.checkpoint_public_key");
+        }
+        pinned = Some(configured);
+    }
+    let db = Db::connect(&database_url).await?;
+    let key = match (pinned, config) {
+        (Some(key), _) => audit::KeySource::Key(key),
+        (None, Some(config)) => {
+            let keyring = open_keyring(config, &db, false).await?;
+            if keyring.is_sealed() {
+                audit::KeySource::Unchecked
+            } else {
+                match audit::checkpoints::stored_public_key(&db, &keyring).await {
+                    Ok(Some(key)) => audit::KeySource::Key(key),
+                    Ok(None) => audit::KeySource::Missing,
+                    Err(audit::checkpoints::CheckpointError::Database(error)) => {
+                        return Err(error.into())
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "the audit checkpoint key does not open");
+                        audit::KeySource::Missing
+                    }
+                }
+            }
+        }
+        (None, None) => audit::KeySource::Unchecked,
+    };
+    let trust = audit::CheckpointTrust {
+        key,
+        known: Default::default(),
+    };
+    let report = audit::verify(&db, org, &trust).await;
+    db.close().await;
+    Ok(report?)
+}
+
 /// Loads the keyring and, for the backends that can, unseals it: `env`
-/// (initializing it on the first start) and `hsm` (once initialized).
-/// Shamir starts sealed (or uninitialized) and waits for the operators.
-async fn open_keyring(config: &Config, db: &Db) -> anyhow::Result<Keyring> {
+/// and `hsm` (once initialized). Shamir starts sealed (or uninitialized)
+/// and waits for the operators. With `server_start` (the server, or
+/// `coordinator-key` which opens the store as the server would), `env`
+/// initializes itself on the first start and the operator is told what
+/// comes next; without it (`audit verify`), nothing is written or logged.
+async fn open_keyring(config: &Config, db: &Db, server_start: bool) -> anyhow::Result<Keyring> {
     let mut conn = db.pool().acquire().await?;
     let keyring = Keyring::load(&mut conn, config.seal.mode).await?;
     match config.seal.mode {
         SealMode::Env => {
-            if !config.dev_mode {
+            if !config.dev_mode && server_start {
                 tracing::warn!(
                     "seal mode `env` keeps the master key in an environment variable: \
                      for development only; use shamir or hsm in production"
@@ -163,7 +233,7 @@ async fn open_keyring(config: &Config, db: &Db) -> anyhow::Result<Keyring> {
             let key = parse_master_key(key.expose())?;
             if keyring.is_initialized() {
                 keyring.unseal_env(key)?;
-            } else {
+            } else if server_start {
                 keyring.init_env(&mut conn, key).await?;
             }
         }
@@ -173,10 +243,11 @@ async fn open_keyring(config: &Config, db: &Db) -> anyhow::Result<Keyring> {
                 .ok_or_else(|| anyhow::anyhow!("seal mode hsm needs a [seal.pkcs11] section"))?;
             if keyring.is_initialized() {
                 keyring.unseal_hsm(&master)?;
-            } else {
+            } else if server_start {
                 tracing::warn!("not initialized: POST /api/v1/sys/init with {{\"hsm\": true}}");
             }
         }
+        SealMode::Shamir if !server_start => {}
         SealMode::Shamir => {
             if keyring.is_initialized() {
                 tracing::warn!(
@@ -224,7 +295,15 @@ pub async fn run(
         std::fs::create_dir_all(&config.data_dir)?;
     }
     let db = Db::connect(&database_url).await?;
-    let keyring = Arc::new(open_keyring(&config, &db).await?);
+    let keyring = Arc::new(open_keyring(&config, &db, true).await?);
+    let pinned_checkpoint_key = match &config.audit.checkpoint_public_key {
+        Some(text) => Some(audit::checkpoints::parse_public_key(text).ok_or_else(|| {
+            anyhow::anyhow!(
+                "audit.checkpoint_public_key is not 64 hex characters of an Ed25519 key"
+            )
+        })?),
+        None => None,
+    };
     let registry = Arc::new(Registry::from_config(&config.nodes)?);
     // With Shamir or HSM seal the root credentials come from `sys/init`;
     // the development backend initializes itself, so they come from here.
@@ -280,6 +359,7 @@ pub async fn run(
         keyring,
         transit: Default::default(),
         audit: audit::AuditBatcher::start(db.clone()),
+        checkpoints: audit::Checkpoints::new(pinned_checkpoint_key),
         hsm_keys,
         policies: Default::default(),
     });
@@ -303,6 +383,7 @@ pub async fn run(
     let worker = tokio::spawn(signing::worker(state.clone()));
     let webhook_worker = tokio::spawn(webhooks::worker(state.clone()));
     let key_scheduler = tokio::spawn(keys::scheduler(state.clone()));
+    let checkpointer = tokio::spawn(audit::checkpoints::checkpoint_worker(state.clone()));
     let address = listener.local_addr()?;
     tracing::info!(%address, "control plane listening");
     let served = axum::serve(
@@ -315,6 +396,7 @@ pub async fn run(
     worker.abort();
     webhook_worker.abort();
     key_scheduler.abort();
+    checkpointer.abort();
     db.close().await;
     served?;
     Ok(())

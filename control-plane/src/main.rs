@@ -208,11 +208,24 @@ enum IdentityCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Recompute every org's hash chain and name the first broken record.
+    /// Recompute every org's hash chain, check it against its signed
+    /// checkpoints, and name the first problem (exit status 2). Checkpoint
+    /// signatures are checked under `--checkpoint-key`, the configuration's
+    /// `audit.checkpoint_public_key`, or the key under the keyring when
+    /// `--config` names a store whose seal mode unseals here (`env`, `hsm`);
+    /// a Shamir-sealed store cannot: pass the key that
+    /// `GET /api/v1/audit/verify` shows as `checkpointKey`, or use that
+    /// endpoint.
     Verify {
-        /// postgres://… or sqlite://…
+        /// postgres://… or sqlite://… (default: the configuration's store).
         #[arg(long, env = "CUSTOS_DATABASE_URL")]
-        database_url: String,
+        database_url: Option<String>,
+        /// The server's configuration file (TOML): its store and keyring.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The checkpoint public key (64 hex) to trust.
+        #[arg(long)]
+        checkpoint_key: Option<String>,
         /// Only this org.
         #[arg(long)]
         org: Option<String>,
@@ -333,11 +346,32 @@ fn main() -> anyhow::Result<()> {
             admin::identity(&addr, &token, &identity, action).await
         }),
         Command::Audit {
-            command: AuditCommand::Verify { database_url, org },
+            command:
+                AuditCommand::Verify {
+                    database_url,
+                    config,
+                    checkpoint_key,
+                    org,
+                },
         } => runtime.block_on(async move {
-            let db = custos_control_plane::db::Db::connect(&database_url).await?;
-            let report = custos_control_plane::audit::verify(&db, org.as_deref()).await?;
+            let config = config
+                .map(|path| Config::load(&path, std::env::vars()))
+                .transpose()?;
+            let report = custos_control_plane::verify_audit(
+                config.as_ref(),
+                database_url.as_deref(),
+                org.as_deref(),
+                checkpoint_key.as_deref(),
+            )
+            .await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+            if !report.signatures_checked {
+                eprintln!(
+                    "checkpoint signatures were not checked: give --checkpoint-key (the \
+                     checkpointKey of GET /api/v1/audit/verify) or --config with a seal mode \
+                     that unseals here, or use GET /api/v1/audit/verify"
+                );
+            }
             if report.valid {
                 Ok(())
             } else {

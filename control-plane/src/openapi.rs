@@ -493,6 +493,44 @@ fn object(required: &[&str], properties: Value) -> Value {
     json!({"type": "object", "additionalProperties": false, "required": required, "properties": properties})
 }
 
+/// The answer of `GET /api/v1/audit/verify` (`audit::VerifyReport`).
+fn verify_report() -> Value {
+    let integer = || json!({"type": "integer"});
+    let checkpoint = object(
+        &["number", "seq", "createdAt", "reason"],
+        json!({"number": integer(), "seq": integer(), "createdAt": integer(), "reason": {"type": "string", "enum": ["interval", "seal"]}}),
+    );
+    object(
+        &[
+            "valid",
+            "entries",
+            "headHash",
+            "checkpoints",
+            "checkpointKey",
+            "signaturesChecked",
+        ],
+        json!({
+            "valid": {"type": "boolean"},
+            "entries": integer(),
+            "headHash": string(),
+            "firstBroken": object(&["org", "seq", "reason", "message"], json!({
+                "org": string(), "seq": integer(),
+                "reason": {"type": "string", "enum": [
+                    "seq_gap", "prev_hash_mismatch", "hash_mismatch", "head_mismatch", "truncated",
+                    "checkpoint_mismatch", "checkpoint_signature_invalid", "checkpoint_missing",
+                    "checkpoint_link_broken", "checkpoint_replaced", "checkpoint_key_missing",
+                ]},
+                "message": string(),
+                "checkpoint": checkpoint.clone(),
+            })),
+            "checkpoints": integer(),
+            "lastCheckpoint": checkpoint,
+            "checkpointKey": {"type": ["string", "null"]},
+            "signaturesChecked": {"type": "boolean"},
+        }),
+    )
+}
+
 fn schemas() -> Value {
     let rule = object(
         &["action", "resource", "effect"],
@@ -565,6 +603,7 @@ fn schemas() -> Value {
         "BackupRequest": object(&[], json!({"nodes": {"type": "array", "items": string()}})),
         "RestoreRequest": object(&[], json!({"node": string()})),
         "FreezeRequest": object(&[], json!({"reason": string()})),
+        "VerifyReport": verify_report(),
         "ReshareRequest": object(&["threshold", "nodes"], json!({"threshold": {"type": "integer", "minimum": 2}, "nodes": {"type": "array", "items": string()}, "idempotencyKey": string()})),
     })
 }
@@ -580,6 +619,11 @@ pub fn document() -> Value {
                 "default": {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
             },
         });
+        // The answers described so far: the audit verify report.
+        if *path == "/api/v1/audit/verify" {
+            operation["responses"][status.to_string()]["content"]["application/json"]["schema"] =
+                json!({"$ref": "#/components/schemas/VerifyReport"});
+        }
         if let Some(schema) = request {
             operation["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
         }

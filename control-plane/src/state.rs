@@ -40,6 +40,8 @@ pub struct AppState {
     pub tokens: crate::auth::TokenCache,
     /// Group commit of the audit records of the transit data plane.
     pub audit: crate::audit::AuditBatcher,
+    /// The audit checkpoint key pinned here and the checkpoints written here.
+    pub checkpoints: crate::audit::Checkpoints,
     /// The token of HSM-backed registry keys, when configured.
     pub hsm_keys: Option<crate::keys::hsm::HsmKeyStore>,
     /// Org policies, briefly (`gate`).

@@ -237,6 +237,7 @@ async fn seal(State(state): State<Arc<AppState>>, caller: Caller) -> AppResult<J
         json!({"identity": caller.identity}),
     )
     .await?;
+    state.checkpoints.at_seal(&state.db, &state.keyring).await;
     state.keyring.seal();
     state.transit.clear();
     crate::keys::seal_token(&state);

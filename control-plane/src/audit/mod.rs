@@ -13,12 +13,23 @@
 //! (`audit_heads`) is locked while appending, which serialises appends of one
 //! org across replicas. `verify` recomputes every chain and names the first
 //! record that does not match.
+//!
+//! A chain alone cannot show a deleted tail whose head row was rewritten to
+//! match: signed checkpoints of the heads ([`checkpoints`]) can, and
+//! `verify` checks the chains against them.
+
+pub mod checkpoints;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use crate::db::{now_ms, Db, Tx};
+
+pub use checkpoints::{
+    CheckpointSummary, CheckpointTrust, Checkpoints, KeySource, REASON_INTERVAL, REASON_SEAL,
+};
+use checkpoints::{CheckpointWalk, WalkError};
 
 const DOMAIN: &[u8] = b"custos/audit/v1";
 
@@ -398,15 +409,27 @@ pub async fn list(
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct VerifyReport {
-    /// Every record matches its hash and links to its predecessor.
+    /// Every record matches its hash and links to its predecessor, every
+    /// checkpoint is whole, and the chain still holds what they cover.
     pub valid: bool,
     /// Records checked.
     pub entries: i64,
     /// Hex hash of the last record (of the last org when several).
     pub head_hash: String,
-    /// The first record that does not match: `{org, seq, reason}`.
+    /// The first problem: `{org, seq, reason, message, checkpoint?}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_broken: Option<BrokenRecord>,
+    /// Checkpoints checked.
+    pub checkpoints: i64,
+    /// The newest checkpoint checked (of the last org that has one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint: Option<CheckpointSummary>,
+    /// Hex of the public key checkpoint signatures were checked under
+    /// (`null` when none was at hand).
+    pub checkpoint_key: Option<String>,
+    /// Whether checkpoint signatures were checked (the command line without
+    /// the keyring or `--checkpoint-key` cannot).
+    pub signatures_checked: bool,
 }
 
 /// Where a chain breaks.
@@ -415,110 +438,267 @@ pub struct VerifyReport {
 pub struct BrokenRecord {
     /// The org.
     pub org: String,
-    /// The record's seq.
+    /// The record's seq (for `truncated`: the first one missing).
     pub seq: i64,
-    /// What does not match.
+    /// What is wrong, stable: `seq_gap`, `prev_hash_mismatch`,
+    /// `hash_mismatch`, `head_mismatch`, `truncated`,
+    /// `checkpoint_mismatch`, `checkpoint_signature_invalid`,
+    /// `checkpoint_missing`, `checkpoint_link_broken`,
+    /// `checkpoint_replaced`, `checkpoint_key_missing`.
     pub reason: String,
+    /// The same in a sentence, with the numbers.
+    pub message: String,
+    /// The checkpoint concerned, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointSummary>,
 }
 
-/// Recomputes the chain of `org` (or of every org) from the first record.
-pub async fn verify(db: &Db, org: Option<&str>) -> Result<VerifyReport, sqlx::Error> {
+/// Why one org's verification stopped.
+enum Stop {
+    Database(sqlx::Error),
+    Broken(BrokenRecord),
+}
+
+impl From<sqlx::Error> for Stop {
+    fn from(error: sqlx::Error) -> Self {
+        Stop::Database(error)
+    }
+}
+
+fn broken(org: &str, seq: i64, reason: &str, message: String) -> Stop {
+    Stop::Broken(BrokenRecord {
+        org: org.to_string(),
+        seq,
+        reason: reason.to_string(),
+        message,
+        checkpoint: None,
+    })
+}
+
+impl checkpoints::Fault {
+    /// The report's entry; [`verify`] fills in the org.
+    fn into_broken(self) -> BrokenRecord {
+        BrokenRecord {
+            org: String::new(),
+            seq: self
+                .checkpoint
+                .as_ref()
+                .map_or(0, |checkpoint| checkpoint.seq),
+            reason: self.code.to_string(),
+            message: self.message,
+            checkpoint: self.checkpoint,
+        }
+    }
+}
+
+impl From<WalkError> for Stop {
+    fn from(error: WalkError) -> Self {
+        match error {
+            WalkError::Database(error) => Stop::Database(error),
+            WalkError::Fault(fault) => Stop::Broken(fault.into_broken()),
+        }
+    }
+}
+
+/// Recomputes the chain of `org` (or of every org) from the first record
+/// and checks it against the org's signed checkpoints under `trust`: each
+/// checkpoint whole and linked to the previous one, the record at its seq
+/// present with its hash, and none newer than the chain's end.
+pub async fn verify(
+    db: &Db,
+    org: Option<&str>,
+    trust: &CheckpointTrust,
+) -> Result<VerifyReport, sqlx::Error> {
     let orgs: Vec<String> = match org {
         Some(org) => vec![org.to_string()],
-        None => sqlx::query("SELECT org_id FROM audit_heads ORDER BY org_id")
+        None => {
+            // An org whose head row and records are all gone still has its
+            // checkpoints, or this replica's memory of them.
+            let mut orgs: std::collections::BTreeSet<String> = sqlx::query(
+                "SELECT org_id FROM audit_heads UNION SELECT org_id FROM audit_checkpoints",
+            )
             .fetch_all(db.pool())
             .await?
             .iter()
             .map(|row| row.try_get("org_id"))
-            .collect::<Result<_, _>>()?,
+            .collect::<Result<_, _>>()?;
+            orgs.extend(trust.known.keys().cloned());
+            orgs.into_iter().collect()
+        }
     };
     let mut report = VerifyReport {
         valid: true,
         entries: 0,
         head_hash: hex::encode([0u8; 32]),
         first_broken: None,
+        checkpoints: 0,
+        last_checkpoint: None,
+        checkpoint_key: match &trust.key {
+            KeySource::Key(key) => Some(hex::encode(key.to_bytes())),
+            KeySource::Missing | KeySource::Unchecked => None,
+        },
+        signatures_checked: !matches!(trust.key, KeySource::Unchecked),
     };
     for org in orgs {
-        let mut expected_prev = vec![0u8; 32];
-        let mut expected_seq = 1;
-        let mut after = 0i64;
-        loop {
-            let rows = sqlx::query(
-                "SELECT * FROM audit_log WHERE org_id = $1 AND seq > $2 ORDER BY seq LIMIT 1000",
-            )
-            .bind(&org)
-            .bind(after)
-            .fetch_all(db.pool())
-            .await?;
-            if rows.is_empty() {
-                break;
-            }
-            for row in &rows {
-                let seq: i64 = row.try_get("seq")?;
-                after = seq;
-                let prev_hash: Vec<u8> = row.try_get("prev_hash")?;
-                let stored: Vec<u8> = row.try_get("hash")?;
-                let recomputed = record_hash(
-                    &prev_hash,
-                    &org,
-                    seq,
-                    row.try_get("timestamp")?,
-                    &row.try_get::<String, _>("action")?,
-                    &row.try_get::<String, _>("resource")?,
-                    &row.try_get::<String, _>("identity_id")?,
-                    &row.try_get::<String, _>("ip")?,
-                    &row.try_get::<String, _>("approved")?,
-                    &row.try_get::<String, _>("outcome")?,
-                    &row.try_get::<String, _>("request_id")?,
-                    &row.try_get::<String, _>("detail")?,
-                );
-                let reason = if seq != expected_seq {
-                    Some(format!("expected seq {expected_seq}, found {seq}"))
-                } else if prev_hash != expected_prev {
-                    Some("prev_hash does not match the previous record".to_string())
-                } else if recomputed.as_slice() != stored.as_slice() {
-                    Some("the record's content does not match its hash".to_string())
-                } else {
-                    None
-                };
-                report.entries += 1;
-                if let Some(reason) = reason {
-                    report.valid = false;
-                    report.first_broken = Some(BrokenRecord {
-                        org: org.clone(),
-                        seq,
-                        reason,
-                    });
-                    return Ok(report);
-                }
-                expected_prev = stored;
-                expected_seq += 1;
-            }
-        }
-        // The head must point at the last record: a deleted tail shows here.
-        if let Some(head) = sqlx::query("SELECT seq, hash FROM audit_heads WHERE org_id = $1")
-            .bind(&org)
-            .fetch_optional(db.pool())
-            .await?
-        {
-            let head_seq: i64 = head.try_get("seq")?;
-            let head_hash: Vec<u8> = head.try_get("hash")?;
-            if head_seq != expected_seq - 1 || head_hash != expected_prev {
+        match verify_org(db, &org, trust, &mut report).await {
+            Ok(()) => {}
+            Err(Stop::Database(error)) => return Err(error),
+            Err(Stop::Broken(mut first_broken)) => {
+                first_broken.org = org;
                 report.valid = false;
-                report.first_broken = Some(BrokenRecord {
-                    org: org.clone(),
-                    seq: expected_seq,
-                    reason: format!(
-                        "the chain head says {head_seq} records, {} were found",
-                        expected_seq - 1
-                    ),
-                });
+                report.first_broken = Some(first_broken);
                 return Ok(report);
             }
         }
-        report.head_hash = hex::encode(&expected_prev);
     }
     Ok(report)
+}
+
+/// One org: the chain record by record, the checkpoints merged in as the
+/// chain reaches their seq, then what is left of either.
+async fn verify_org(
+    db: &Db,
+    org: &str,
+    trust: &CheckpointTrust,
+    report: &mut VerifyReport,
+) -> Result<(), Stop> {
+    let mut walk = CheckpointWalk::new(org, trust);
+    let mut pending = walk.next(db).await?;
+    let mut expected_prev = vec![0u8; 32];
+    let mut expected_seq = 1;
+    let mut after = 0i64;
+    loop {
+        let rows = sqlx::query(
+            "SELECT * FROM audit_log WHERE org_id = $1 AND seq > $2 ORDER BY seq LIMIT 1000",
+        )
+        .bind(org)
+        .bind(after)
+        .fetch_all(db.pool())
+        .await?;
+        if rows.is_empty() {
+            break;
+        }
+        for row in &rows {
+            let seq: i64 = row.try_get("seq")?;
+            after = seq;
+            let prev_hash: Vec<u8> = row.try_get("prev_hash")?;
+            let stored: Vec<u8> = row.try_get("hash")?;
+            let recomputed = record_hash(
+                &prev_hash,
+                org,
+                seq,
+                row.try_get("timestamp")?,
+                &row.try_get::<String, _>("action")?,
+                &row.try_get::<String, _>("resource")?,
+                &row.try_get::<String, _>("identity_id")?,
+                &row.try_get::<String, _>("ip")?,
+                &row.try_get::<String, _>("approved")?,
+                &row.try_get::<String, _>("outcome")?,
+                &row.try_get::<String, _>("request_id")?,
+                &row.try_get::<String, _>("detail")?,
+            );
+            report.entries += 1;
+            if seq != expected_seq {
+                return Err(broken(
+                    org,
+                    seq,
+                    "seq_gap",
+                    format!("expected seq {expected_seq}, found {seq}"),
+                ));
+            }
+            if prev_hash != expected_prev {
+                return Err(broken(
+                    org,
+                    seq,
+                    "prev_hash_mismatch",
+                    "prev_hash does not match the previous record".into(),
+                ));
+            }
+            if recomputed.as_slice() != stored.as_slice() {
+                return Err(broken(
+                    org,
+                    seq,
+                    "hash_mismatch",
+                    "the record's content does not match its hash".into(),
+                ));
+            }
+            // Every checkpoint at this seq must carry this record's hash.
+            while let Some(checkpoint) = pending.take_if(|checkpoint| checkpoint.seq <= seq) {
+                if checkpoint.seq < seq || checkpoint.hash != stored {
+                    let message = if checkpoint.seq < seq {
+                        format!(
+                            "{} covers seq {}, which is not in the chain",
+                            checkpoint.describe(),
+                            checkpoint.seq
+                        )
+                    } else {
+                        format!(
+                            "the record at seq {seq} is not the one {} covers: the chain was \
+                             rewritten",
+                            checkpoint.describe()
+                        )
+                    };
+                    return Err(Stop::Broken(BrokenRecord {
+                        org: org.to_string(),
+                        seq,
+                        reason: "checkpoint_mismatch".into(),
+                        message,
+                        checkpoint: Some(checkpoint.summary()),
+                    }));
+                }
+                pending = walk.next(db).await?;
+            }
+            expected_prev = stored;
+            expected_seq += 1;
+        }
+    }
+    let chain_end = expected_seq - 1;
+    // Checkpoints beyond the chain's end: its tail is gone. The rest are
+    // checked first, so that a forged one is named as such, and the newest
+    // is named as the evidence.
+    if let Some(first_beyond) = pending {
+        let mut newest = first_beyond;
+        while let Some(next) = walk.next(db).await? {
+            newest = next;
+        }
+        return Err(Stop::Broken(BrokenRecord {
+            org: org.to_string(),
+            seq: chain_end + 1,
+            reason: "truncated".into(),
+            message: format!(
+                "the chain ends at seq {chain_end} but {} covers seq {}: records were removed",
+                newest.describe(),
+                newest.seq
+            ),
+            checkpoint: Some(newest.summary()),
+        }));
+    }
+    walk.finish()
+        .map_err(|fault| Stop::Broken(fault.into_broken()))?;
+    // The head must point at the last record: a deleted tail shows here
+    // when the head row was left alone.
+    if let Some(head) = sqlx::query("SELECT seq, hash FROM audit_heads WHERE org_id = $1")
+        .bind(org)
+        .fetch_optional(db.pool())
+        .await?
+    {
+        let head_seq: i64 = head.try_get("seq")?;
+        let head_hash: Vec<u8> = head.try_get("hash")?;
+        if head_seq != chain_end || head_hash != expected_prev {
+            return Err(broken(
+                org,
+                expected_seq,
+                "head_mismatch",
+                format!("the chain head says {head_seq} records, {chain_end} were found"),
+            ));
+        }
+    }
+    report.head_hash = hex::encode(&expected_prev);
+    report.checkpoints += walk.checked;
+    if let Some(newest) = &walk.previous {
+        report.last_checkpoint = Some(newest.summary());
+    }
+    Ok(())
 }
 
 /// An [`AuditEvent`] that owns its text, for [`AuditBatcher`].
@@ -863,7 +1043,9 @@ mod tests {
             append_alone(&db, &event("org_a", "last")).await.unwrap(),
             next_a
         );
-        let report = verify(&db, None).await.unwrap();
+        let report = verify(&db, None, &CheckpointTrust::unchecked())
+            .await
+            .unwrap();
         assert!(report.valid, "{report:?}");
         assert_eq!(report.entries, i64::try_from(events.len()).unwrap() + 2);
         // A record changed after the fact breaks the chain.
@@ -871,7 +1053,9 @@ mod tests {
             .execute(db.pool())
             .await
             .unwrap();
-        let report = verify(&db, Some("org_b")).await.unwrap();
+        let report = verify(&db, Some("org_b"), &CheckpointTrust::unchecked())
+            .await
+            .unwrap();
         assert!(!report.valid);
         assert_eq!(report.first_broken.unwrap().seq, 5);
     }
@@ -941,7 +1125,9 @@ mod tests {
             .unwrap();
             assert_eq!(&stored, request_id);
         }
-        let report = verify(&db, None).await.unwrap();
+        let report = verify(&db, None, &CheckpointTrust::unchecked())
+            .await
+            .unwrap();
         assert!(report.valid, "{report:?}");
         assert_eq!(report.entries, 24 * 20);
     }
@@ -1002,7 +1188,9 @@ mod tests {
             .filter(|(_, outcome)| outcome.is_ok())
             .count();
         assert!(kept >= 16 * 10 - MAX_BATCH.min(16), "only one group fails");
-        let report = verify(&db, None).await.unwrap();
+        let report = verify(&db, None, &CheckpointTrust::unchecked())
+            .await
+            .unwrap();
         assert!(report.valid, "{report:?}");
         assert_eq!(report.entries, i64::try_from(kept).unwrap());
     }
