@@ -21,8 +21,10 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod gate;
+pub mod identities;
 pub mod keyring;
 pub mod keys;
+pub mod mfa;
 pub mod nodes;
 pub mod openapi;
 pub mod operations;
@@ -271,6 +273,9 @@ pub async fn run(
         replica: config.replica_id(),
         limiter: RateLimiter::new(config.rate_limit_per_sec),
         tokens: auth::TokenCache::new(config.token_cache_ms),
+        logins: auth::LoginThrottle::new(&config.auth),
+        hashes: auth::HashBudget::new(config.auth.password_hash_concurrency),
+        mfa: Default::default(),
         config,
         coordinator: std::sync::RwLock::new(None),
         registry: registry.clone(),
@@ -302,6 +307,17 @@ pub async fn run(
     let worker = tokio::spawn(signing::worker(state.clone()));
     let webhook_worker = tokio::spawn(webhooks::worker(state.clone()));
     let key_scheduler = tokio::spawn(keys::scheduler(state.clone()));
+    // Login throttle keys whose budget is full again are dropped, so that
+    // made-up client ids do not grow the table.
+    let throttle_sweeper = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                state.logins.forget_idle();
+            }
+        })
+    };
     let address = listener.local_addr()?;
     tracing::info!(%address, "control plane listening");
     let served = axum::serve(
@@ -314,6 +330,7 @@ pub async fn run(
     worker.abort();
     webhook_worker.abort();
     key_scheduler.abort();
+    throttle_sweeper.abort();
     db.close().await;
     served?;
     Ok(())
