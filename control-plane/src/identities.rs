@@ -454,6 +454,7 @@ pub async fn apply(
             crate::mfa::reset(tx, &actor.org, &id).await?;
             get(&mut **tx, &actor.org, &id).await?.to_json()
         }
+        // Returned above.
         Change::Create { .. } => Value::Null,
     };
     Ok(Applied {

@@ -342,8 +342,8 @@ async fn update(
     let role = parse_role(&body.role)?;
     let found = target(&state, &caller, &id).await?;
     precheck(&state, &caller, &found, false).await?;
-    let change_ = Change::SetRole { identity: id, role };
-    change(&state, &caller, change_, &resource(&found.name)).await
+    let requested = Change::SetRole { identity: id, role };
+    change(&state, &caller, requested, &resource(&found.name)).await
 }
 
 /// Disables an identity at once by default (`identity.disable`): it can no
@@ -357,8 +357,8 @@ async fn disable(
     let NoBody {} = optional_body(request).await?;
     let found = target(&state, &caller, &id).await?;
     precheck(&state, &caller, &found, true).await?;
-    let change_ = Change::Disable { identity: id };
-    change(&state, &caller, change_, &resource(&found.name)).await
+    let requested = Change::Disable { identity: id };
+    change(&state, &caller, requested, &resource(&found.name)).await
 }
 
 /// Enables a disabled identity (`identity.update`: one admin's approval by
@@ -372,8 +372,8 @@ async fn enable(
     let NoBody {} = optional_body(request).await?;
     let found = target(&state, &caller, &id).await?;
     precheck(&state, &caller, &found, false).await?;
-    let change_ = Change::Enable { identity: id };
-    change(&state, &caller, change_, &resource(&found.name)).await
+    let requested = Change::Enable { identity: id };
+    change(&state, &caller, requested, &resource(&found.name)).await
 }
 
 /// Deletes an identity with its tokens (`identity.delete`: two approvals
@@ -385,8 +385,8 @@ async fn remove(
 ) -> AppResult<(StatusCode, Json<Value>)> {
     let found = target(&state, &caller, &id).await?;
     precheck(&state, &caller, &found, true).await?;
-    let change_ = Change::Delete { identity: id };
-    change(&state, &caller, change_, &resource(&found.name)).await
+    let requested = Change::Delete { identity: id };
+    change(&state, &caller, requested, &resource(&found.name)).await
 }
 
 #[derive(Deserialize)]
@@ -684,6 +684,6 @@ async fn reset_mfa(
     let NoBody {} = optional_body(request).await?;
     let found = target(&state, &caller, &id).await?;
     precheck(&state, &caller, &found, false).await?;
-    let change_ = Change::ResetMfa { identity: id };
-    change(&state, &caller, change_, &resource(&found.name)).await
+    let requested = Change::ResetMfa { identity: id };
+    change(&state, &caller, requested, &resource(&found.name)).await
 }
