@@ -20,7 +20,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sqlx::Row;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{
@@ -30,7 +29,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::audit::{self, AuditEvent, AuditFilter};
-use crate::auth::{self, Caller, NewIdentity, Role};
+use crate::auth::Caller;
 use crate::db::{new_id, now_ms};
 use crate::error::{AppError, AppResult, ErrorBody};
 use crate::gate;
@@ -40,6 +39,7 @@ use crate::state::AppState;
 use crate::wallets::{self, Protocol, Wallet};
 
 mod backups;
+mod identities;
 mod keys;
 mod secrets;
 mod sys;
@@ -51,13 +51,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     let timed = Router::new()
         .route("/api/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics_text))
-        .route("/api/v1/auth/token", post(token))
         .route("/api/v1/orgs", post(create_org))
-        .route(
-            "/api/v1/identities",
-            post(create_identity).get(list_identities),
-        )
-        .route("/api/v1/identities/{id}/mfa", post(enroll_mfa))
         .route("/api/v1/policies", post(create_policy).get(list_policies))
         .route("/api/v1/policies/{id}", get(get_policy).put(update_policy))
         .route("/api/v1/approvals", get(list_approvals))
@@ -84,6 +78,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     timed
         .merge(slow)
         .merge(sys::routes())
+        .merge(identities::routes())
         .merge(transit::routes())
         .merge(secrets::routes())
         .merge(keys::routes())
@@ -429,50 +424,6 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct TokenBody {
-    client_id: String,
-    client_secret: String,
-}
-
-async fn token(
-    State(state): State<Arc<AppState>>,
-    context: Context,
-    ApiJson(body): ApiJson<TokenBody>,
-) -> AppResult<Json<auth::TokenAnswer>> {
-    let outcome = auth::login(
-        &state.db,
-        &body.client_id,
-        &body.client_secret,
-        state.config.token_ttl_secs,
-    )
-    .await;
-    let (who, outcome_label, answer) = match outcome {
-        Ok((who, answer)) => (Some(who), "success", Ok(answer)),
-        Err(failure) => (failure.who, "denied", Err(failure.error)),
-    };
-    if let Some(who) = who {
-        audit::append_alone(
-            &state.db,
-            &AuditEvent {
-                org: &who.org,
-                action: "auth.token",
-                resource: &format!("identity:{}", who.identity),
-                identity: &who.identity,
-                ip: &context.ip.to_string(),
-                approved: "not_required",
-                outcome: outcome_label,
-                request_id: &context.request_id,
-                detail: json!({}),
-            },
-        )
-        .await
-        .map_err(|error| AppError::internal("audit", error))?;
-    }
-    answer.map(Json)
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct OrgBody {
     name: String,
 }
@@ -530,158 +481,6 @@ async fn create_org(
     Ok((
         StatusCode::CREATED,
         Json(json!({"id": id, "name": body.name})),
-    ))
-}
-
-async fn create_identity(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    ApiJson(body): ApiJson<NewIdentity>,
-) -> AppResult<(StatusCode, Json<Value>)> {
-    check_name(&body.name, "identity")?;
-    let role = Role::parse(&body.role).ok_or_else(|| {
-        AppError::invalid(
-            "invalid_role",
-            "role is admin, operator, approver, service or auditor",
-        )
-    })?;
-    let org = match &body.org_id {
-        Some(org) if *org != caller.org => {
-            if !caller.platform_admin {
-                return Err(AppError::not_found("org"));
-            }
-            let exists = sqlx::query("SELECT id FROM orgs WHERE id = $1")
-                .bind(org)
-                .fetch_optional(state.db.pool())
-                .await?;
-            if exists.is_none() {
-                return Err(AppError::not_found("org"));
-            }
-            org.clone()
-        }
-        _ => caller.org.clone(),
-    };
-    let resource = format!("identity:{}", body.name);
-    if org == caller.org {
-        authorize(&state, &caller, "identity.create", &resource).await?;
-    }
-    let mut tx = state.db.begin().await?;
-    let credentials = auth::create_identity(&mut tx, &org, &body.name, role, false).await?;
-    let mut orgs = vec![caller.org.clone()];
-    if org != caller.org {
-        orgs.push(org.clone());
-    }
-    for audit_org in &orgs {
-        audit::append(
-            &state.db,
-            &mut tx,
-            &AuditEvent {
-                org: audit_org,
-                action: "identity.create",
-                resource: &resource,
-                identity: &caller.identity,
-                ip: &caller.ip.to_string(),
-                approved: "allowed",
-                outcome: "success",
-                request_id: &caller.request_id,
-                detail: json!({"identityId": credentials.id, "role": role.name(), "org": org}),
-            },
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "id": credentials.id,
-            "name": body.name,
-            "role": role.name(),
-            "orgId": org,
-            "clientId": credentials.client_id,
-            "clientSecret": credentials.client_secret,
-        })),
-    ))
-}
-
-async fn list_identities(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-) -> AppResult<Json<Value>> {
-    audited_read(&state, &caller, "identity.read", "identity:*").await?;
-    let rows = sqlx::query(
-        "SELECT id, name, role, client_id, created_at, totp_secret IS NOT NULL AS mfa \
-         FROM identities WHERE org_id = $1 ORDER BY created_at",
-    )
-    .bind(&caller.org)
-    .fetch_all(state.db.pool())
-    .await?;
-    let mut items = Vec::new();
-    for row in rows {
-        items.push(json!({
-            "id": row.try_get::<String, _>("id")?,
-            "name": row.try_get::<String, _>("name")?,
-            "role": row.try_get::<String, _>("role")?,
-            "clientId": row.try_get::<String, _>("client_id")?,
-            "createdAt": row.try_get::<i64, _>("created_at")?,
-        }));
-    }
-    Ok(Json(json!({"items": items})))
-}
-
-async fn enroll_mfa(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> AppResult<Json<Value>> {
-    // Only the identity itself enrols: whoever sees the otpauth URI can
-    // produce its codes, so not even an admin may see another's.
-    if id != caller.identity {
-        return Err(AppError::forbidden(
-            "forbidden",
-            "an identity enrols its own MFA",
-        ));
-    }
-    let row = sqlx::query("SELECT name FROM identities WHERE id = $1 AND org_id = $2")
-        .bind(&id)
-        .bind(&caller.org)
-        .fetch_optional(state.db.pool())
-        .await?
-        .ok_or_else(|| AppError::not_found("identity"))?;
-    let name: String = row.try_get("name")?;
-    let secret = crate::totp::TotpSecret::generate();
-    let mut tx = state.db.begin().await?;
-    let sealed = state
-        .keyring
-        .seal_record(
-            &mut tx,
-            &caller.org,
-            signing::TOTP_RECORD,
-            &id,
-            secret.as_bytes(),
-        )
-        .await?;
-    sqlx::query(
-        "UPDATE identities SET totp_secret = $1, totp_last_step = 0 WHERE id = $2 AND org_id = $3",
-    )
-    .bind(sealed)
-    .bind(&id)
-    .bind(&caller.org)
-    .execute(&mut *tx)
-    .await?;
-    record(
-        &state,
-        &mut tx,
-        &caller,
-        "identity.mfa",
-        &format!("identity:{name}"),
-        "allowed",
-        "success",
-        json!({"identityId": id}),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Json(
-        json!({"otpauthUri": secret.otpauth_uri("Custos", &name)}),
     ))
 }
 

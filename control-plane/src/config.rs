@@ -7,6 +7,12 @@
 //! database_url = "postgres://custos@db/custos"   # default: SQLite in data_dir
 //! replica_id = "cp-1"                            # default: derived from data_dir
 //!
+//! token_cache_ms = 1000                          # at most 1000
+//!
+//! [auth]                 # login throttling (see `AuthSettings`)
+//! login_per_client_per_min = 30
+//! login_per_ip_per_min = 300
+//!
 //! [seal]
 //! mode = "shamir"        # shamir (default) | hsm | env (development)
 //!
@@ -292,6 +298,52 @@ fn default_checkpoint_interval() -> u64 {
     60
 }
 
+/// The `[auth]` section: how many logins (`POST /api/v1/auth/token`) a
+/// replica lets through before it spends any Argon2 work on them.
+///
+/// ```toml
+/// [auth]
+/// login_per_client_per_min = 30   # per client id, known or not
+/// login_per_ip_per_min = 300      # per source address (IPv6: per /64)
+/// password_hash_concurrency = 4   # Argon2 checks running at once
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Login attempts per client id per minute (a burst of this many, then
+    /// one every `60 / n` seconds), whether the id exists or not.
+    #[serde(default = "default_login_per_client")]
+    pub login_per_client_per_min: u32,
+    /// Login attempts per source address per minute (IPv6 addresses count
+    /// per /64 network, which one host usually holds whole).
+    #[serde(default = "default_login_per_ip")]
+    pub login_per_ip_per_min: u32,
+    /// Argon2 checks of client secrets running at once on this replica
+    /// (each holds about 19 MiB); more wait their turn.
+    #[serde(default = "default_hash_concurrency")]
+    pub password_hash_concurrency: u32,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            login_per_client_per_min: default_login_per_client(),
+            login_per_ip_per_min: default_login_per_ip(),
+            password_hash_concurrency: default_hash_concurrency(),
+        }
+    }
+}
+
+fn default_login_per_client() -> u32 {
+    30
+}
+fn default_login_per_ip() -> u32 {
+    300
+}
+fn default_hash_concurrency() -> u32 {
+    4
+}
+
 /// The control plane's settings.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -311,7 +363,10 @@ pub struct Config {
     #[serde(default = "default_token_ttl")]
     pub token_ttl_secs: u64,
     /// How long a replica trusts a verified bearer token without reading
-    /// the database again, milliseconds (0: never).
+    /// the database again, milliseconds (0: never). At most
+    /// [`MAX_TOKEN_CACHE_MS`]: a token revoked or an identity disabled on
+    /// one replica must be refused by every other within a second
+    /// (invariant 11); a larger value is refused at start.
     #[serde(default = "default_token_cache")]
     pub token_cache_ms: u64,
     /// Largest request body, bytes.
@@ -339,6 +394,9 @@ pub struct Config {
     /// Audit checkpoints.
     #[serde(default)]
     pub audit: AuditSettings,
+    /// Logins: throttling and the password hash's budget.
+    #[serde(default)]
+    pub auth: AuthSettings,
     /// Signer nodes.
     #[serde(default)]
     pub nodes: Vec<NodeEntry>,
@@ -347,8 +405,12 @@ pub struct Config {
 fn default_token_ttl() -> u64 {
     900
 }
+/// The longest a replica may trust a verified token without reading the
+/// database again, milliseconds.
+pub const MAX_TOKEN_CACHE_MS: u64 = 1000;
+
 fn default_token_cache() -> u64 {
-    2000
+    MAX_TOKEN_CACHE_MS
 }
 fn default_body_limit() -> usize {
     256 * 1024
@@ -414,6 +476,19 @@ impl Config {
             document.insert(key.into(), toml::Value::String(value));
         }
         let config: Config = document.try_into()?;
+        if config.token_cache_ms > MAX_TOKEN_CACHE_MS {
+            anyhow::bail!(
+                "token_cache_ms is at most {MAX_TOKEN_CACHE_MS}: a revoked token must be \
+                 refused by every replica within a second"
+            );
+        }
+        let auth = &config.auth;
+        if auth.login_per_client_per_min == 0
+            || auth.login_per_ip_per_min == 0
+            || auth.password_hash_concurrency == 0
+        {
+            anyhow::bail!("the [auth] limits are at least 1");
+        }
         Ok(config)
     }
 
@@ -482,5 +557,24 @@ mod tests {
             );
             assert!(parsed.is_err(), "{refused}");
         }
+    }
+
+    #[test]
+    fn a_token_cache_longer_than_a_second_is_refused() {
+        let text = "listen = \"127.0.0.1:8200\"\ndata_dir = \"/tmp/x\"\n";
+        let config = Config::parse(text, []).unwrap();
+        assert_eq!(config.token_cache_ms, MAX_TOKEN_CACHE_MS);
+        assert_eq!(config.auth, AuthSettings::default());
+        assert!(Config::parse(&format!("{text}token_cache_ms = 1000\n"), []).is_ok());
+        assert!(Config::parse(&format!("{text}token_cache_ms = 1001\n"), []).is_err());
+        let auth = format!("{text}[auth]\nlogin_per_client_per_min = 3\n");
+        assert_eq!(
+            Config::parse(&auth, [])
+                .unwrap()
+                .auth
+                .login_per_client_per_min,
+            3
+        );
+        assert!(Config::parse(&format!("{text}[auth]\nlogin_per_ip_per_min = 0\n"), []).is_err());
     }
 }

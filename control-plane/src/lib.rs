@@ -22,8 +22,10 @@ pub mod db;
 pub mod error;
 pub mod evm_calls;
 pub mod gate;
+pub mod identities;
 pub mod keyring;
 pub mod keys;
+pub mod mfa;
 pub mod nodes;
 pub mod openapi;
 pub mod operations;
@@ -351,6 +353,9 @@ pub async fn run(
         replica: config.replica_id(),
         limiter: RateLimiter::new(config.rate_limit_per_sec),
         tokens: auth::TokenCache::new(config.token_cache_ms),
+        logins: auth::LoginThrottle::new(&config.auth),
+        hashes: auth::HashBudget::new(config.auth.password_hash_concurrency),
+        mfa: Default::default(),
         config,
         coordinator: std::sync::RwLock::new(None),
         registry: registry.clone(),
@@ -384,6 +389,17 @@ pub async fn run(
     let webhook_worker = tokio::spawn(webhooks::worker(state.clone()));
     let key_scheduler = tokio::spawn(keys::scheduler(state.clone()));
     let checkpointer = tokio::spawn(audit::checkpoints::checkpoint_worker(state.clone()));
+    // Login throttle keys whose budget is full again are dropped, so that
+    // made-up client ids do not grow the table.
+    let throttle_sweeper = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                state.logins.forget_idle();
+            }
+        })
+    };
     let address = listener.local_addr()?;
     tracing::info!(%address, "control plane listening");
     let served = axum::serve(
@@ -397,6 +413,7 @@ pub async fn run(
     webhook_worker.abort();
     key_scheduler.abort();
     checkpointer.abort();
+    throttle_sweeper.abort();
     db.close().await;
     served?;
     Ok(())

@@ -69,7 +69,7 @@ pub const OPERATIONS: &[(&str, &str, &str, Option<&str>, u16)] = &[
     (
         "post",
         "/api/v1/identities",
-        "Create a machine identity (secret shown once)",
+        "Create a machine identity (secret shown once; 202 when it waits for an approval)",
         Some("IdentityRequest"),
         201,
     ),
@@ -81,9 +81,93 @@ pub const OPERATIONS: &[(&str, &str, &str, Option<&str>, u16)] = &[
         200,
     ),
     (
+        "get",
+        "/api/v1/identities/{id}",
+        "Get an identity (status, role, MFA; never a secret)",
+        None,
+        200,
+    ),
+    (
+        "put",
+        "/api/v1/identities/{id}",
+        "Change an identity's role (202 when it waits for an approval)",
+        Some("IdentityUpdateRequest"),
+        200,
+    ),
+    (
+        "delete",
+        "/api/v1/identities/{id}",
+        "Delete an identity and its tokens (202 when it waits for approvals)",
+        None,
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/identities/{id}/disable",
+        "Disable an identity: no login, its tokens revoked at once",
+        None,
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/identities/{id}/enable",
+        "Enable a disabled identity (202 when it waits for an approval)",
+        None,
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/identities/{id}/rotate-secret",
+        "Replace the caller's own client secret (new secret shown once; its tokens revoked)",
+        Some("RotateSecretRequest"),
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/identities/{id}/credentials",
+        "The first client secret of an identity created after an approval, once, to its creator",
+        None,
+        200,
+    ),
+    (
+        "get",
+        "/api/v1/identities/{id}/tokens",
+        "List an identity's active tokens (ids, times, addresses; never a token)",
+        None,
+        200,
+    ),
+    (
+        "delete",
+        "/api/v1/identities/{id}/tokens",
+        "Revoke every token of an identity",
+        None,
+        200,
+    ),
+    (
+        "delete",
+        "/api/v1/identities/{id}/tokens/{tokenId}",
+        "Revoke one token of an identity",
+        None,
+        200,
+    ),
+    (
         "post",
         "/api/v1/identities/{id}/mfa",
-        "Enrol TOTP",
+        "Start a TOTP enrolment (pending until confirmed; a current code to re-enrol)",
+        None,
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/identities/{id}/mfa/confirm",
+        "Confirm a TOTP enrolment with its first code",
+        Some("MfaConfirmRequest"),
+        200,
+    ),
+    (
+        "post",
+        "/api/v1/identities/{id}/mfa/reset",
+        "Remove an identity's MFA so it can enrol again (202 when it waits for an approval)",
         None,
         200,
     ),
@@ -608,6 +692,21 @@ fn schemas() -> Value {
     })
 }
 
+/// Adds the request bodies of the identity routes (`api::identities`);
+/// beside the others' table, which is at the `json!` macro's recursion
+/// limit.
+fn with_identity_schemas(mut schemas: Value) -> Value {
+    let role =
+        json!({"type": "string", "enum": ["admin", "operator", "approver", "service", "auditor"]});
+    schemas["IdentityUpdateRequest"] = object(&["role"], json!({"role": role}));
+    schemas["RotateSecretRequest"] = object(
+        &["clientSecret"],
+        json!({"clientSecret": string(), "totp": string()}),
+    );
+    schemas["MfaConfirmRequest"] = object(&["code"], json!({"code": string()}));
+    schemas
+}
+
 /// The document.
 pub fn document() -> Value {
     let mut paths = Map::new();
@@ -657,7 +756,7 @@ pub fn document() -> Value {
         "info": {"title": "Custos API", "version": env!("CARGO_PKG_VERSION")},
         "paths": paths,
         "components": {
-            "schemas": schemas(),
+            "schemas": with_identity_schemas(schemas()),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     })

@@ -459,6 +459,17 @@ async fn run(state: &AppState, tx: &mut Tx, operation: &Approved) -> AppResult<V
             let changed = crate::wallets::unfreeze(tx, &operation.org, &wallet).await?;
             Ok(json!({"walletId": wallet, "frozen": false, "wasFrozen": changed}))
         }
+        "identity.create" | "identity.update" | "identity.disable" | "identity.delete"
+        | "identity.mfa_reset" => {
+            let stored = crate::identities::Stored {
+                operation: &operation.id,
+                org: &operation.org,
+                requested_by: &operation.requested_by,
+                action: &operation.action,
+                body: &operation.body,
+            };
+            Ok(crate::identities::run_stored(state, tx, &stored).await?)
+        }
         "policy.create" => crate::orgs::create_stored(tx, &operation.org, &operation.body).await,
         "policy.update" => crate::orgs::update_stored(tx, &operation.org, &operation.body).await,
         "transit.config" => {

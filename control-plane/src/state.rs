@@ -36,8 +36,14 @@ pub struct AppState {
     pub keyring: Arc<Keyring>,
     /// Opened transit keys (a cache; the store is the truth).
     pub transit: crate::transit::store::TransitKeys,
-    /// Verified bearer tokens, briefly.
+    /// Verified bearer tokens, for at most a second.
     pub tokens: crate::auth::TokenCache,
+    /// Login throttling per client id and per address, before Argon2.
+    pub logins: crate::auth::LoginThrottle,
+    /// How many Argon2 hashes of client secrets run at once.
+    pub hashes: crate::auth::HashBudget,
+    /// Wrong TOTP codes counted on this replica but not committed yet.
+    pub mfa: crate::mfa::FailureLedger,
     /// Group commit of the audit records of the transit data plane.
     pub audit: crate::audit::AuditBatcher,
     /// The audit checkpoint key pinned here and the checkpoints written here.

@@ -273,7 +273,8 @@ async fn hsm_init_unseals_at_once_and_every_restart_unseals_from_the_token() {
         server.root_client_id = init["rootClientId"].as_str().unwrap().to_string();
         server.root_client_secret = init["rootClientSecret"].as_str().unwrap().to_string();
         let root = server.root_token().await;
-        // Something sealed under the org's root key: a TOTP secret.
+        // Something sealed under the org's root key: a TOTP secret (an
+        // enrolment waiting for its first code).
         let identity = root_identity(&server, &root).await;
         let (status, body) = post(
             &server,
@@ -293,17 +294,17 @@ async fn hsm_init_unseals_at_once_and_every_restart_unseals_from_the_token() {
         // key unseals and the TOTP secret opens.
         let db = Db::connect(&url).await.unwrap();
         let mut conn = db.pool().acquire().await.unwrap();
-        let row = sqlx::query("SELECT org_id, totp_secret FROM identities WHERE id = $1")
+        let row = sqlx::query("SELECT org_id, totp_pending FROM identities WHERE id = $1")
             .bind(&identity)
             .fetch_one(&mut *conn)
             .await
             .unwrap();
         let org: String = sqlx::Row::get(&row, "org_id");
-        let sealed: Vec<u8> = sqlx::Row::get(&row, "totp_secret");
+        let sealed: Vec<u8> = sqlx::Row::get(&row, "totp_pending");
         let keyring = Keyring::load(&mut conn, SealMode::Hsm).await.unwrap();
         assert!(matches!(
             keyring
-                .open_record(&mut conn, &org, "totp", &identity, &sealed)
+                .open_record(&mut conn, &org, "totp_pending", &identity, &sealed)
                 .await,
             Err(KeyringError::Sealed)
         ));
@@ -319,7 +320,7 @@ async fn hsm_init_unseals_at_once_and_every_restart_unseals_from_the_token() {
             .unseal_hsm(&config.pkcs11_master_key().unwrap())
             .unwrap();
         let secret = keyring
-            .open_record(&mut conn, &org, "totp", &identity, &sealed)
+            .open_record(&mut conn, &org, "totp_pending", &identity, &sealed)
             .await
             .unwrap();
         assert_eq!(secret.len(), 20, "an RFC 6238 secret of 160 bits");

@@ -474,6 +474,14 @@ fn policies_and_approvals_gate_signing(net: &Testnet) {
         None,
     );
     let uri = enrolled["otpauthUri"].as_str().unwrap();
+    // The enrolment takes effect once confirmed by a first code, which
+    // uses up the current time step: the vote gives the next one.
+    net.ok(
+        "POST",
+        &format!("/api/v1/identities/{}/mfa/confirm", approver_mfa.id),
+        &approver_mfa.token,
+        Some(json!({"code": totp_code(uri, now_seconds())})),
+    );
     let wrong = format!(
         "{:06}",
         (totp_code(uri, now_seconds()).parse::<u32>().unwrap() + 1) % 1_000_000
@@ -487,7 +495,7 @@ fn policies_and_approvals_gate_signing(net: &Testnet) {
     let (status, answer) = vote(
         &approver_mfa.token,
         &mfa_approval,
-        json!({"totp": totp_code(uri, now_seconds())}),
+        json!({"totp": totp_code(uri, now_seconds() + 30)}),
     );
     assert_eq!(
         (status, answer["status"].as_str()),
