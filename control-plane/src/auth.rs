@@ -153,8 +153,8 @@ pub fn role_allows(role: Role, action: &str) -> bool {
         .any(|pattern| crate::policy::glob_match(pattern, action))
 }
 
-/// Who is calling.
-#[derive(Clone, Debug)]
+/// Who is calling. `Debug` leaves the TOTP code out.
+#[derive(Clone)]
 pub struct Caller {
     /// Identity id.
     pub identity: String,
@@ -173,6 +173,21 @@ pub struct Caller {
     /// The TOTP code the caller sent with this request (`X-Custos-TOTP`),
     /// for rules that require MFA.
     pub totp: Option<String>,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("identity", &self.identity)
+            .field("name", &self.name)
+            .field("org", &self.org)
+            .field("role", &self.role)
+            .field("platform_admin", &self.platform_admin)
+            .field("ip", &self.ip)
+            .field("request_id", &self.request_id)
+            .field("totp", &self.totp.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Caller {
@@ -912,6 +927,11 @@ impl TokenCache {
         for hash in hashes {
             entries.remove(hash);
         }
+    }
+
+    /// Drops every cached token (at seal).
+    pub fn clear(&self) {
+        self.entries().clear();
     }
 
     /// Drops every token of `identity` (disabled, deleted or cut off on

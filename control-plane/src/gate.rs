@@ -226,8 +226,7 @@ pub async fn allow(state: &AppState, caller: &Caller, ask: Ask<'_>) -> AppResult
 /// used up even if the call fails later, and a wrong code is counted.
 async fn verify_mfa(state: &AppState, caller: &Caller, ask: &Ask<'_>) -> AppResult<()> {
     let mut tx = state.db.begin().await?;
-    match crate::signing::check_totp(state, &mut tx, &caller.identity, caller.totp.as_deref()).await
-    {
+    match crate::mfa::check(state, &mut tx, caller, caller.totp.as_deref()).await {
         Ok(()) => {
             tx.commit().await?;
             Ok(())

@@ -52,7 +52,7 @@ use crate::config::{Config, SealMode};
 use crate::db::Db;
 use crate::keyring::Keyring;
 use crate::nodes::Registry;
-use crate::state::{AppState, RateLimiter};
+use crate::state::AppState;
 
 /// The `meta` name of the coordinator's key under the keyring.
 const COORDINATOR_SECRET: &str = "coordinator-key";
@@ -348,29 +348,23 @@ pub async fn run(
         }
         None => None,
     };
-    let state = Arc::new(AppState {
-        db: db.clone(),
-        replica: config.replica_id(),
-        limiter: RateLimiter::new(config.rate_limit_per_sec),
-        tokens: auth::TokenCache::new(config.token_cache_ms),
-        logins: auth::LoginThrottle::new(&config.auth),
-        hashes: auth::HashBudget::new(config.auth.password_hash_concurrency),
-        mfa: Default::default(),
+    let state = Arc::new(AppState::new(
         config,
-        coordinator: std::sync::RwLock::new(None),
-        registry: registry.clone(),
-        worker_wake: tokio::sync::Notify::new(),
-        metrics,
+        db.clone(),
         keyring,
-        transit: Default::default(),
-        audit: audit::AuditBatcher::start(db.clone()),
-        checkpoints: audit::Checkpoints::new(pinned_checkpoint_key),
+        registry.clone(),
         hsm_keys,
-        policies: Default::default(),
-    });
+        metrics,
+        pinned_checkpoint_key,
+    ));
     signing::recover_own_leases(&state)
         .await
         .map_err(|error| anyhow::anyhow!("{error}"))?;
+    if state.keyring.is_sealed() {
+        // Sealed from the start (Shamir, or `hsm` before init): the token
+        // store stays locked until the unseal, as after a `sys/seal`.
+        keys::seal_token(&state);
+    }
     if !state.keyring.is_sealed() {
         start_coordinator(&state).await?;
     }

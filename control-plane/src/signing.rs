@@ -247,14 +247,19 @@ pub fn plan_body(wallet: &Wallet, body: Value) -> AppResult<Plan> {
 /// is understood; calldata that is not understood makes amount and
 /// destination unknown.
 fn evm_value(transaction: &Eip1559Transaction) -> ValueFacts {
-    if !transaction.data.is_empty() {
-        return ValueFacts::Unknown;
+    match crate::evm_calls::movements(&transaction.to, &transaction.value, &transaction.data) {
+        Some(movements) => ValueFacts::Known(
+            movements
+                .into_iter()
+                .map(|movement| Movement {
+                    asset: Some(movement.asset),
+                    amount: movement.amount,
+                    destination: Some(movement.destination),
+                })
+                .collect(),
+        ),
+        None => ValueFacts::Unknown,
     }
-    ValueFacts::Known(vec![Movement {
-        asset: Some(policy::NATIVE_ASSET.to_string()),
-        amount: Some(transaction.value.to_decimal()),
-        destination: Some(format!("0x{}", hex::encode(transaction.to))),
-    }])
 }
 
 /// The plan of a resharing: it signs nothing and moves nothing.
@@ -386,60 +391,6 @@ pub struct Requirement {
     pub roles: Vec<String>,
     /// Approvers must give a TOTP code.
     pub require_mfa: bool,
-}
-
-/// The keyring record kind of TOTP secrets.
-pub const TOTP_RECORD: &str = "totp";
-
-/// Checks the caller's TOTP code (from the `x-custos-totp` header or an
-/// approval body), refusing reuse of a code's time step. The TOTP secret is
-/// stored sealed under the org's keyring (kind `totp`, the identity's id).
-pub async fn check_totp(
-    state: &AppState,
-    tx: &mut Tx,
-    identity: &str,
-    code: Option<&str>,
-) -> AppResult<()> {
-    let Some(code) = code else {
-        return Err(AppError::forbidden(
-            "mfa_required",
-            "this action requires a TOTP code",
-        ));
-    };
-    let row = sqlx::query(sqlx::AssertSqlSafe(
-        "SELECT org_id, totp_secret, totp_last_step FROM identities WHERE id = $1".to_string(),
-    ))
-    .bind(identity)
-    .fetch_one(&mut **tx)
-    .await?;
-    let org: String = row.try_get("org_id")?;
-    let sealed: Option<Vec<u8>> = row.try_get("totp_secret")?;
-    let Some(sealed) = sealed else {
-        return Err(AppError::forbidden(
-            "mfa_not_enrolled",
-            "this identity has no TOTP enrolled",
-        ));
-    };
-    let last_step: i64 = row.try_get("totp_last_step")?;
-    let secret = state
-        .keyring
-        .open_record(tx, &org, TOTP_RECORD, identity, &sealed)
-        .await?;
-    let secret = crate::totp::TotpSecret::from_bytes(secret.to_vec());
-    match secret.verify(code, now_ms() / 1000) {
-        Some(step) if step > last_step => {
-            sqlx::query("UPDATE identities SET totp_last_step = $1 WHERE id = $2")
-                .bind(step)
-                .bind(identity)
-                .execute(&mut **tx)
-                .await?;
-            Ok(())
-        }
-        _ => Err(AppError::forbidden(
-            "invalid_totp",
-            "the TOTP code is not valid (or was already used)",
-        )),
-    }
 }
 
 /// What a new signing or resharing request asks.
@@ -1554,10 +1505,10 @@ pub async fn vote(
     }
     let mut mfa = false;
     if require_mfa && approve {
-        check_totp(state, &mut tx, &caller.identity, totp).await?;
+        crate::mfa::check(state, &mut tx, caller, totp).await?;
         mfa = true;
     } else if let Some(code) = totp {
-        check_totp(state, &mut tx, &caller.identity, Some(code)).await?;
+        crate::mfa::check(state, &mut tx, caller, Some(code)).await?;
         mfa = true;
     }
     let requirement = Requirement {

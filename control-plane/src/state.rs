@@ -55,6 +55,39 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The state of a replica over `db` and `keyring` (what `run` serves;
+    /// tests that drive `api::app` in process build it the same way).
+    pub fn new(
+        config: Config,
+        db: Db,
+        keyring: Arc<Keyring>,
+        registry: Arc<Registry>,
+        hsm_keys: Option<crate::keys::hsm::HsmKeyStore>,
+        metrics: Option<PrometheusHandle>,
+        pinned_checkpoint_key: Option<ed25519_dalek::VerifyingKey>,
+    ) -> AppState {
+        AppState {
+            replica: config.replica_id(),
+            limiter: RateLimiter::new(config.rate_limit_per_sec),
+            tokens: crate::auth::TokenCache::new(config.token_cache_ms),
+            logins: crate::auth::LoginThrottle::new(&config.auth),
+            hashes: crate::auth::HashBudget::new(config.auth.password_hash_concurrency),
+            mfa: Default::default(),
+            coordinator: std::sync::RwLock::new(None),
+            registry,
+            worker_wake: Notify::new(),
+            metrics,
+            keyring,
+            transit: Default::default(),
+            audit: crate::audit::AuditBatcher::start(db.clone()),
+            checkpoints: crate::audit::Checkpoints::new(pinned_checkpoint_key),
+            hsm_keys,
+            policies: Default::default(),
+            db,
+            config,
+        }
+    }
+
     /// The coordinator, if started.
     pub fn coordinator_if_started(&self) -> Option<Arc<Coordinator>> {
         self.coordinator

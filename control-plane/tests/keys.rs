@@ -402,9 +402,9 @@ async fn software_keys_of_every_type_sign_encrypt_and_wrap_checked_independently
         // Rotation waits for an admin; old versions still decrypt and verify.
         let (status, body) = op(&server, &service, &aes, "rotate", json!({})).await;
         assert_eq!(status, 403, "{body}");
+        let (_, second_admin) = server.identity(&root, "admin-2", "admin", None).await;
         let (status, pending) = op(&server, &root, &aes, "rotate", json!({})).await;
         assert_eq!(status, 202, "{pending}");
-        let (_, second_admin) = server.identity(&root, "admin-2", "admin", None).await;
         let operation = approved(&server, &[&second_admin], &pending).await;
         assert_eq!(operation["status"], "executed", "{operation}");
         assert_eq!(operation["result"]["version"], 2);
@@ -1377,7 +1377,7 @@ async fn through(
 /// it, so the test can look inside; requests go through the router.
 #[tokio::test(flavor = "multi_thread")]
 async fn sealing_drops_cached_transit_keys_and_locks_the_token_until_unseal() {
-    use custos_control_plane::state::{AppState, RateLimiter};
+    use custos_control_plane::state::AppState;
     softhsm();
     for backend in BACKENDS {
         eprintln!("-- on {backend:?}");
@@ -1402,23 +1402,18 @@ async fn sealing_drops_cached_transit_keys_and_locks_the_token_until_unseal() {
             .await
             .unwrap()
         };
-        let state = std::sync::Arc::new(AppState {
-            db: db.clone(),
-            replica: config.replica_id(),
-            limiter: RateLimiter::new(config.rate_limit_per_sec),
-            tokens: custos_control_plane::auth::TokenCache::new(config.token_cache_ms),
-            coordinator: std::sync::RwLock::new(None),
-            registry: std::sync::Arc::new(
-                custos_control_plane::nodes::Registry::from_config(&config.nodes).unwrap(),
-            ),
-            worker_wake: tokio::sync::Notify::new(),
-            metrics: None,
-            keyring: std::sync::Arc::new(keyring),
-            transit: Default::default(),
-            audit: custos_control_plane::audit::AuditBatcher::start(db.clone()),
-            hsm_keys: Some(test_store(TOKEN)),
+        let registry = std::sync::Arc::new(
+            custos_control_plane::nodes::Registry::from_config(&config.nodes).unwrap(),
+        );
+        let state = std::sync::Arc::new(AppState::new(
             config,
-        });
+            db.clone(),
+            std::sync::Arc::new(keyring),
+            registry,
+            Some(test_store(TOKEN)),
+            None,
+            None,
+        ));
         let app = custos_control_plane::api::app(state.clone());
         let (status, init) = through(
             &app,

@@ -800,3 +800,91 @@ async fn a_vote_written_into_the_database_does_not_count() {
         server.stop().await;
     }
 }
+
+/// An EIP-1559 transaction to `to` with `value` wei and `data` (hex).
+fn evm(to: &str, value: &str, data: &str) -> Value {
+    json!({"transaction": {
+        "chainId": "1", "nonce": "0", "to": to, "value": value, "data": data,
+        "gasLimit": "100000", "maxFeePerGas": "30000000000", "maxPriorityFeePerGas": "1000000000",
+    }})
+}
+
+/// ERC-20 `transfer(to, amount)` calldata.
+fn erc20_transfer(to: &str, amount: u128) -> String {
+    format!(
+        "0xa9059cbb{:0>64}{:064x}",
+        to.trim_start_matches("0x").to_lowercase(),
+        amount
+    )
+}
+
+#[tokio::test]
+async fn policy_sees_the_token_transfer_inside_the_calldata() {
+    let server = start(Backend::Sqlite).await;
+    let root = server.root_token().await;
+    let org = org_of(&server, &root).await;
+    let wallet = wallet_fixture(&server, &org, "treasury", "cggmp21").await;
+    let (_, service) = server.identity(&root, "svc", "service", None).await;
+    let usdc = "0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48";
+    let friend = "0x1111111111111111111111111111111111111111";
+    let stranger = "0x2222222222222222222222222222222222222222";
+    // Transfers to `friend` of up to 1,000 USDC (or 1 ether) need nobody;
+    // anything else waits for an approver.
+    policy(
+        &server,
+        &root,
+        "treasury",
+        10,
+        json!([
+            {"action": "wallet.sign", "resource": "wallet:treasury", "effect": "allow",
+             "conditions": {"destinations": [friend], "assets": ["native", usdc], "maxAmount": "1000000000"}},
+            {"action": "wallet.sign", "resource": "wallet:treasury", "effect": "require_approval",
+             "approvals": {"count": 1, "roles": ["approver"]}},
+        ]),
+    )
+    .await;
+    let cases = [
+        (
+            "USDC to the friend",
+            evm(usdc, "0", &erc20_transfer(friend, 5_000_000)),
+            false,
+        ),
+        (
+            "USDC over the limit",
+            evm(usdc, "0", &erc20_transfer(friend, 1_000_000_001)),
+            true,
+        ),
+        // The `to` of the transaction is the token contract; the real
+        // recipient is in the calldata.
+        (
+            "USDC to a stranger",
+            evm(usdc, "0", &erc20_transfer(stranger, 1)),
+            true,
+        ),
+        (
+            "a token not in the rule",
+            evm(stranger, "0", &erc20_transfer(friend, 1)),
+            true,
+        ),
+        (
+            "calldata not understood",
+            evm(friend, "0", "0xdeadbeef"),
+            true,
+        ),
+        ("ether to the friend", evm(friend, "1000", "0x"), false),
+        (
+            "a bare digest",
+            json!({"digest": hex::encode([1u8; 32])}),
+            true,
+        ),
+    ];
+    for (what, body, needs_approval) in cases {
+        let (status, answer) = sign(&server, &service, &wallet, body).await;
+        assert_eq!(
+            answer["status"] == "pending_approval",
+            needs_approval,
+            "{what}: {status} {answer}"
+        );
+    }
+    server.stop().await;
+}

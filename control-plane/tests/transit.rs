@@ -233,6 +233,9 @@ async fn transit_encrypts_decrypts_rotates_and_refuses_bad_ciphertexts_with_thei
         assert_eq!(status, 403, "rotation is an administrator's: {body}");
         // The default policy asks another admin to approve a rotation; the
         // stored request runs once approved.
+        // (The approving admin exists before the request: one made by the
+        // requester afterwards would not count.)
+        let (_, second_admin) = server.identity(&root, "second-admin", "admin", None).await;
         let (status, pending) = post(
             &server,
             "/api/v1/transit/keys/payments/rotate",
@@ -256,7 +259,6 @@ async fn transit_encrypts_decrypts_rotates_and_refuses_bad_ciphertexts_with_thei
         )
         .await;
         assert_eq!((status, code(&body)), (403, "self_approval"));
-        let (_, second_admin) = server.identity(&root, "second-admin", "admin", None).await;
         let operation = approve_completely(&server, &second_admin, &pending).await;
         assert_eq!(operation["status"], "executed", "{operation}");
         let rotated = &operation["result"];
@@ -590,6 +592,7 @@ async fn vault_compatible_routes_answer_as_vault_does_with_a_custos_token() {
     )
     .await;
     assert_eq!(opened["data"]["plaintext"], json!(plaintext));
+    let (_, second_admin) = server.identity(&root, "second-admin", "admin", None).await;
     let (status, pending) = vault(
         &server,
         "POST",
@@ -599,7 +602,6 @@ async fn vault_compatible_routes_answer_as_vault_does_with_a_custos_token() {
     )
     .await;
     assert_eq!(status, 202, "rotation waits for an approval: {pending}");
-    let (_, second_admin) = server.identity(&root, "second-admin", "admin", None).await;
     approve_completely(&server, &second_admin, &pending).await;
     let (_, key) = vault(&server, "GET", "/v1/transit/keys/orders", &root, json!({})).await;
     assert_eq!(key["data"]["latest_version"], 2, "{key}");

@@ -140,6 +140,7 @@ async fn init(
     let credentials = auth::bootstrap(&state.db).await?;
     if !state.keyring.is_sealed() {
         start_coordinator(&state).await?;
+        crate::keys::unseal_token(&state).await;
     }
     system_audit(
         &state,
@@ -243,6 +244,7 @@ async fn seal(State(state): State<Arc<AppState>>, caller: Caller) -> AppResult<J
     crate::keys::seal_token(&state);
     state.stop_coordinator();
     state.policies.clear();
+    state.tokens.clear();
     Ok(Json(json!({"sealed": true})))
 }
 
