@@ -220,7 +220,13 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         };
         let mut caller = state
             .tokens
-            .authenticate(&state.db, token.trim(), client_ip(parts), &request_id)
+            .authenticate(
+                &state.db,
+                &state.keyring,
+                token.trim(),
+                client_ip(parts),
+                &request_id,
+            )
             .await?;
         caller.totp = totp_header(&parts.headers).map(str::to_string);
         if !state.limiter.allow(&caller.identity) {

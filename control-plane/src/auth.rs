@@ -828,16 +828,19 @@ pub fn token_hash(token: &str) -> Vec<u8> {
 /// login that raced the disabling).
 async fn authenticate_in(
     db: &Db,
+    keyring: &crate::keyring::Keyring,
     hash: &[u8],
     ip: IpAddr,
     request_id: &str,
 ) -> AppResult<(Caller, i64)> {
+    let mut conn = db.pool().acquire().await?;
     let row = sqlx::query(
-        "SELECT t.expires_at, i.id, i.name, i.org_id, i.role, i.platform_admin, i.status \
+        "SELECT t.expires_at, i.id, i.name, i.org_id, i.role, i.platform_admin, i.status, \
+         i.created_by, i.created_at, i.authority \
          FROM tokens t JOIN identities i ON i.id = t.identity_id WHERE t.token_hash = $1",
     )
     .bind(hash)
-    .fetch_optional(db.pool())
+    .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else {
         return Err(AppError::unauthenticated(
@@ -857,6 +860,12 @@ async fn authenticate_in(
             "identity_disabled",
             "this identity is disabled",
         ));
+    }
+    // What the identity may do is used only as the control plane sealed it.
+    let authority = crate::authority::Authority::from_row(&row, "")?;
+    let seal: Option<Vec<u8>> = row.try_get("authority")?;
+    if !crate::authority::holds(keyring, &mut conn, &authority, seal.as_deref()).await {
+        return Err(crate::authority::invalid());
     }
     let role: String = row.try_get("role")?;
     let caller = Caller {
@@ -944,6 +953,7 @@ impl TokenCache {
     pub async fn authenticate(
         &self,
         db: &Db,
+        keyring: &crate::keyring::Keyring,
         token: &str,
         ip: IpAddr,
         request_id: &str,
@@ -969,7 +979,7 @@ impl TokenCache {
                 totp: None,
             });
         }
-        let (caller, expires_at) = authenticate_in(db, &hash, ip, request_id).await?;
+        let (caller, expires_at) = authenticate_in(db, keyring, &hash, ip, request_id).await?;
         if self.ttl_ms > 0 {
             let mut entries = self.entries();
             if entries.len() >= TOKEN_CACHE_CAPACITY {

@@ -55,6 +55,9 @@ pub enum IdentityError {
     /// The requester of a stored change is gone or disabled.
     #[error("the requester of this change is no longer an active identity")]
     RequesterInactive,
+    /// The identity's authority could not be sealed.
+    #[error("sealing the identity's authority failed: {0}")]
+    Sealing(String),
     /// A stored change does not parse.
     #[error("a stored identity change is not valid: {0}")]
     InvalidStored(String),
@@ -74,6 +77,7 @@ impl IdentityError {
             IdentityError::CredentialsIssued => "credentials_issued",
             IdentityError::RequesterInactive => "requester_inactive",
             IdentityError::InvalidStored(_) => "invalid_stored_request",
+            IdentityError::Sealing(_) => "internal",
             IdentityError::Database(_) => "internal",
         }
     }
@@ -553,6 +557,9 @@ pub async fn run_stored(state: &AppState, tx: &mut Tx, stored: &Stored<'_>) -> R
     }
     let change = Change::from_stored(stored.action, stored.body)?;
     let applied = apply(&state.db, tx, &actor, &change, None).await?;
+    crate::authority::seal(&state.keyring, tx, &applied.identity)
+        .await
+        .map_err(|error| IdentityError::Sealing(error.message))?;
     if let Some(other) = &applied.other_org {
         audit::append(
             &state.db,

@@ -15,6 +15,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod authority;
 pub mod backups;
 pub mod chain;
 pub mod config;
@@ -366,6 +367,9 @@ pub async fn run(
         keys::seal_token(&state);
     }
     if !state.keyring.is_sealed() {
+        authority::seal_unsealed_once(&state.keyring, &state.db)
+            .await
+            .map_err(|error| anyhow::anyhow!("{error}"))?;
         start_coordinator(&state).await?;
     }
     let prober = {

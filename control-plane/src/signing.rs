@@ -1017,7 +1017,8 @@ pub async fn count_valid_votes(
     requirement: &Requirement,
 ) -> AppResult<i64> {
     let votes = sqlx::query(
-        "SELECT v.identity_id, v.mfa, v.seal, i.role, i.status, i.created_by, i.created_at \
+        "SELECT v.identity_id, v.mfa, v.seal, i.id, i.org_id, i.role, i.platform_admin, \
+         i.status, i.created_by, i.created_at, i.authority \
          FROM approval_votes v JOIN identities i ON i.id = v.identity_id \
          WHERE v.approval_id = $1 AND v.decision = 'approve'",
     )
@@ -1066,6 +1067,11 @@ pub async fn count_valid_votes(
                 }),
             None => false,
         };
+        let authority = crate::authority::Authority::from_row(&vote, "")?;
+        let authority_seal: Option<Vec<u8>> = vote.try_get("authority")?;
+        let sealed_as_stored = sealed_as_stored
+            && crate::authority::holds(&state.keyring, tx, &authority, authority_seal.as_deref())
+                .await;
         if !sealed_as_stored {
             tracing::warn!(
                 approval = ballot.approval_id,

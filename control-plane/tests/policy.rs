@@ -888,3 +888,58 @@ async fn policy_sees_the_token_transfer_inside_the_calldata() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_identity_changed_in_the_database_is_refused() {
+    for backend in BACKENDS {
+        let server = start(backend).await;
+        let root = server.root_token().await;
+        let (status, _) = call(&server, "GET", "/api/v1/wallets", &root, None).await;
+        assert_eq!(
+            status, 200,
+            "identities made before the seal existed are sealed once"
+        );
+        let (service_id, service) = server.identity(&root, "svc", "service", None).await;
+        let (auditor_id, auditor) = server.identity(&root, "auditor", "auditor", None).await;
+        let (status, _) = call(&server, "GET", "/api/v1/audit", &auditor, None).await;
+        assert_eq!(status, 200);
+        let pool = pool(&server).await;
+        // A service made an admin and a platform admin; a seal removed.
+        sqlx::query("UPDATE identities SET role = 'admin', platform_admin = 1 WHERE id = $1")
+            .bind(&service_id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE identities SET authority = NULL WHERE id = $1")
+            .bind(&auditor_id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        // Past the token cache (at most a second).
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        for (who, token) in [("service", &service), ("auditor", &auditor)] {
+            let (status, body) = call(&server, "GET", "/api/v1/audit", token, None).await;
+            assert_eq!(
+                (status, code(&body)),
+                (403, "identity_invalid"),
+                "{backend:?} {who}: {body}"
+            );
+        }
+        let (status, body) = call(
+            &server,
+            "POST",
+            "/api/v1/orgs",
+            &service,
+            Some(json!({"name": "mine"})),
+        )
+        .await;
+        assert_eq!(
+            status, 403,
+            "no platform admin out of a database write: {body}"
+        );
+        let (status, _) = call(&server, "GET", "/api/v1/identities", &root, None).await;
+        assert_eq!(status, 200, "the rest still works");
+        server.stop().await;
+    }
+}

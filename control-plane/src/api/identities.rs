@@ -66,7 +66,9 @@ impl From<IdentityError> for AppError {
             | IdentityError::CredentialsIssued
             | IdentityError::RequesterInactive => AppError::conflict(code, error.to_string()),
             IdentityError::PlatformAdminProtected => AppError::forbidden(code, error.to_string()),
-            IdentityError::InvalidStored(_) => AppError::internal("identities", &error),
+            IdentityError::InvalidStored(_) | IdentityError::Sealing(_) => {
+                AppError::internal("identities", &error)
+            }
             IdentityError::Database(error) => error.into(),
         }
     }
@@ -173,6 +175,7 @@ async fn change(
         secret_hash.as_deref(),
     )
     .await?;
+    crate::authority::seal(&state.keyring, &mut tx, &applied.identity).await?;
     let mut detail = verdict.detail();
     detail["identityId"] = json!(applied.identity);
     detail["change"] = change.to_stored();

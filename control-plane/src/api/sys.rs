@@ -139,6 +139,7 @@ async fn init(
     drop(conn);
     let credentials = auth::bootstrap(&state.db).await?;
     if !state.keyring.is_sealed() {
+        crate::authority::seal_unsealed_once(&state.keyring, &state.db).await?;
         start_coordinator(&state).await?;
         crate::keys::unseal_token(&state).await;
     }
@@ -183,6 +184,7 @@ async fn unseal(
                 Ok(status) => {
                     if was_sealed && !status.sealed {
                         system_audit(&state, "system.unseal", "success", json!({})).await?;
+                        crate::authority::seal_unsealed_once(&state.keyring, &state.db).await?;
                         start_coordinator(&state).await?;
                         crate::keys::unseal_token(&state).await;
                         state.wake_worker();
