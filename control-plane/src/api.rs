@@ -52,6 +52,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics_text))
         .route("/api/v1/orgs", post(create_org))
+        .route("/api/v1/orgs/{id}/policies/reseal", post(reseal_policies))
         .route("/api/v1/policies", post(create_policy).get(list_policies))
         .route("/api/v1/policies/{id}", get(get_policy).put(update_policy))
         .route("/api/v1/approvals", get(list_approvals))
@@ -464,6 +465,7 @@ async fn create_org(
     check_name(&body.name, "org")?;
     let mut tx = state.db.begin().await?;
     let id = crate::orgs::create_org(&state.db, &mut tx, &body.name).await?;
+    crate::orgs::seal_policies(&state.keyring, &mut tx, &id).await?;
     let resource = format!("org:{}", body.name);
     for org in [caller.org.as_str(), id.as_str()] {
         audit::append(
@@ -487,6 +489,76 @@ async fn create_org(
     Ok((
         StatusCode::CREATED,
         Json(json!({"id": id, "name": body.name})),
+    ))
+}
+
+/// Reseals an org's policies as they are now: the break-glass after the
+/// org's policy rows were changed behind the control plane's back (its
+/// policies then deny everything). A platform admin only, after reviewing
+/// the policies (`GET /api/v1/policies` as the org's admin shows them, or
+/// the database); not held by the org's policy, which denies everything at
+/// that point; audited in both orgs with the policies it sealed.
+async fn reseal_policies(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(org): Path<String>,
+) -> AppResult<Json<Value>> {
+    if !caller.platform_admin {
+        audit_event(
+            &state,
+            &caller,
+            "org.reseal",
+            &format!("org:{org}"),
+            "denied",
+            "denied",
+            json!({"reason": "platform_admin_only"}),
+        )
+        .await?;
+        return Err(AppError::forbidden(
+            "forbidden",
+            "only a platform admin reseals an org's policies",
+        ));
+    }
+    let exists = sqlx::query("SELECT id FROM orgs WHERE id = $1")
+        .bind(&org)
+        .fetch_optional(state.db.pool())
+        .await?;
+    if exists.is_none() {
+        return Err(AppError::not_found("org"));
+    }
+    let mut tx = state.db.begin().await?;
+    crate::orgs::seal_policies(&state.keyring, &mut tx, &org).await?;
+    let sealed = crate::orgs::policies(&mut tx, &org).await?;
+    let summary: Vec<Value> = sealed
+        .iter()
+        .map(|policy| json!({"id": policy.id, "name": policy.name, "priority": policy.priority, "rules": policy.rules.len()}))
+        .collect();
+    let mut orgs = vec![caller.org.clone()];
+    if org != caller.org {
+        orgs.push(org.clone());
+    }
+    for audit_org in &orgs {
+        audit::append(
+            &state.db,
+            &mut tx,
+            &AuditEvent {
+                org: audit_org,
+                action: "org.reseal",
+                resource: &format!("org:{org}"),
+                identity: &caller.identity,
+                ip: &caller.ip.to_string(),
+                approved: "platform_admin",
+                outcome: "success",
+                request_id: &caller.request_id,
+                detail: json!({"org": org, "policies": summary}),
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    state.policies.invalidate(&org);
+    Ok(Json(
+        json!({"org": org, "resealed": true, "policies": summary}),
     ))
 }
 
@@ -516,6 +588,7 @@ async fn change_policy(
     } else {
         crate::orgs::update_stored(&mut tx, &caller.org, body).await?
     };
+    crate::orgs::seal_policies(&state.keyring, &mut tx, &caller.org).await?;
     let mut detail = verdict.detail();
     detail["policyId"] = result["id"].clone();
     detail["rules"] = json!(body["rules"].as_array().map_or(0, Vec::len));

@@ -11,8 +11,10 @@
 //! Identities written before this existed (and the bootstrap root, which
 //! is created before the keyring can be opened) are sealed once, at the
 //! first start or unseal with this code (`seal_unsealed_once`, marked in
-//! `meta`); after that an identity without a seal is refused like one
-//! whose seal does not match.
+//! `meta`), and so are the orgs' policy sets (`orgs::seal_policies`);
+//! after that an identity or a policy set without a seal is refused like
+//! one whose seal does not match. (A migration that changes identities or
+//! policies must reset their seals and this mark.)
 
 use serde_json::json;
 use sqlx::{AnyConnection, Row};
@@ -158,6 +160,17 @@ pub async fn seal_unsealed_once(keyring: &Keyring, db: &crate::db::Db) -> AppRes
         .collect::<Result<_, _>>()?;
     for id in &ids {
         seal(keyring, &mut tx, id).await?;
+    }
+    // Orgs' policy sets too (`orgs::seal_policies`): the bootstrap's
+    // platform org and orgs made before policies were sealed.
+    let orgs: Vec<String> = sqlx::query("SELECT id FROM orgs WHERE policy_seal IS NULL")
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| row.try_get("id"))
+        .collect::<Result<_, _>>()?;
+    for org in &orgs {
+        crate::orgs::seal_policies(keyring, &mut tx, org).await?;
     }
     sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
         .bind(SEALED_MARK)

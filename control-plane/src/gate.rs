@@ -144,7 +144,10 @@ pub async fn check(state: &AppState, caller: &Caller, ask: Ask<'_>) -> AppResult
             format!("role {} may not {}", caller.role.name(), ask.action),
         ));
     }
-    let policies = state.policies.get(&state.db, &caller.org).await?;
+    let policies = state
+        .policies
+        .get(&state.db, &state.keyring, &caller.org)
+        .await?;
     let decision = policy::evaluate(&policies, &facts(caller, &ask));
     match decision {
         Decision::Deny { rule, reason } => {
@@ -268,13 +271,36 @@ async fn refuse(state: &AppState, caller: &Caller, ask: &Ask<'_>, detail: Value)
 
 /// The org's policies read inside `tx`, in evaluation order: for decisions
 /// made again when something runs (never from the cache).
-pub async fn policies_in(tx: &mut Tx, org: &str) -> AppResult<Policies> {
-    Ok(crate::orgs::policies(&mut *tx, org)
-        .await?
-        .into_iter()
-        .map(|policy| (policy.id, policy.rules))
-        .collect())
+pub async fn policies_in(state: &AppState, tx: &mut Tx, org: &str) -> AppResult<Policies> {
+    Ok(evaluable(
+        crate::orgs::sealed_policies(&state.keyring, tx, org).await?,
+    ))
 }
+
+/// Policies to evaluate: the sealed ones, or, when an org's policies do not
+/// match their seal, one rule that denies everything (fail closed).
+fn evaluable(sealed: Option<Vec<crate::orgs::Policy>>) -> Policies {
+    match sealed {
+        Some(policies) => policies
+            .into_iter()
+            .map(|policy| (policy.id, policy.rules))
+            .collect(),
+        None => vec![(
+            TAMPERED_POLICIES.to_string(),
+            vec![Rule {
+                action: "*".into(),
+                resource: "*".into(),
+                conditions: None,
+                effect: policy::Effect::Deny,
+                approvals: None,
+            }],
+        )],
+    }
+}
+
+/// The policy id a refusal names when the org's policies do not match
+/// their seal.
+pub const TAMPERED_POLICIES: &str = "policies-do-not-match-their-seal";
 
 /// One org's policies as this replica last read them.
 struct Cached {
@@ -301,7 +327,12 @@ impl Drop for RefreshGuard<'_> {
 
 impl PolicyCache {
     /// The policies of `org`, from the cache when fresh enough.
-    pub async fn get(&self, db: &Db, org: &str) -> AppResult<Arc<Policies>> {
+    pub async fn get(
+        &self,
+        db: &Db,
+        keyring: &crate::keyring::Keyring,
+        org: &str,
+    ) -> AppResult<Arc<Policies>> {
         let cached = self
             .entries
             .read()
@@ -323,12 +354,9 @@ impl PolicyCache {
             None => None,
         };
         let mut conn = db.pool().acquire().await?;
-        let policies: Policies = crate::orgs::policies(&mut conn, org)
-            .await?
-            .into_iter()
-            .map(|policy| (policy.id, policy.rules))
-            .collect();
-        let policies = Arc::new(policies);
+        let policies = Arc::new(evaluable(
+            crate::orgs::sealed_policies(keyring, &mut conn, org).await?,
+        ));
         self.entries
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -281,6 +281,13 @@ pub const OPERATIONS: &[(&str, &str, &str, Option<&str>, u16)] = &[
     ),
     (
         "post",
+        "/api/v1/orgs/{id}/policies/reseal",
+        "Reseal an org's policies after a review (platform admin; the break-glass when its policy rows were changed behind the control plane's back)",
+        None,
+        200,
+    ),
+    (
+        "post",
         "/api/v1/wallets/{id}/freeze",
         "Freeze a wallet at once: it signs and reshares nothing, approved requests included",
         Some("FreezeRequest"),

@@ -372,7 +372,7 @@ async fn check_at_execution(
         payload_kind: None,
         unix_seconds: now_ms() / 1000,
     };
-    let policies = gate::policies_in(tx, &operation.org).await?;
+    let policies = gate::policies_in(state, tx, &operation.org).await?;
     let now_required = match policy::evaluate(&policies, &facts) {
         Decision::Deny { reason, .. } => {
             return Ok(Err((
@@ -470,8 +470,15 @@ async fn run(state: &AppState, tx: &mut Tx, operation: &Approved) -> AppResult<V
             };
             Ok(crate::identities::run_stored(state, tx, &stored).await?)
         }
-        "policy.create" => crate::orgs::create_stored(tx, &operation.org, &operation.body).await,
-        "policy.update" => crate::orgs::update_stored(tx, &operation.org, &operation.body).await,
+        "policy.create" | "policy.update" => {
+            let result = if operation.action == "policy.create" {
+                crate::orgs::create_stored(tx, &operation.org, &operation.body).await?
+            } else {
+                crate::orgs::update_stored(tx, &operation.org, &operation.body).await?
+            };
+            crate::orgs::seal_policies(&state.keyring, tx, &operation.org).await?;
+            Ok(result)
+        }
         "transit.config" => {
             crate::transit::configure_stored(state, tx, &actor, &operation.body).await
         }

@@ -211,3 +211,85 @@ pub async fn update_stored(
     update_policy(tx, org, &id, &stored.rules, stored.priority).await?;
     Ok(serde_json::json!({"id": id, "updated": true}))
 }
+
+/// The keyring record kind of an org's sealed policy set.
+pub const POLICY_SET_RECORD: &str = "policy_set";
+
+/// What an org's policy seal covers: every policy, in evaluation order.
+fn policy_set_content(policies: &[Policy]) -> Vec<u8> {
+    serde_json::to_vec(
+        &policies
+            .iter()
+            .map(|policy| {
+                serde_json::json!({
+                    "id": policy.id,
+                    "name": policy.name,
+                    "priority": policy.priority,
+                    "createdAt": policy.created_at,
+                    "rules": policy.rules,
+                })
+            })
+            .collect::<Vec<_>>(),
+    )
+    .unwrap_or_default()
+}
+
+/// Seals `org`'s policies as they are now, inside `tx` (after every change
+/// made through the control plane).
+pub async fn seal_policies(
+    keyring: &crate::keyring::Keyring,
+    tx: &mut Tx,
+    org: &str,
+) -> AppResult<()> {
+    let current = policies(tx, org).await?;
+    let sealed = keyring
+        .seal_record(
+            tx,
+            org,
+            POLICY_SET_RECORD,
+            org,
+            &policy_set_content(&current),
+        )
+        .await?;
+    sqlx::query("UPDATE orgs SET policy_seal = $1 WHERE id = $2")
+        .bind(sealed)
+        .bind(org)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// `org`'s policies, if they are exactly what the control plane sealed:
+/// `Ok(None)` when a row was inserted, changed or deleted behind its back
+/// (or the seal is missing), which the caller must treat as "deny
+/// everything".
+pub async fn sealed_policies(
+    keyring: &crate::keyring::Keyring,
+    conn: &mut sqlx::AnyConnection,
+    org: &str,
+) -> AppResult<Option<Vec<Policy>>> {
+    let current = policies(conn, org).await?;
+    let seal: Option<Vec<u8>> = sqlx::query("SELECT policy_seal FROM orgs WHERE id = $1")
+        .bind(org)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|row| row.try_get("policy_seal"))
+        .transpose()?
+        .flatten();
+    let holds = match seal {
+        Some(seal) => keyring
+            .open_record(conn, org, POLICY_SET_RECORD, org, &seal)
+            .await
+            .is_ok_and(|content| content.as_slice() == policy_set_content(&current).as_slice()),
+        None => false,
+    };
+    if holds {
+        Ok(Some(current))
+    } else {
+        tracing::error!(
+            org,
+            "the org's policies do not match their seal: everything is denied until a platform admin reseals them"
+        );
+        Ok(None)
+    }
+}

@@ -913,7 +913,7 @@ async fn check_at_execution(
         payload_kind: plan.kind,
         unix_seconds: now_ms() / 1000,
     };
-    let policies = gate::policies_in(tx, stored.org).await?;
+    let policies = gate::policies_in(state, tx, stored.org).await?;
     let now_required = match policy::evaluate(&policies, &facts) {
         Decision::Deny { reason, .. } => {
             return Ok(Err((

@@ -943,3 +943,92 @@ async fn an_identity_changed_in_the_database_is_refused() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_policy_changed_in_the_database_denies_everything_until_resealed() {
+    for backend in BACKENDS {
+        let server = start(backend).await;
+        let root = server.root_token().await;
+        let (status, created) = call(
+            &server,
+            "POST",
+            "/api/v1/orgs",
+            &root,
+            Some(json!({"name": "acme"})),
+        )
+        .await;
+        assert_eq!(status, 201);
+        let acme = created["id"].as_str().unwrap().to_string();
+        let (_, admin) = server
+            .identity(&root, "admin-1", "admin", Some(&acme))
+            .await;
+        let (status, _) = call(
+            &server,
+            "POST",
+            "/api/v1/transit/keys",
+            &admin,
+            Some(json!({"name": "k"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{backend:?}: sealed policies decide as usual");
+        // A database writer adds an allow-everything policy ahead of the
+        // rest... or deletes the default one: the org fails closed.
+        let db = pool(&server).await;
+        sqlx::query(
+            "INSERT INTO policies (id, org_id, name, priority, rules, created_at) \
+             VALUES ('pol_evil', $1, 'evil', 0, $2, 0)",
+        )
+        .bind(&acme)
+        .bind(r#"[{"action":"*","resource":"*","effect":"allow"}]"#)
+        .execute(&db)
+        .await
+        .unwrap();
+        db.close().await;
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let (status, body) = call(
+            &server,
+            "POST",
+            "/api/v1/transit/encrypt",
+            &admin,
+            Some(json!({"keyName": "k", "plaintext": "x"})),
+        )
+        .await;
+        assert_eq!(
+            (status, code(&body)),
+            (403, "policy_denied"),
+            "{backend:?}: {body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("policies-do-not-match-their-seal"),
+            "{body}"
+        );
+        // Other orgs are not affected.
+        let (status, _) = call(&server, "GET", "/api/v1/wallets", &root, None).await;
+        assert_eq!(status, 200);
+        // Only a platform admin reseals, after a review.
+        let reseal = format!("/api/v1/orgs/{acme}/policies/reseal");
+        let (status, _) = call(&server, "POST", &reseal, &admin, None).await;
+        assert_eq!(status, 403);
+        let db = pool(&server).await;
+        sqlx::query("DELETE FROM policies WHERE id = 'pol_evil'")
+            .execute(&db)
+            .await
+            .unwrap();
+        db.close().await;
+        let (status, body) = call(&server, "POST", &reseal, &root, None).await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = call(
+            &server,
+            "POST",
+            "/api/v1/transit/encrypt",
+            &admin,
+            Some(json!({"keyName": "k", "plaintext": "x"})),
+        )
+        .await;
+        assert_eq!(status, 200, "{backend:?}: {body}");
+        server.stop().await;
+    }
+}
