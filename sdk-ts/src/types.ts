@@ -130,14 +130,52 @@ export interface CreatedIdentity {
   clientSecret: string;
 }
 
-/** An item of `GET /api/v1/identities`. */
+/** An identity (`GET /api/v1/identities`, `GET /api/v1/identities/{id}`); never its secret. */
 export interface Identity {
   id: string;
+  orgId: string;
   name: string;
   role: Role;
+  /** `active` or `disabled` (a disabled identity neither logs in nor uses a token). */
+  status: "active" | "disabled";
   clientId: string;
+  platformAdmin: boolean;
+  /** Has an active TOTP secret. */
+  mfa: boolean;
+  /** Has an enrolment waiting for its first code. */
+  mfaPending: boolean;
+  /** The identity that created it (`system` for the bootstrap root). */
+  createdBy: string;
   /** Unix ms. */
   createdAt: number;
+}
+
+/** An active token of an identity (`GET /api/v1/identities/{id}/tokens`); never the token itself. */
+export interface IdentityToken {
+  id: string;
+  /** Unix ms. */
+  createdAt: number;
+  /** Unix ms. */
+  expiresAt: number;
+  /** The address it was issued to. */
+  ip: string;
+}
+
+/** A new client secret (rotation, or the first secret of an identity created after an approval): shown once. */
+export interface IssuedSecret {
+  id: string;
+  clientId: string;
+  clientSecret: string;
+  /** Tokens revoked by a rotation. */
+  revokedTokens?: number;
+}
+
+/** Answer of `POST /api/v1/wallets/{id}/freeze`. */
+export interface WalletFreeze {
+  walletId: string;
+  frozen: boolean;
+  /** When, by whom and why it was frozen. */
+  freeze?: { at: number; by: string; reason?: string };
 }
 
 /** `POST /api/v1/orgs`. */
@@ -260,8 +298,26 @@ export interface AuditVerifyReport {
   entries: number;
   /** Hash of the last record. */
   headHash: string;
-  /** The first record that does not match. */
-  firstBroken?: { org: string; seq: number; reason: string };
+  /** The first record or checkpoint that does not match: `reason` is a stable code (`truncated`, `checkpoint_mismatch`, `hash_mismatch`, ...), `message` says it with the numbers. */
+  firstBroken?: { org: string; seq: number; reason: string; message?: string; checkpoint?: AuditCheckpoint };
+  /** Checkpoints checked. */
+  checkpoints?: number;
+  /** The newest checkpoint. */
+  lastCheckpoint?: AuditCheckpoint | null;
+  /** Hex of the checkpoint key the signatures were checked under. */
+  checkpointKey?: string | null;
+  /** Whether checkpoint signatures were checked. */
+  signaturesChecked?: boolean;
+}
+
+/** A signed checkpoint of an org's audit chain head. */
+export interface AuditCheckpoint {
+  number: number;
+  seq: number;
+  /** Unix ms. */
+  createdAt: number;
+  /** `interval` or `seal`. */
+  reason: string;
 }
 
 // ---- nodes -----------------------------------------------------------------------
@@ -313,6 +369,8 @@ export interface Wallet {
   generation: number;
   /** Unix ms. */
   createdAt: number;
+  /** A frozen wallet signs and reshares nothing until unfrozen. */
+  frozen: boolean;
 }
 
 /** `GET /api/v1/wallets/{id}/address`. */

@@ -104,9 +104,9 @@ test("share backups are made, listed and restored after an admin's approval", as
 
   // Restoring waits for another admin; then the node takes its share back.
   const backup = made.backups[0]!;
+  const { client: admin2 } = await identityClient(custos, "admin");
   const pending = await custos.wallets.restoreBackup(wallet.id, backup.id);
   assert.ok(isPendingApproval(pending), JSON.stringify(pending));
-  const { client: admin2 } = await identityClient(custos, "admin");
   await admin2.approvals.approve(pending.approvalId);
   const done = await custos.operations.wait(pending.operationId!);
   assert.equal(done.status, "executed", JSON.stringify(done));

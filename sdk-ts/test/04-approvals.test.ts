@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { CustosError } from "@custos/sdk";
+import { CustosError, isPendingApproval } from "@custos/sdk";
 import type { SigningRequest } from "@custos/sdk";
 import { Transaction } from "ethers";
 
@@ -30,6 +30,7 @@ test("two approvers approve a pending signature, then it is signed", async () =>
       },
     ],
   });
+  assert.ok(!isPendingApproval(policy), "the platform admin's policy takes effect at once");
   assert.equal((await admin.policies.get(policy.id)).rules[0]?.effect, "require_approval");
   assert.ok((await admin.policies.list()).some((listed) => listed.id === policy.id));
 

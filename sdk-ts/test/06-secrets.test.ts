@@ -55,14 +55,15 @@ test("deleting a secret waits for two approvers, then the stored operation runs"
   const name = `${unique("sdk")}/old-webhook-key`;
   const environment = "staging";
   await admin.secrets.create({ name, value: "whsec_1", environment });
+  // Approvers that exist before the request (separation of duties).
+  const { client: approver1 } = await identityClient(admin, "approver");
+  const { client: approver2 } = await identityClient(admin, "approver");
   const pending = await admin.secrets.delete(name, { environment });
   assert.ok(isPendingApproval(pending), "deletion needs approval under the default policy");
   assert.ok(pending.operationId);
   assert.equal((await admin.operations.get(pending.operationId)).status, "pending_approval");
   assert.equal((await admin.secrets.get(name, { environment })).value, "whsec_1", "not deleted yet");
 
-  const { client: approver1 } = await identityClient(admin, "approver");
-  const { client: approver2 } = await identityClient(admin, "approver");
   assert.equal((await approver1.approvals.approve(pending.approvalId)).status, "pending");
   assert.equal((await approver2.approvals.approve(pending.approvalId)).status, "approved");
   const operation = await admin.operations.wait(pending.operationId);

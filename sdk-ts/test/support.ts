@@ -6,7 +6,7 @@ import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 
-import { Custos } from "@custos/sdk";
+import { Custos, isPendingApproval } from "@custos/sdk";
 import type { CustosBaseOptions, Role } from "@custos/sdk";
 
 function required(name: string): string {
@@ -42,6 +42,9 @@ export async function identityClient(
   name = unique(`sdk-${role}`),
 ): Promise<{ id: string; client: Custos }> {
   const created = await admin.identities.create({ name, role });
+  if (isPendingApproval(created)) {
+    throw new Error(`creating ${name} waits for an approval: the tests create identities as the platform admin`);
+  }
   return {
     id: created.id,
     client: new Custos({ url: url(), clientId: created.clientId, clientSecret: created.clientSecret }),

@@ -1,12 +1,14 @@
 import type { RequestOptions, Transport } from "../transport.js";
-import type { ItemList, Policy, PolicyInput } from "../types.js";
+import type { ItemList, PendingApproval, Policy, PolicyInput } from "../types.js";
 
 /** `/api/v1/policies`: the org's policies, evaluated in priority order. */
 export class PoliciesApi {
   constructor(private readonly transport: Transport) {}
 
   /**
-   * Creates a policy.
+   * Creates a policy. Under the default policy an org admin's change waits
+   * for another admin (a {@link PendingApproval}: separation of duties); a
+   * platform admin's takes effect at once.
    *
    * @example
    * await custos.policies.create({
@@ -16,8 +18,8 @@ export class PoliciesApi {
    *             approvals: { count: 2, roles: ["approver"] } }],
    * });
    */
-  async create(input: PolicyInput, options?: RequestOptions): Promise<Policy> {
-    const answer = await this.transport.request<Policy>({
+  async create(input: PolicyInput, options?: RequestOptions): Promise<Policy | PendingApproval> {
+    const answer = await this.transport.request<Policy | PendingApproval>({
       method: "POST", path: "/api/v1/policies", body: input, idempotent: false, options,
     });
     return answer.body;
@@ -39,9 +41,9 @@ export class PoliciesApi {
     return answer.body;
   }
 
-  /** Replaces a policy's rules (and priority); the name stays. */
-  async update(id: string, input: PolicyInput, options?: RequestOptions): Promise<Policy> {
-    const answer = await this.transport.request<Policy>({
+  /** Replaces a policy's rules (and priority); the name stays. May wait for an approval, as {@link create}. */
+  async update(id: string, input: PolicyInput, options?: RequestOptions): Promise<Policy | PendingApproval> {
+    const answer = await this.transport.request<Policy | PendingApproval>({
       method: "PUT", path: `/api/v1/policies/${encodeURIComponent(id)}`, body: input, idempotent: true, options,
     });
     return answer.body;

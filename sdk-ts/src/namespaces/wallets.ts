@@ -14,6 +14,7 @@ import type {
   SignInput,
   Wallet,
   WalletAddress,
+  WalletFreeze,
 } from "../types.js";
 import type { SigningRequestsApi, WaitOptions } from "./signing-requests.js";
 
@@ -116,6 +117,34 @@ export class WalletsApi {
       return submitted;
     }
     return this.signingRequests.wait(submitted.requestId, options);
+  }
+
+  /**
+   * Freezes a wallet at once: it signs and reshares nothing, including
+   * requests approved or queued before. (A kill switch: no approval by
+   * default.)
+   */
+  async freeze(walletId: string, reason?: string, options?: RequestOptions): Promise<WalletFreeze> {
+    const answer = await this.transport.request<WalletFreeze>({
+      method: "POST",
+      path: `/api/v1/wallets/${encodeURIComponent(walletId)}/freeze`,
+      body: reason === undefined ? {} : { reason },
+      idempotent: true,
+      options,
+    });
+    return answer.body;
+  }
+
+  /** Asks to unfreeze a wallet (one admin's approval by default). */
+  async unfreeze(walletId: string, options?: RequestOptions): Promise<WalletFreeze | PendingApproval> {
+    const answer = await this.transport.request<WalletFreeze | PendingApproval>({
+      method: "POST",
+      path: `/api/v1/wallets/${encodeURIComponent(walletId)}/unfreeze`,
+      body: {},
+      idempotent: true,
+      options,
+    });
+    return answer.body;
   }
 
   /**
