@@ -702,7 +702,7 @@ async fn people_freeze_wallets_and_vote_with_the_cli() {
     let org = org_of(&server, &root).await;
     let wallet = wallet_fixture(&server, &org, "vault-cli", "cggmp21").await;
     let (_, admin) = server.identity(&root, "admin-2", "admin", None).await;
-    let (_, service) = server.identity(&root, "svc", "service", None).await;
+    let (service_id, service) = server.identity(&root, "svc", "service", None).await;
 
     let (ok, answer) = cli(
         &server,
@@ -735,6 +735,26 @@ async fn people_freeze_wallets_and_vote_with_the_cli() {
     assert_eq!(voted["status"], "approved");
     let (status, body) = sign(&server, &service, &wallet, digest(2)).await;
     assert_ne!(status, 409, "unfrozen: {body}");
+
+    // Cutting an identity off from a shell.
+    let (ok, listed) = cli(&server, &root, &["identity", "show", &service_id]).await;
+    assert!(ok, "{listed}");
+    assert_eq!(listed["status"], "active");
+    let (ok, tokens) = cli(&server, &root, &["identity", "tokens", &service_id]).await;
+    assert!(
+        ok && !tokens["items"].as_array().unwrap().is_empty(),
+        "{tokens}"
+    );
+    let (ok, disabled) = cli(&server, &root, &["identity", "disable", &service_id]).await;
+    assert!(ok, "{disabled}");
+    assert_eq!(disabled["status"], "disabled");
+    let (ok, tokens) = cli(&server, &root, &["identity", "tokens", &service_id]).await;
+    assert!(
+        ok && tokens["items"].as_array().unwrap().is_empty(),
+        "{tokens}"
+    );
+    let (status, _) = call(&server, "GET", "/api/v1/wallets", &service, None).await;
+    assert!(status == 401 || status == 403);
     server.stop().await;
 }
 
