@@ -412,12 +412,17 @@ async fn run() {
         })
         .collect();
     custom.push(
-        serde_json::from_value(json!({"action": "secret.read", "resource": "secret:prod/*", "effect": "deny"}))
-            .expect("a rule"),
+        serde_json::from_value(
+            json!({"action": "secret.read", "resource": "secret:prod/*", "effect": "deny"}),
+        )
+        .expect("a rule"),
     );
     let policies = vec![
         ("custom".to_string(), custom),
-        ("default".to_string(), custos_control_plane::policy::default_rules()),
+        (
+            "default".to_string(),
+            custos_control_plane::policy::default_rules(),
+        ),
     ];
     let facts = custos_control_plane::policy::RequestFacts {
         action: "transit.encrypt".into(),

@@ -1166,11 +1166,17 @@ impl Drop for LeaseRenewer {
     }
 }
 
+impl LeaseRenewer {
+    fn spawn(renewal: impl std::future::Future<Output = ()> + Send + 'static) -> LeaseRenewer {
+        LeaseRenewer(tokio::spawn(renewal))
+    }
+}
+
 fn keep_lease(state: &AppState, id: &str) -> LeaseRenewer {
     let db = state.db.clone();
     let replica = state.replica.clone();
     let id = id.to_string();
-    LeaseRenewer(tokio::spawn(async move {
+    LeaseRenewer::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_millis(
                 u64::try_from(LEASE_MS / 3).unwrap_or(30_000),
@@ -1189,7 +1195,7 @@ fn keep_lease(state: &AppState, id: &str) -> LeaseRenewer {
                 return;
             }
         }
-    }))
+    })
 }
 
 /// Claims and runs request `id` if it is runnable (`None` when it was
@@ -1870,5 +1876,46 @@ pub async fn worker(state: Arc<AppState>) {
             _ = state.worker_wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::LeaseRenewer;
+
+    /// A handler that is dropped (its client went away, or it timed out)
+    /// drops its renewer with it: the lease then runs out and another
+    /// worker takes the request, instead of a renewer keeping it `signing`
+    /// forever.
+    #[tokio::test]
+    async fn a_dropped_handler_stops_renewing_its_lease() {
+        let renewals = Arc::new(AtomicU64::new(0));
+        let counted = renewals.clone();
+        let handler = tokio::spawn(async move {
+            let _lease = LeaseRenewer::spawn(async move {
+                loop {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            });
+            // The run on the nodes, which never ends here.
+            std::future::pending::<()>().await;
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(renewals.load(Ordering::SeqCst) > 0, "the renewer ran");
+        handler.abort();
+        let _ = handler.await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let after_cancel = renewals.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            renewals.load(Ordering::SeqCst),
+            after_cancel,
+            "the renewer outlived its cancelled handler"
+        );
     }
 }

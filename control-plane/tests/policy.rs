@@ -1052,3 +1052,167 @@ async fn a_policy_changed_in_the_database_denies_everything_until_resealed() {
         server.stop().await;
     }
 }
+
+/// A JSON call with the caller's TOTP code in `X-Custos-TOTP`.
+async fn call_with_totp(
+    server: &Server,
+    path: &str,
+    token: &str,
+    totp: &str,
+    body: Value,
+) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.to_string();
+    let mut stream = tokio::net::TcpStream::connect(server.address)
+        .await
+        .unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
+         X-Custos-TOTP: {totp}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, serde_json::from_str(rest).unwrap_or(Value::Null))
+}
+
+/// The TOTP code of an otpauth URI's secret `offset` seconds from now.
+fn totp_code(uri: &str, offset: i64) -> String {
+    let secret = uri
+        .split("secret=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let bytes = custos_control_plane::totp::base32_decode(secret).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    custos_control_plane::totp::TotpSecret::from_bytes(bytes).code_at(now + offset)
+}
+
+#[tokio::test]
+async fn require_mfa_and_time_windows_apply_to_the_data_plane() {
+    for backend in BACKENDS {
+        let server = start(backend).await;
+        let root = server.root_token().await;
+        let (service_id, service) = server.identity(&root, "svc", "service", None).await;
+        // The service enrols TOTP for itself, confirmed by a first code.
+        let (status, enrolled) = call(
+            &server,
+            "POST",
+            &format!("/api/v1/identities/{service_id}/mfa"),
+            &service,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{enrolled}");
+        let uri = enrolled["otpauthUri"].as_str().unwrap().to_string();
+        let (status, body) = call(
+            &server,
+            "POST",
+            &format!("/api/v1/identities/{service_id}/mfa/confirm"),
+            &service,
+            Some(json!({"code": totp_code(&uri, 0)})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let now_minutes = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 60)
+            % (24 * 60);
+        let at = |minutes: u64| {
+            let minutes = (now_minutes + minutes) % (24 * 60);
+            format!("{:02}:{:02}", minutes / 60, minutes % 60)
+        };
+        policy(
+            &server,
+            &root,
+            "data-plane-mfa-and-hours",
+            5,
+            json!([
+                {"action": "transit.encrypt", "resource": "transit-key:mfa-*", "conditions": {"requireMFA": true}, "effect": "allow"},
+                {"action": "transit.encrypt", "resource": "transit-key:office-*", "conditions": {"timeWindow": {"start": at(120), "end": at(180)}}, "effect": "allow"},
+                {"action": "transit.encrypt", "resource": "transit-key:office-*", "effect": "require_approval", "approvals": {"count": 1, "roles": ["admin"]}},
+            ]),
+        )
+        .await;
+        for key in ["mfa-k", "office-k"] {
+            let (status, _) = call(
+                &server,
+                "POST",
+                "/api/v1/transit/keys",
+                &root,
+                Some(json!({"name": key})),
+            )
+            .await;
+            assert_eq!(status, 201);
+        }
+        let encrypt = |key: &str| json!({"keyName": key, "plaintext": "x"});
+        let (status, body) = call(
+            &server,
+            "POST",
+            "/api/v1/transit/encrypt",
+            &service,
+            Some(encrypt("mfa-k")),
+        )
+        .await;
+        assert_eq!(
+            (status, code(&body)),
+            (403, "mfa_required"),
+            "{backend:?}: {body}"
+        );
+        // The confirmation used the current step: the next one is valid.
+        let next = totp_code(&uri, 30);
+        let (status, body) = call_with_totp(
+            &server,
+            "/api/v1/transit/encrypt",
+            &service,
+            &next,
+            encrypt("mfa-k"),
+        )
+        .await;
+        assert_eq!(status, 200, "{backend:?}: {body}");
+        let (status, body) = call_with_totp(
+            &server,
+            "/api/v1/transit/encrypt",
+            &service,
+            &next,
+            encrypt("mfa-k"),
+        )
+        .await;
+        assert_eq!(
+            (status, code(&body)),
+            (403, "invalid_totp"),
+            "{backend:?}: a code is used once: {body}"
+        );
+        // Outside the window, the allow does not hold and the call falls
+        // through to an approval the data plane has no flow for.
+        let (status, body) = call(
+            &server,
+            "POST",
+            "/api/v1/transit/encrypt",
+            &service,
+            Some(encrypt("office-k")),
+        )
+        .await;
+        assert_eq!(
+            (status, code(&body)),
+            (403, "approval_required"),
+            "{backend:?}: {body}"
+        );
+        server.stop().await;
+    }
+}
