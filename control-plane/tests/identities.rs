@@ -35,17 +35,9 @@ fn now_seconds() -> i64 {
 }
 
 /// The RFC 6238 code of an `otpauth://` URI's secret `offset` seconds from
-/// now (±30 s is the previous or next time step, accepted as clock skew).
+/// now.
 fn code(uri: &str, offset: i64) -> String {
-    let secret = uri
-        .split("secret=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap();
-    let bytes = custos_control_plane::totp::base32_decode(secret).unwrap();
-    custos_control_plane::totp::TotpSecret::from_bytes(bytes).code_at(now_seconds() + offset)
+    common::totp_code(uri, offset)
 }
 
 /// A code that is not `right`.

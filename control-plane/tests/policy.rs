@@ -656,27 +656,19 @@ async fn vault_call(
     token: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let body = body.map(|body| body.to_string()).unwrap_or_default();
-    let mut stream = tokio::net::TcpStream::connect(server.address)
-        .await
-        .unwrap();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Vault-Token: {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer).await;
-    let text = String::from_utf8_lossy(&answer).to_string();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    (status, serde_json::from_str(rest).unwrap_or(Value::Null))
+    let body = body.map(|body| body.to_string());
+    let (status, answer, _) = server
+        .request_with(
+            method,
+            path,
+            &[
+                ("X-Vault-Token", token),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_deref(),
+        )
+        .await;
+    (status, answer)
 }
 
 /// Runs the real `custos` binary with `args` against `server`, with `token`
@@ -1061,44 +1053,20 @@ async fn call_with_totp(
     totp: &str,
     body: Value,
 ) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let body = body.to_string();
-    let mut stream = tokio::net::TcpStream::connect(server.address)
-        .await
-        .unwrap();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
-         X-Custos-TOTP: {totp}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer).await;
-    let text = String::from_utf8_lossy(&answer).to_string();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    (status, serde_json::from_str(rest).unwrap_or(Value::Null))
-}
-
-/// The TOTP code of an otpauth URI's secret `offset` seconds from now.
-fn totp_code(uri: &str, offset: i64) -> String {
-    let secret = uri
-        .split("secret=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap();
-    let bytes = custos_control_plane::totp::base32_decode(secret).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    custos_control_plane::totp::TotpSecret::from_bytes(bytes).code_at(now + offset)
+    let authorization = format!("Bearer {token}");
+    let (status, answer, _) = server
+        .request_with(
+            "POST",
+            path,
+            &[
+                ("Authorization", authorization.as_str()),
+                ("X-Custos-TOTP", totp),
+                ("Content-Type", "application/json"),
+            ],
+            Some(&body.to_string()),
+        )
+        .await;
+    (status, answer)
 }
 
 #[tokio::test]
@@ -1123,7 +1091,7 @@ async fn require_mfa_and_time_windows_apply_to_the_data_plane() {
             "POST",
             &format!("/api/v1/identities/{service_id}/mfa/confirm"),
             &service,
-            Some(json!({"code": totp_code(&uri, 0)})),
+            Some(json!({"code": common::totp_code(&uri, 0)})),
         )
         .await;
         assert_eq!(status, 200, "{body}");
@@ -1175,7 +1143,7 @@ async fn require_mfa_and_time_windows_apply_to_the_data_plane() {
             "{backend:?}: {body}"
         );
         // The confirmation used the current step: the next one is valid.
-        let next = totp_code(&uri, 30);
+        let next = common::totp_code(&uri, 30);
         let (status, body) = call_with_totp(
             &server,
             "/api/v1/transit/encrypt",

@@ -214,18 +214,36 @@ impl Server {
         body: Option<&str>,
         content_type: &str,
     ) -> (u16, Value, String) {
+        let authorization = token.map(|token| format!("Bearer {token}"));
+        let mut headers = vec![("Content-Type", content_type)];
+        if let Some(authorization) = &authorization {
+            headers.push(("Authorization", authorization.as_str()));
+        }
+        self.request_with(method, path, &headers, body).await
+    }
+
+    /// Sends one request with `headers` (a body's content type among them
+    /// when it has one); answers (status, JSON body or Null, headers text).
+    pub async fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> (u16, Value, String) {
         let mut stream = tokio::net::TcpStream::connect(self.address).await.unwrap();
         let mut request =
             format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
-        if let Some(token) = token {
-            request.push_str(&format!("Authorization: Bearer {token}\r\n"));
-        }
         let body = body.unwrap_or("");
-        if !body.is_empty() || method == "POST" || method == "PUT" {
-            request.push_str(&format!(
-                "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
+        let sends_body = !body.is_empty() || method == "POST" || method == "PUT";
+        for (name, value) in headers {
+            if name.eq_ignore_ascii_case("content-type") && !sends_body {
+                continue;
+            }
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if sends_body {
+            request.push_str(&format!("Content-Length: {}\r\n", body.len()));
         }
         request.push_str("\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
@@ -488,4 +506,22 @@ pub async fn wallet_fixture(server: &Server, org: &str, name: &str, protocol: &s
     .unwrap();
     pool.close().await;
     id
+}
+
+/// The RFC 6238 code of an `otpauth://` URI's secret `offset` seconds from
+/// now (±30 s is the previous or next time step, accepted as clock skew).
+pub fn totp_code(uri: &str, offset: i64) -> String {
+    let secret = uri
+        .split("secret=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let bytes = custos_control_plane::totp::base32_decode(secret).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    custos_control_plane::totp::TotpSecret::from_bytes(bytes).code_at(now + offset)
 }
