@@ -1184,3 +1184,62 @@ async fn require_mfa_and_time_windows_apply_to_the_data_plane() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn an_approved_operation_is_decided_again_when_it_runs() {
+    for backend in BACKENDS {
+        let server = start(backend).await;
+        let root = server.root_token().await;
+        let (_, first) = server.identity(&root, "approver-1", "approver", None).await;
+        let (_, second) = server.identity(&root, "approver-2", "approver", None).await;
+        let (status, _) = call(
+            &server,
+            "POST",
+            "/api/v1/secrets",
+            &root,
+            Some(json!({"name": "db", "value": "hunter2", "environment": "prod"})),
+        )
+        .await;
+        assert_eq!(status, 201);
+        // Deleting waits for two approvals (the default policy).
+        let (status, pending) = call(
+            &server,
+            "DELETE",
+            "/api/v1/secrets/db?environment=prod",
+            &root,
+            None,
+        )
+        .await;
+        assert_eq!(status, 202, "{pending}");
+        let (status, _) = common::approve(&server, &first, &pending).await;
+        assert_eq!(status, 200);
+        // A deny lands before the last vote.
+        policy(
+            &server,
+            &root,
+            "freeze-secrets",
+            5,
+            json!([{"action": "secret.delete", "resource": "secret:prod/*", "effect": "deny"}]),
+        )
+        .await;
+        let (status, vote) = common::approve(&server, &second, &pending).await;
+        assert_eq!(
+            (status, vote["status"].as_str()),
+            (200, Some("approved")),
+            "{vote}"
+        );
+        let operation = common::operation(&server, &root, &pending).await;
+        assert_eq!(operation["status"], "rejected", "{backend:?}: {operation}");
+        assert_eq!(operation["error"]["code"], "policy_denied", "{operation}");
+        let (status, _) = call(
+            &server,
+            "GET",
+            "/api/v1/secrets/db?environment=prod",
+            &root,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "the secret is still there");
+        server.stop().await;
+    }
+}
