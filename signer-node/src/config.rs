@@ -67,6 +67,15 @@ impl Deadlines {
     pub fn get(secs: u64) -> Duration {
         Duration::from_secs(secs)
     }
+
+    /// The longest of the deadlines: how long a frame that arrived before
+    /// its session is kept for it.
+    pub fn longest_secs(&self) -> u64 {
+        self.keygen_secs
+            .max(self.aux_info_secs)
+            .max(self.ecdsa_secs)
+            .max(self.frost_secs)
+    }
 }
 
 /// The whole node configuration.

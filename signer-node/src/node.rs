@@ -33,7 +33,7 @@ use crate::job::{
     SignedJob,
 };
 use crate::store::ShareStore;
-use crate::transport::{JobResponder, NetEvent, Network};
+use crate::transport::{FrameAnswer, JobResponder, NetEvent, Network};
 
 /// Frames kept for a session that has not started yet.
 const EARLY_FRAMES_PER_SESSION: usize = 256;
@@ -42,8 +42,12 @@ const EARLY_SESSIONS: usize = 1024;
 /// Bytes of early frames held at once, across all sessions: a peer cannot
 /// make the node hold more than this for sessions that never start.
 const EARLY_BYTES: usize = 64 * 1024 * 1024;
-/// How long early frames wait for their session.
-const EARLY_FRAME_TTL: Duration = Duration::from_secs(60);
+/// How long early frames wait for their session when the node's deadlines
+/// are not known: the longest default deadline (aux info's). A peer that
+/// got its job first may start a run minutes before this node, which may
+/// first generate its Paillier primes; its frames must still be here when
+/// this node's session starts.
+const EARLY_FRAME_TTL: Duration = Duration::from_secs(600);
 /// Inbound queue of one running session.
 const SESSION_QUEUE: usize = 1024;
 /// Replay records live in this store namespace.
@@ -80,8 +84,9 @@ struct EarlyFrames {
     frames: Vec<(PartyId, Vec<u8>)>,
 }
 
-#[derive(Default)]
 struct RouterState {
+    /// How long early frames wait for their session.
+    early_ttl: Duration,
     running: HashMap<ExecutionId, RunningSession>,
     early: HashMap<ExecutionId, EarlyFrames>,
     /// Total bytes held in `early`.
@@ -95,31 +100,57 @@ impl RouterState {
 }
 
 /// Routes inbound frames to running sessions by session id.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Router(Arc<Mutex<RouterState>>);
+
+impl Default for Router {
+    fn default() -> Router {
+        Router::new(EARLY_FRAME_TTL)
+    }
+}
 
 fn reject(reason: &'static str) {
     metrics::counter!("custos_signer_rejected_messages_total", "reason" => reason).increment(1);
 }
 
 impl Router {
+    /// A router that keeps frames which arrive before their session for
+    /// `early_ttl` (the node's longest protocol deadline: a session that
+    /// starts later than that could not finish anyway).
+    pub fn new(early_ttl: Duration) -> Router {
+        Router(Arc::new(Mutex::new(RouterState {
+            early_ttl,
+            running: HashMap::new(),
+            early: HashMap::new(),
+            early_bytes: 0,
+        })))
+    }
+
     fn lock(&self) -> MutexGuard<'_, RouterState> {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Delivers one frame from an authenticated peer.
-    pub fn deliver(&self, from: PartyId, bytes: Vec<u8>) {
+    /// Delivers one frame from an authenticated peer and answers what the
+    /// sender is told: `Accepted` only once the frame is in its session's
+    /// queue or kept for its session; `Busy` when the queue or the
+    /// early-frame budget is full (the sender sends it again later:
+    /// backpressure, not loss); `Refused` for what can never be delivered.
+    pub fn deliver(&self, from: PartyId, bytes: Vec<u8>) -> FrameAnswer {
         metrics::counter!("custos_signer_bytes_received_total").increment(bytes.len() as u64);
         let session = match Envelope::decode(&bytes) {
             Ok(envelope) => envelope.session,
-            Err(error) => return reject(error.reason()),
+            Err(error) => {
+                reject(error.reason());
+                return FrameAnswer::Refused("undecodable");
+            }
         };
         let mut state = self.lock();
         if let Some(running) = state.running.get(&session) {
             let Some(index) = running.participants.iter().position(|party| *party == from) else {
-                return reject("not_participant");
+                reject("not_participant");
+                return FrameAnswer::Refused("not_participant");
             };
             if running
                 .inbox
@@ -130,15 +161,23 @@ impl Router {
                 .is_err()
             {
                 reject("queue_full");
+                return FrameAnswer::Busy;
             }
-            return;
+            return FrameAnswer::Accepted;
         }
         let now = Instant::now();
+        let ttl = state.early_ttl;
         let mut expired_bytes = 0;
-        state.early.retain(|_, early| {
-            let keep = now.duration_since(early.since) < EARLY_FRAME_TTL;
+        state.early.retain(|session, early| {
+            let keep = now.duration_since(early.since) < ttl;
             if !keep {
                 expired_bytes += RouterState::early_frames_bytes(early);
+                tracing::warn!(
+                    session = %hex::encode(session.0),
+                    frames = early.frames.len(),
+                    "frames for a session that never started here were dropped after the deadline"
+                );
+                reject("early_expired");
             }
             keep
         });
@@ -146,7 +185,8 @@ impl Router {
         let full = (!state.early.contains_key(&session) && state.early.len() >= EARLY_SESSIONS)
             || state.early_bytes + bytes.len() > EARLY_BYTES;
         if full {
-            return reject("early_buffer_full");
+            reject("early_buffer_full");
+            return FrameAnswer::Busy;
         }
         let len = bytes.len();
         let early = state.early.entry(session).or_insert_with(|| EarlyFrames {
@@ -154,10 +194,12 @@ impl Router {
             frames: Vec::new(),
         });
         if early.frames.len() >= EARLY_FRAMES_PER_SESSION {
-            return reject("early_buffer_full");
+            reject("early_buffer_full");
+            return FrameAnswer::Busy;
         }
         early.frames.push((from, bytes));
         state.early_bytes += len;
+        FrameAnswer::Accepted
     }
 
     /// Registers a session and hands it the frames that came early.
@@ -249,7 +291,7 @@ impl Node {
             coordinator_key,
             store,
             network,
-            router: Router::default(),
+            router: Router::new(Deadlines::get(config.deadlines.longest_secs())),
             deadlines: config.deadlines.clone(),
             in_flight: Mutex::new(HashMap::new()),
             pool: tokio::sync::Mutex::new(()),
@@ -268,7 +310,14 @@ impl Node {
     pub async fn serve(self: Arc<Self>, mut events: mpsc::Receiver<NetEvent>) {
         while let Some(event) = events.recv().await {
             match event {
-                NetEvent::Frame { from, bytes } => self.router.deliver(from, bytes),
+                NetEvent::Frame {
+                    from,
+                    bytes,
+                    respond,
+                } => {
+                    let answer = self.router.deliver(from, bytes);
+                    respond.send(answer).await;
+                }
                 NetEvent::Job {
                     from,
                     bytes,
@@ -1329,5 +1378,86 @@ mod tests {
         let mut inbox = router.open(&session);
         assert_eq!(inbox.try_recv().unwrap().from, 1);
         assert!(router.lock().early_bytes < before);
+    }
+
+    /// The sender is told a frame is delivered only once it is in its
+    /// session's queue or kept for its session; a full queue or budget is
+    /// `Busy` (the sender sends it again later), never an acknowledged loss.
+    #[test]
+    fn a_frame_is_acknowledged_only_once_it_is_queued_or_kept() {
+        let router = Router::default();
+        let peer = PartyId([1; 32]);
+        assert_eq!(router.deliver(peer, frame(1, 10)), FrameAnswer::Accepted);
+        for _ in 1..EARLY_FRAMES_PER_SESSION {
+            assert_eq!(router.deliver(peer, frame(1, 10)), FrameAnswer::Accepted);
+        }
+        assert_eq!(
+            router.deliver(peer, frame(1, 10)),
+            FrameAnswer::Busy,
+            "a full early budget is backpressure"
+        );
+        assert_eq!(
+            router.deliver(peer, b"not a frame".to_vec()),
+            FrameAnswer::Refused("undecodable")
+        );
+        // A running session whose queue is full answers Busy, and Accepted
+        // again once the session took its frames.
+        let session = Session {
+            kind: ProtocolKind::AuxInfo,
+            id: ExecutionId([9; 32]),
+            participants: vec![PartyId([0; 32]), peer],
+            me: 0,
+            deadline: Duration::from_secs(1),
+        };
+        let mut inbox = router.open(&session);
+        for _ in 0..SESSION_QUEUE {
+            assert_eq!(router.deliver(peer, frame(9, 10)), FrameAnswer::Accepted);
+        }
+        assert_eq!(router.deliver(peer, frame(9, 10)), FrameAnswer::Busy);
+        inbox.try_recv().unwrap();
+        assert_eq!(router.deliver(peer, frame(9, 10)), FrameAnswer::Accepted);
+        assert_eq!(
+            router.deliver(PartyId([7; 32]), frame(9, 10)),
+            FrameAnswer::Refused("not_participant")
+        );
+    }
+
+    /// Frames that arrive long before their session (a peer got its job
+    /// first, or this node generated Paillier primes before it could start)
+    /// are still there when it starts, up to the node's longest deadline:
+    /// the stall of a first start (issue 15) was a peer's round messages
+    /// dropped after 60 s.
+    #[test]
+    fn early_frames_wait_for_their_session_until_the_deadline() {
+        let router = Router::new(Duration::from_secs(600));
+        let peer = PartyId([1; 32]);
+        assert_eq!(router.deliver(peer, frame(3, 10)), FrameAnswer::Accepted);
+        // Two minutes later (past the former 60 s), another session's frame
+        // arrives and the first is still kept.
+        router
+            .lock()
+            .early
+            .get_mut(&ExecutionId([3; 32]))
+            .unwrap()
+            .since -= Duration::from_secs(120);
+        assert_eq!(router.deliver(peer, frame(4, 10)), FrameAnswer::Accepted);
+        let session = Session {
+            kind: ProtocolKind::AuxInfo,
+            id: ExecutionId([3; 32]),
+            participants: vec![PartyId([0; 32]), peer],
+            me: 0,
+            deadline: Duration::from_secs(1),
+        };
+        let mut inbox = router.open(&session);
+        assert_eq!(inbox.try_recv().unwrap().from, 1);
+        // Past the deadline they go (and the loss is logged).
+        router
+            .lock()
+            .early
+            .get_mut(&ExecutionId([4; 32]))
+            .unwrap()
+            .since -= Duration::from_secs(601);
+        assert_eq!(router.deliver(peer, frame(5, 10)), FrameAnswer::Accepted);
+        assert!(!router.lock().early.contains_key(&ExecutionId([4; 32])));
     }
 }

@@ -36,6 +36,57 @@ pub const MAX_JOB_BYTES: usize = 1024 * 1024;
 const QUEUE: usize = 4096;
 /// A frame is tried this many times before it is given up.
 const FRAME_SEND_ATTEMPTS: u32 = 6;
+/// Times a frame is sent again while its receiver answers `busy` (its
+/// session's queue or its early-frame budget is full): with the backoff of
+/// [`busy_backoff`], about two and a half minutes of backpressure before
+/// the frame is given up (and the loss logged with its session).
+const FRAME_BUSY_ATTEMPTS: u32 = 80;
+
+/// The pause before sending a frame again after the `busy`-th busy answer:
+/// 100 ms doubling, at most 2 s.
+fn busy_backoff(busy: u32) -> Duration {
+    Duration::from_millis((100u64 << busy.min(5)).min(2_000))
+}
+
+/// What a receiver answers to a frame: the sender's delivery
+/// acknowledgement. A frame is acknowledged as delivered only once it is in
+/// its session's queue, or kept for a session that has not started yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameAnswer {
+    /// In its session's queue, or kept until the session starts.
+    Accepted,
+    /// Not taken now (a full queue or early-frame budget): send it again
+    /// later. This is backpressure, not loss.
+    Busy,
+    /// Never taken (not a participant, not a frame): do not send it again.
+    Refused(&'static str),
+}
+
+impl FrameAnswer {
+    fn to_bytes(self) -> Vec<u8> {
+        match self {
+            // Empty, as nodes before this acknowledged every frame.
+            FrameAnswer::Accepted => Vec::new(),
+            FrameAnswer::Busy => b"busy".to_vec(),
+            FrameAnswer::Refused(reason) => format!("refused:{reason}").into_bytes(),
+        }
+    }
+
+    fn from_bytes(bytes: &[u8]) -> FrameAnswer {
+        match bytes {
+            [] => FrameAnswer::Accepted,
+            b"busy" => FrameAnswer::Busy,
+            _ => FrameAnswer::Refused("refused"),
+        }
+    }
+}
+
+/// The session a frame belongs to, for log lines.
+fn session_of(bytes: &[u8]) -> String {
+    custos_protocol::wire::Envelope::decode(bytes)
+        .map(|envelope| hex::encode(envelope.session.0))
+        .unwrap_or_else(|_| "undecodable".into())
+}
 
 /// The PeerId of a party: its Ed25519 key is the libp2p identity key.
 pub fn peer_id_of(party: &PartyId) -> Option<PeerId> {
@@ -149,12 +200,15 @@ pub struct NetworkConfig {
 
 /// Something that arrived from the network.
 pub enum NetEvent {
-    /// A protocol frame from an allow-listed peer (already acknowledged).
+    /// A protocol frame from an allow-listed peer. The sender learns it was
+    /// delivered only when the receiver answers through `respond`.
     Frame {
         /// The authenticated sender.
         from: PartyId,
         /// The envelope bytes.
         bytes: Vec<u8>,
+        /// Where the delivery acknowledgement goes.
+        respond: FrameResponder,
     },
     /// A job (from the coordinator, if the caller checks so).
     Job {
@@ -187,6 +241,26 @@ impl JobResponder {
     }
 }
 
+/// Answers one inbound frame, once: the sender's delivery acknowledgement.
+pub struct FrameResponder {
+    channel: ResponseChannel<Vec<u8>>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl FrameResponder {
+    /// Sends the answer. If the sender went away, it times out and sends
+    /// the frame again (a duplicate the driver drops).
+    pub async fn send(self, answer: FrameAnswer) {
+        let _ = self
+            .commands
+            .send(Command::RespondFrame {
+                channel: self.channel,
+                answer,
+            })
+            .await;
+    }
+}
+
 /// Why a request to a peer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -205,7 +279,14 @@ enum Command {
     SendFrame {
         to: PeerId,
         bytes: Vec<u8>,
+        /// Sends that failed on the way (dial, connection, timeout).
         attempt: u32,
+        /// Times the receiver answered `busy`.
+        busy: u32,
+    },
+    RespondFrame {
+        channel: ResponseChannel<Vec<u8>>,
+        answer: FrameAnswer,
     },
     SendJob {
         to: PeerId,
@@ -250,7 +331,7 @@ impl Network {
                 frames: request_response::Behaviour::with_codec(
                     BytesCodec {
                         max_request: MAX_FRAME_BYTES,
-                        max_response: 16,
+                        max_response: 64,
                     },
                     [(
                         StreamProtocol::new("/custos/frame/1"),
@@ -317,6 +398,7 @@ impl Network {
                 to,
                 bytes,
                 attempt: 0,
+                busy: 0,
             })
             .await
             .map_err(|_| NetError::Stopped)
@@ -378,7 +460,8 @@ async fn drive(
     command_tx: mpsc::Sender<Command>,
     events: mpsc::Sender<NetEvent>,
 ) {
-    let mut frames_in_flight: HashMap<OutboundRequestId, (PeerId, Vec<u8>, u32)> = HashMap::new();
+    let mut frames_in_flight: HashMap<OutboundRequestId, (PeerId, Vec<u8>, u32, u32)> =
+        HashMap::new();
     let mut jobs_in_flight: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>> =
         HashMap::new();
     let mut listen_addrs: Vec<Multiaddr> = Vec::new();
@@ -387,10 +470,13 @@ async fn drive(
             command = commands.recv() => {
                 let Some(command) = command else { return };
                 match command {
-                    Command::SendFrame { to, bytes, attempt } => {
+                    Command::SendFrame { to, bytes, attempt, busy } => {
                         let known = addresses.get(&to).cloned().unwrap_or_default();
                         let id = swarm.behaviour_mut().frames.send_request_with_addresses(&to, bytes.clone(), known);
-                        frames_in_flight.insert(id, (to, bytes, attempt));
+                        frames_in_flight.insert(id, (to, bytes, attempt, busy));
+                    }
+                    Command::RespondFrame { channel, answer } => {
+                        let _ = swarm.behaviour_mut().frames.send_response(channel, answer.to_bytes());
                     }
                     Command::SendJob { to, bytes, reply } => {
                         let known = addresses.get(&to).cloned().unwrap_or_default();
@@ -412,28 +498,57 @@ async fn drive(
                 SwarmEvent::Behaviour(BehaviourEvent::Frames(event)) => match event {
                     request_response::Event::Message { peer, message, .. } => match message {
                         request_response::Message::Request { request, channel, .. } => {
-                            let _ = swarm.behaviour_mut().frames.send_response(channel, Vec::new());
-                            let Some(from) = party_of_peer(&peer) else { continue };
-                            if events.try_send(NetEvent::Frame { from, bytes: request }).is_err() {
+                            let Some(from) = party_of_peer(&peer) else {
+                                let _ = swarm.behaviour_mut().frames.send_response(channel, FrameAnswer::Refused("bad_peer").to_bytes());
+                                continue;
+                            };
+                            let respond = FrameResponder { channel, commands: command_tx.clone() };
+                            if let Err(error) = events.try_send(NetEvent::Frame { from, bytes: request, respond }) {
+                                // The node is behind: the sender tries again
+                                // later instead of losing the frame.
                                 metrics::counter!("custos_signer_rejected_messages_total", "reason" => "queue_full").increment(1);
+                                if let NetEvent::Frame { respond, .. } = error.into_inner() {
+                                    let _ = swarm.behaviour_mut().frames.send_response(respond.channel, FrameAnswer::Busy.to_bytes());
+                                }
                             }
                         }
-                        request_response::Message::Response { request_id, .. } => {
-                            frames_in_flight.remove(&request_id);
+                        request_response::Message::Response { request_id, response } => {
+                            let Some((to, bytes, attempt, busy)) = frames_in_flight.remove(&request_id) else { continue };
+                            match FrameAnswer::from_bytes(&response) {
+                                FrameAnswer::Accepted => {}
+                                FrameAnswer::Busy if busy + 1 < FRAME_BUSY_ATTEMPTS => {
+                                    metrics::counter!("custos_signer_frames_busy_total").increment(1);
+                                    let backoff = busy_backoff(busy);
+                                    tracing::debug!(%to, busy, "the receiver is busy; sending the frame again");
+                                    let command_tx = command_tx.clone();
+                                    tokio::spawn(async move {
+                                        tokio::time::sleep(backoff).await;
+                                        let _ = command_tx.send(Command::SendFrame { to, bytes, attempt, busy: busy + 1 }).await;
+                                    });
+                                }
+                                FrameAnswer::Busy => {
+                                    tracing::warn!(%to, session = %session_of(&bytes), "frame dropped: the receiver stayed busy");
+                                    metrics::counter!("custos_signer_frames_undeliverable_total").increment(1);
+                                }
+                                FrameAnswer::Refused(_) => {
+                                    tracing::warn!(%to, session = %session_of(&bytes), answer = %String::from_utf8_lossy(&response), "the receiver refused a frame");
+                                    metrics::counter!("custos_signer_frames_refused_total").increment(1);
+                                }
+                            }
                         }
                     },
                     request_response::Event::OutboundFailure { request_id, error, .. } => {
-                        let Some((to, bytes, attempt)) = frames_in_flight.remove(&request_id) else { continue };
+                        let Some((to, bytes, attempt, busy)) = frames_in_flight.remove(&request_id) else { continue };
                         if attempt + 1 < FRAME_SEND_ATTEMPTS {
                             let backoff = Duration::from_millis(50 << attempt);
                             tracing::debug!(%to, %error, attempt, "frame send failed; retrying");
                             let command_tx = command_tx.clone();
                             tokio::spawn(async move {
                                 tokio::time::sleep(backoff).await;
-                                let _ = command_tx.send(Command::SendFrame { to, bytes, attempt: attempt + 1 }).await;
+                                let _ = command_tx.send(Command::SendFrame { to, bytes, attempt: attempt + 1, busy }).await;
                             });
                         } else {
-                            tracing::warn!(%to, %error, "frame dropped after retries");
+                            tracing::warn!(%to, %error, session = %session_of(&bytes), "frame dropped after retries");
                             metrics::counter!("custos_signer_frames_undeliverable_total").increment(1);
                         }
                     }
@@ -485,6 +600,28 @@ async fn drive(
 
 #[cfg(test)]
 mod tests {
+    use super::{busy_backoff, FrameAnswer};
+
+    #[test]
+    fn frame_answers_round_trip_and_an_empty_answer_is_a_delivery() {
+        for answer in [
+            FrameAnswer::Accepted,
+            FrameAnswer::Busy,
+            FrameAnswer::Refused("refused"),
+        ] {
+            assert_eq!(FrameAnswer::from_bytes(&answer.to_bytes()), answer);
+        }
+        // Nodes before delivery acknowledgements answered every frame
+        // with an empty response.
+        assert_eq!(FrameAnswer::from_bytes(&[]), FrameAnswer::Accepted);
+        assert_eq!(
+            FrameAnswer::from_bytes(b"refused:not_participant"),
+            FrameAnswer::Refused("refused")
+        );
+        assert_eq!(busy_backoff(0).as_millis(), 100);
+        assert_eq!(busy_backoff(40).as_millis(), 2_000);
+    }
+
     use super::*;
 
     #[tokio::test]
