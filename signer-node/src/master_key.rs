@@ -303,9 +303,25 @@ impl MasterKey {
                     Attribute::Derive(false),
                     Attribute::Label(key_label.as_bytes().to_vec()),
                 ];
-                let key = session
-                    .generate_key(&Mechanism::AesKeyGen, &template)
-                    .map_err(pkcs11_error("C_GenerateKey"))?;
+                // SoftHSM2 2.6.1 fails a key generation now and then while
+                // other sessions of the process work (CKR_GENERAL_ERROR on a
+                // valid template; seen in this crate's store tests, which
+                // create keys in parallel): one generation at a time per
+                // process, and that failure is retried twice. Creating a
+                // master key happens once per node.
+                static GENERATING: Mutex<()> = Mutex::new(());
+                let _one_at_a_time = GENERATING.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut attempt = 0;
+                let key = loop {
+                    attempt += 1;
+                    match session.generate_key(&Mechanism::AesKeyGen, &template) {
+                        Err(cryptoki::error::Error::Pkcs11(
+                            cryptoki::error::RvError::GeneralError,
+                            _,
+                        )) if attempt < 3 => continue,
+                        generated => break generated.map_err(pkcs11_error("C_GenerateKey"))?,
+                    }
+                };
                 tracing::info!(
                     token = %token_label,
                     key = %key_label,
