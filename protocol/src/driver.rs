@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -116,6 +117,40 @@ pub struct SessionReport {
     pub dropped: BTreeMap<&'static str, u64>,
 }
 
+/// Live counters of one run, for a watchdog outside the run: a run whose
+/// counters stop moving while it waits has stalled (a frame was lost, or a
+/// peer is gone). Only frames handed to the protocol count as received:
+/// duplicates and dropped frames are not progress.
+#[derive(Debug, Default)]
+pub struct Progress {
+    delivered: AtomicU64,
+    sent: AtomicU64,
+    waiting: AtomicBool,
+}
+
+impl Progress {
+    /// Frames handed to the protocol so far.
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Frames the protocol sent so far (a broadcast counts once).
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Whether the protocol waits for a frame now (its last look at the
+    /// inbound stream found nothing), as opposed to computing.
+    pub fn waiting(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Both counters in one value that changes whenever either moves.
+    pub fn mark(&self) -> (u64, u64) {
+        (self.delivered(), self.sent())
+    }
+}
+
 /// State shared by the inbound stream, the outbound sink and the driver.
 /// The mutex is only held for bookkeeping, never across an await.
 #[derive(Default)]
@@ -169,6 +204,7 @@ pub struct IncomingMessages<M, In> {
     inner: In,
     session: Arc<Session>,
     shared: Arc<Mutex<Shared>>,
+    progress: Arc<Progress>,
     _msg: PhantomData<fn() -> M>,
 }
 
@@ -243,7 +279,11 @@ where
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
-            let Some(frame) = futures::ready!(this.inner.poll_next_unpin(cx)) else {
+            let polled = this.inner.poll_next_unpin(cx);
+            this.progress
+                .waiting
+                .store(polled.is_pending(), Ordering::Relaxed);
+            let Some(frame) = futures::ready!(polled) else {
                 lock(&this.shared).transport_closed = true;
                 return Poll::Ready(None);
             };
@@ -251,6 +291,7 @@ where
             match this.judge(frame) {
                 Verdict::Deliver(incoming) => {
                     lock(&this.shared).report.delivered += 1;
+                    this.progress.delivered.fetch_add(1, Ordering::Relaxed);
                     return Poll::Ready(Some(Ok(incoming)));
                 }
                 Verdict::Drop(reason) => {
@@ -274,6 +315,7 @@ pub struct OutgoingMessages<M, Out> {
     inner: Out,
     session: Arc<Session>,
     shared: Arc<Mutex<Shared>>,
+    progress: Arc<Progress>,
     _msg: PhantomData<fn(M)>,
 }
 
@@ -320,6 +362,7 @@ where
             shared.report.largest_payload_sent =
                 shared.report.largest_payload_sent.max(payload_len);
         }
+        this.progress.sent.fetch_add(1, Ordering::Relaxed);
         this.inner
             .start_send_unpin(OutboundFrame {
                 to: recipient,
@@ -365,6 +408,25 @@ where
     Out: Sink<OutboundFrame> + Unpin,
     Fut: Future<Output = Result<T, Error>>,
 {
+    run_with_progress(session, incoming, outgoing, Arc::default(), protocol).await
+}
+
+/// [`run`], counting into `progress` every frame handed to the protocol
+/// and every frame it sends, so that a watchdog can tell a run that waits
+/// for a lost frame from one that computes or exchanges.
+pub async fn run_with_progress<M, T, In, Out, Fut>(
+    session: Session,
+    incoming: In,
+    outgoing: Out,
+    progress: Arc<Progress>,
+    protocol: impl FnOnce(Party<M, In, Out>) -> Fut,
+) -> (Result<T, Error>, SessionReport)
+where
+    M: ProtocolMessage + Serialize + DeserializeOwned,
+    In: Stream<Item = InboundFrame> + Unpin,
+    Out: Sink<OutboundFrame> + Unpin,
+    Fut: Future<Output = Result<T, Error>>,
+{
     let session = Arc::new(session);
     let shared = Arc::new(Mutex::new(Shared::default()));
     let delivery = (
@@ -372,12 +434,14 @@ where
             inner: incoming,
             session: session.clone(),
             shared: shared.clone(),
+            progress: progress.clone(),
             _msg: PhantomData,
         },
         OutgoingMessages {
             inner: outgoing,
             session: session.clone(),
             shared: shared.clone(),
+            progress,
             _msg: PhantomData,
         },
     );

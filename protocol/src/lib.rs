@@ -90,6 +90,17 @@ pub enum Error {
     /// replaced it.
     #[error("{0:?} stopped: a newer attempt of the request replaced it")]
     Superseded(ProtocolKind),
+    /// The run stalled: no frame moved for a bounded time and the peers
+    /// it waited for could not help (gone, failed, or finished without the
+    /// missing frame). Stopped early instead of waiting for the deadline;
+    /// the coordinator retries under a fresh run id.
+    #[error("{kind:?} stalled: {reason}")]
+    Stalled {
+        /// Which protocol stalled.
+        kind: ProtocolKind,
+        /// Why it could not recover, as a stable label.
+        reason: &'static str,
+    },
     /// The output failed an independent check (a signature that does not
     /// verify, a key share that does not validate). Nothing is returned.
     #[error("output check failed: {0}")]

@@ -28,6 +28,17 @@ impl Primes {
         Self(cggmp21::PregeneratedPrimes::generate(&mut rand_core::OsRng))
     }
 
+    /// Generates a fresh pair like [`Primes::generate`], but stands still
+    /// whenever `paused()` is true: the search asks its random source for
+    /// every candidate (thousands per pair, milliseconds apart), and the
+    /// source waits there while `paused()` holds. A node fills its pool this
+    /// way so that prime generation never takes the CPU from a protocol run.
+    /// Blocking: call it from a thread of its own.
+    pub fn generate_yielding(paused: &(dyn Fn() -> bool + Sync)) -> Self {
+        let mut rng = YieldingRng { paused };
+        Self(cggmp21::PregeneratedPrimes::generate(&mut rng))
+    }
+
     pub(crate) fn into_inner(self) -> cggmp21::PregeneratedPrimes<SecurityLevel> {
         self.0
     }
@@ -38,6 +49,45 @@ impl fmt::Debug for Primes {
         f.write_str("Primes(<redacted>)")
     }
 }
+
+/// The operating system's random source, waiting while `paused()` holds.
+struct YieldingRng<'a> {
+    paused: &'a (dyn Fn() -> bool + Sync),
+}
+
+impl YieldingRng<'_> {
+    fn wait(&self) {
+        while (self.paused)() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl rand_core::RngCore for YieldingRng<'_> {
+    fn next_u32(&mut self) -> u32 {
+        self.wait();
+        rand_core::OsRng.next_u32()
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.wait();
+        rand_core::OsRng.next_u64()
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.wait();
+        rand_core::OsRng.fill_bytes(dest)
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.wait();
+        rand_core::OsRng.try_fill_bytes(dest)
+    }
+}
+
+// Every byte comes from the operating system's CSPRNG; only the timing of
+// the calls changes.
+impl rand_core::CryptoRng for YieldingRng<'_> {}
 
 /// Progress of a pool refill.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,5 +229,29 @@ impl cggmp21::progress::Tracer for AuxInfoProgress {
             ),
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_core::RngCore;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn the_yielding_source_waits_while_paused_and_then_gives_fresh_bytes() {
+        let asked = AtomicU32::new(0);
+        // Paused for the first three looks, then free.
+        let paused = || asked.fetch_add(1, Ordering::SeqCst) < 3;
+        let mut rng = YieldingRng { paused: &paused };
+        let started = Instant::now();
+        let mut first = [0u8; 32];
+        rng.fill_bytes(&mut first);
+        assert!(started.elapsed() >= Duration::from_millis(60), "it waited");
+        assert_eq!(asked.load(Ordering::SeqCst), 4);
+        let mut second = [0u8; 32];
+        rng.fill_bytes(&mut second);
+        assert_ne!(first, second);
+        assert_ne!(first, [0; 32]);
     }
 }

@@ -183,8 +183,9 @@ impl NodeConfig {
                     }
                     continue;
                 }
-                // Read by the command line, not by the configuration.
-                "config" => continue,
+                // Read by the command line, not by the configuration;
+                // `faults` by the fault injection of test builds.
+                "config" | "faults" => continue,
                 _ => return Err(ConfigError::Invalid(format!("unknown variable {name}"))),
             };
             document.insert(key, value);

@@ -15,6 +15,19 @@ use crate::job::{Curve, Job, JobBody, JobOutput, Scheme};
 use crate::node::JobResponse;
 use crate::transport::{Network, NetworkConfig};
 
+/// How long the other members of a run may still answer once one answered
+/// with a failure (see [`Coordinator::send_raw`]): longer than a FROST
+/// session's stall watchdog takes to give up on a peer that is gone (5 s),
+/// so that a FROST member which waited for the gone peer answers with its
+/// own failure. A DKG watchdog gives up after 15 s: a DKG member still
+/// waiting is reported silent (unreachable) instead, which fails the run
+/// all the same.
+pub const FAILURE_GRACE: Duration = Duration::from_secs(10);
+/// Runs of aux-info generation and of a DKG before the coordinator gives
+/// up: a run that stalls stops within a minute (aux info) or seconds (DKG)
+/// and is tried again under a fresh run id.
+pub const RUN_ATTEMPTS: u32 = 3;
+
 /// A signer node as the coordinator knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -141,52 +154,77 @@ impl Coordinator {
     }
 
     /// Sends already-encoded job bytes (tests use it to send forged jobs).
+    ///
+    /// Each node has `timeout` to answer. Once one node answered with a
+    /// failure, the run cannot finish, and the others' sessions stop by
+    /// themselves within seconds (their watchdogs learn that a peer's
+    /// session failed): nodes still silent [`FAILURE_GRACE`] later are
+    /// counted unreachable instead of being waited for until `timeout`.
     pub async fn send_raw(
         &self,
         to: &[PartyId],
         bytes: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<Result<JobOutput, CoordinatorError>>, CoordinatorError> {
-        let answers = futures::future::join_all(to.iter().map(|node| {
-            let bytes = bytes.clone();
-            async move {
-                (
-                    *node,
-                    tokio::time::timeout(timeout, self.network.send_job(node, bytes)).await,
-                )
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let mut pending: FuturesUnordered<_> = to
+            .iter()
+            .enumerate()
+            .map(|(index, node)| {
+                let bytes = bytes.clone();
+                async move { (index, self.network.send_job(node, bytes).await) }
+            })
+            .collect();
+        let mut answers: Vec<Option<Result<JobOutput, CoordinatorError>>> =
+            (0..to.len()).map(|_| None).collect();
+        let mut deadline = tokio::time::Instant::now() + timeout;
+        let mut silent_message = format!("no answer within {timeout:?}");
+        loop {
+            let next = tokio::time::timeout_at(deadline, pending.next()).await;
+            let Ok(Some((index, answer))) = next else {
+                break;
+            };
+            let Some(&node) = to.get(index) else {
+                continue;
+            };
+            let answer = decode_answer(node, answer);
+            if answer.is_err() {
+                let grace = tokio::time::Instant::now() + FAILURE_GRACE;
+                if grace < deadline {
+                    deadline = grace;
+                    silent_message = format!(
+                        "no answer {FAILURE_GRACE:?} after another member of the run failed"
+                    );
+                }
             }
-        }))
-        .await;
-        Ok(answers
-            .into_iter()
-            .map(|(node, answer)| match answer {
-                Err(_elapsed) => Err(CoordinatorError::Unreachable {
-                    node,
-                    message: format!("no answer within {timeout:?}"),
-                }),
-                Ok(Err(error)) => Err(CoordinatorError::Unreachable {
-                    node,
-                    message: error.to_string(),
-                }),
-                Ok(Ok(bytes)) => match ciborium::from_reader::<JobResponse, _>(bytes.as_slice()) {
-                    Ok(JobResponse::Done(output)) => Ok(output),
-                    Ok(JobResponse::Failed { reason, message }) => Err(CoordinatorError::Failed {
-                        node,
-                        reason,
-                        message,
-                    }),
-                    Err(_) => Err(CoordinatorError::Failed {
-                        node,
-                        reason: "malformed_response".into(),
-                        message: "the node's answer does not decode".into(),
-                    }),
-                },
+            if let Some(slot) = answers.get_mut(index) {
+                *slot = Some(answer);
+            }
+        }
+        Ok(to
+            .iter()
+            .zip(answers)
+            .map(|(node, answer)| {
+                answer.unwrap_or_else(|| {
+                    Err(CoordinatorError::Unreachable {
+                        node: *node,
+                        message: silent_message.clone(),
+                    })
+                })
             })
             .collect())
     }
 
     /// Creates a wallet: a DKG among `committee`. Every node must report the
     /// same public key.
+    ///
+    /// A run in which every member failed (it stalled: a lost frame no peer
+    /// could send again, a node that went away) left no share anywhere, and
+    /// is tried again as the next attempt of the same request, which is a
+    /// fresh run id, up to [`RUN_ATTEMPTS`] runs. A run in which some members
+    /// finished and others failed is not retried: the finished members keep
+    /// their share and answer the request from their replay record, so the
+    /// wallet is reported failed and its id is not used again.
     pub async fn create_wallet(
         &self,
         request: RequestId,
@@ -201,41 +239,101 @@ impl Coordinator {
             committee: committee.to_vec(),
             threshold,
         };
-        let outputs = self.submit(committee, request, 0, body).await?;
-        let mut key: Option<WalletKey> = None;
-        for output in outputs {
-            let JobOutput::Keygen {
-                public_key,
-                chain_code,
-            } = output?
-            else {
-                return Err(CoordinatorError::Inconsistent);
-            };
-            let this = WalletKey {
-                public_key,
-                chain_code,
-            };
-            match &key {
-                Some(first) if *first != this => return Err(CoordinatorError::Inconsistent),
-                _ => key = Some(this),
+        let mut attempt = 0;
+        loop {
+            let outputs = self
+                .submit(committee, request, attempt, body.clone())
+                .await?;
+            let mut key: Option<WalletKey> = None;
+            let mut first_error = None;
+            let mut all_failed = true;
+            for output in outputs {
+                match output {
+                    Ok(JobOutput::Keygen {
+                        public_key,
+                        chain_code,
+                    }) => {
+                        all_failed = false;
+                        let this = WalletKey {
+                            public_key,
+                            chain_code,
+                        };
+                        match &key {
+                            Some(first) if *first != this => {
+                                return Err(CoordinatorError::Inconsistent)
+                            }
+                            _ => key = Some(this),
+                        }
+                    }
+                    Ok(_) => return Err(CoordinatorError::Inconsistent),
+                    Err(error) => {
+                        first_error.get_or_insert(error);
+                    }
+                }
             }
+            let Some(error) = first_error else {
+                return key.ok_or(CoordinatorError::Inconsistent);
+            };
+            if !all_failed || attempt + 1 >= RUN_ATTEMPTS {
+                return Err(error);
+            }
+            tracing::warn!(
+                %error,
+                attempt,
+                "DKG run failed on every member; trying again under a fresh run id"
+            );
+            attempt += 1;
         }
-        key.ok_or(CoordinatorError::Inconsistent)
     }
 
-    /// Generates aux info (for ECDSA) for `committee`.
+    /// Generates aux info (for ECDSA) for `committee`, trying again under a
+    /// fresh run id when a run fails, up to [`RUN_ATTEMPTS`] runs.
     pub async fn aux_info(
         &self,
         request: RequestId,
         committee: &[PartyId],
     ) -> Result<(), CoordinatorError> {
+        let mut attempt = 0;
+        loop {
+            match self.aux_info_run(request, attempt, committee).await {
+                Ok(()) => return Ok(()),
+                Err(error) if attempt + 1 < RUN_ATTEMPTS => {
+                    tracing::warn!(
+                        %error,
+                        attempt,
+                        "aux-info run failed; trying again under a fresh run id"
+                    );
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// One aux-info run for `committee`: run `attempt` of `request`. Every
+    /// run is a request of its own ([`retry_request`]), so every member
+    /// runs it again, the members that finished an earlier run included:
+    /// aux info is only usable when all members hold the same run's, and a
+    /// newer run replaces the older one on every node.
+    pub async fn aux_info_run(
+        &self,
+        request: RequestId,
+        attempt: u32,
+        committee: &[PartyId],
+    ) -> Result<(), CoordinatorError> {
         let body = JobBody::AuxInfo {
             committee: committee.to_vec(),
         };
-        for output in self.submit(committee, request, 0, body).await? {
-            output?;
+        let mut first_error = None;
+        for output in self
+            .submit(committee, retry_request(request, attempt), 0, body)
+            .await?
+        {
+            if let Err(error) = output {
+                first_error.get_or_insert(error);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Signs with a quorum of `threshold` nodes of `committee`, trying
@@ -602,6 +700,41 @@ pub fn answer_timeout(body: &JobBody) -> Duration {
         } => 90,
         JobBody::Sign { .. } => 20,
     })
+}
+
+/// A node's answer to a job, decoded once: its output, or why it has none.
+fn decode_answer<E: std::fmt::Display>(
+    node: PartyId,
+    answer: Result<Vec<u8>, E>,
+) -> Result<JobOutput, CoordinatorError> {
+    let bytes = answer.map_err(|error| CoordinatorError::Unreachable {
+        node,
+        message: error.to_string(),
+    })?;
+    match ciborium::from_reader::<JobResponse, _>(bytes.as_slice()) {
+        Ok(JobResponse::Done(output)) => Ok(output),
+        Ok(JobResponse::Failed { reason, message }) => Err(CoordinatorError::Failed {
+            node,
+            reason,
+            message,
+        }),
+        Err(_) => Err(CoordinatorError::Failed {
+            node,
+            reason: "malformed_response".into(),
+            message: "the node's answer does not decode".into(),
+        }),
+    }
+}
+
+/// The request id of run `attempt` of a request whose runs are requests of
+/// their own (aux info): the request itself for the first run, a derived
+/// id for each later one.
+pub fn retry_request(request: RequestId, attempt: u32) -> RequestId {
+    if attempt == 0 {
+        request
+    } else {
+        sub_request(request, &format!("run-{attempt}"))
+    }
 }
 
 /// A request id for one step of a multi-step operation, derived from the

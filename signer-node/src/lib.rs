@@ -19,6 +19,7 @@ pub mod backup;
 pub mod config;
 pub mod coordinator;
 pub mod decoded;
+pub mod faults;
 pub mod http;
 pub mod job;
 pub mod master_key;

@@ -7,6 +7,7 @@
 //! bounded buffer for a short time.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -33,7 +34,7 @@ use crate::job::{
     SignedJob,
 };
 use crate::store::ShareStore;
-use crate::transport::{FrameAnswer, JobResponder, NetEvent, Network};
+use crate::transport::{FrameAnswer, JobResponder, NetEvent, Network, SessionStatus};
 
 /// Frames kept for a session that has not started yet.
 const EARLY_FRAMES_PER_SESSION: usize = 256;
@@ -50,6 +51,12 @@ const EARLY_BYTES: usize = 64 * 1024 * 1024;
 const EARLY_FRAME_TTL: Duration = Duration::from_secs(600);
 /// Inbound queue of one running session.
 const SESSION_QUEUE: usize = 1024;
+/// Bytes of sent frames kept, across all sessions, to send again to a peer
+/// that lost them.
+const SENT_BYTES: usize = 128 * 1024 * 1024;
+/// How long a session's sent frames are kept after it ended here: a peer
+/// that missed this node's last round asks for it within its stall window.
+const SENT_RETENTION: Duration = Duration::from_secs(120);
 /// Replay records live in this store namespace.
 const JOB_RECORDS: &str = "jobs";
 /// Store namespace of the marks of one-time rewrites of the store.
@@ -84,18 +91,62 @@ struct EarlyFrames {
     frames: Vec<(PartyId, Vec<u8>)>,
 }
 
+/// The frames this node sent in one session, kept to send again to a peer
+/// that lost them, and how the session ended here.
+struct SentFrames {
+    participants: Vec<PartyId>,
+    frames: Vec<(Recipient, Vec<u8>)>,
+    bytes: usize,
+    /// When and how the session ended here; `None` while it runs.
+    ended: Option<(Instant, SessionStatus)>,
+}
+
 struct RouterState {
     /// How long early frames wait for their session.
     early_ttl: Duration,
+    /// Inbound queue size of each session.
+    session_queue: usize,
     running: HashMap<ExecutionId, RunningSession>,
     early: HashMap<ExecutionId, EarlyFrames>,
     /// Total bytes held in `early`.
     early_bytes: usize,
+    /// Sessions run here, recent ones included, with their sent frames.
+    sent: HashMap<ExecutionId, SentFrames>,
+    /// Total bytes held in `sent`.
+    sent_bytes: usize,
 }
 
 impl RouterState {
     fn early_frames_bytes(early: &EarlyFrames) -> usize {
         early.frames.iter().map(|(_, bytes)| bytes.len()).sum()
+    }
+
+    /// Forgets ended sessions older than the retention, and then the
+    /// oldest ended ones until `room` more bytes fit in the budget.
+    fn prune_sent(&mut self, room: usize) {
+        let now = Instant::now();
+        let mut freed = 0;
+        self.sent.retain(|_, sent| {
+            let keep = sent
+                .ended
+                .is_none_or(|(at, _)| now.duration_since(at) < SENT_RETENTION);
+            if !keep {
+                freed += sent.bytes;
+            }
+            keep
+        });
+        self.sent_bytes -= freed;
+        while self.sent_bytes + room > SENT_BYTES {
+            let oldest = self
+                .sent
+                .iter()
+                .filter_map(|(id, sent)| sent.ended.map(|(at, _)| (at, *id)))
+                .min();
+            let Some((_, id)) = oldest else { break };
+            if let Some(sent) = self.sent.remove(&id) {
+                self.sent_bytes -= sent.bytes;
+            }
+        }
     }
 }
 
@@ -118,11 +169,20 @@ impl Router {
     /// `early_ttl` (the node's longest protocol deadline: a session that
     /// starts later than that could not finish anyway).
     pub fn new(early_ttl: Duration) -> Router {
+        Router::with_queue(early_ttl, SESSION_QUEUE)
+    }
+
+    /// [`Router::new`] with sessions' inbound queues of `session_queue`
+    /// frames.
+    pub fn with_queue(early_ttl: Duration, session_queue: usize) -> Router {
         Router(Arc::new(Mutex::new(RouterState {
             early_ttl,
+            session_queue: session_queue.max(1),
             running: HashMap::new(),
             early: HashMap::new(),
             early_bytes: 0,
+            sent: HashMap::new(),
+            sent_bytes: 0,
         })))
     }
 
@@ -165,6 +225,16 @@ impl Router {
             }
             return FrameAnswer::Accepted;
         }
+        if state
+            .sent
+            .get(&session)
+            .is_some_and(|sent| sent.ended.is_some())
+        {
+            // The session ended here: nothing will read the frame (a peer's
+            // late copy or a resend that crossed the end).
+            reject("session_ended");
+            return FrameAnswer::Refused("session_ended");
+        }
         let now = Instant::now();
         let ttl = state.early_ttl;
         let mut expired_bytes = 0;
@@ -204,8 +274,8 @@ impl Router {
 
     /// Registers a session and hands it the frames that came early.
     fn open(&self, session: &Session) -> mpsc::Receiver<InboundFrame> {
-        let (inbox, frames) = mpsc::channel(SESSION_QUEUE);
         let mut state = self.lock();
+        let (inbox, frames) = mpsc::channel(state.session_queue);
         let early = match state.early.remove(&session.id) {
             Some(early) => {
                 state.early_bytes -= RouterState::early_frames_bytes(&early);
@@ -231,11 +301,122 @@ impl Router {
                 inbox,
             },
         );
+        state.prune_sent(0);
+        state.sent.entry(session.id).or_insert_with(|| SentFrames {
+            participants: session.participants.clone(),
+            frames: Vec::new(),
+            bytes: 0,
+            ended: None,
+        });
         frames
     }
 
-    fn close(&self, id: &ExecutionId) {
-        self.lock().running.remove(id);
+    /// Keeps a copy of a frame this node sent in a session, to send it
+    /// again to a peer that lost it. Over the byte budget the copy is not
+    /// kept (older ended sessions are forgotten first).
+    fn record_sent(&self, id: &ExecutionId, to: Recipient, bytes: &[u8]) {
+        let mut state = self.lock();
+        if !state.sent.contains_key(id) {
+            return;
+        }
+        state.prune_sent(bytes.len());
+        if state.sent_bytes + bytes.len() > SENT_BYTES {
+            reject("sent_budget_full");
+            return;
+        }
+        if let Some(sent) = state.sent.get_mut(id) {
+            sent.frames.push((to, bytes.to_vec()));
+            sent.bytes += bytes.len();
+            state.sent_bytes += bytes.len();
+        }
+    }
+
+    /// Ends a session here: its queue goes, its sent frames stay for
+    /// [`SENT_RETENTION`] with how it ended, and frames that still arrive
+    /// for it are refused.
+    fn close(&self, id: &ExecutionId, status: SessionStatus) {
+        let mut state = self.lock();
+        state.running.remove(id);
+        if let Some(sent) = state.sent.get_mut(id) {
+            sent.ended = Some((Instant::now(), status));
+        }
+    }
+
+    /// What a peer that asks for `id`'s frames again gets: the session's
+    /// status here and this node's frames of the session addressed to it
+    /// (broadcasts and its own). A peer that is not a participant learns
+    /// nothing.
+    pub fn resend_for(&self, from: PartyId, id: &ExecutionId) -> (SessionStatus, Vec<Vec<u8>>) {
+        let state = self.lock();
+        let Some(sent) = state.sent.get(id) else {
+            return (SessionStatus::Unknown, Vec::new());
+        };
+        let Some(index) = sent.participants.iter().position(|party| *party == from) else {
+            return (SessionStatus::Unknown, Vec::new());
+        };
+        let frames = sent
+            .frames
+            .iter()
+            .filter(|(to, _)| match to {
+                Recipient::Broadcast => true,
+                Recipient::Party(to) => usize::from(*to) == index,
+            })
+            .map(|(_, bytes)| bytes.clone())
+            .collect();
+        let status = match sent.ended {
+            None => SessionStatus::Running,
+            Some((_, status)) => status,
+        };
+        (status, frames)
+    }
+}
+
+/// A session registered with the router: frames for it are queued from
+/// now on, before its run starts (an aux-info run may first generate its
+/// primes, for tens of seconds). Dropped without [`Node::run_opened`], it
+/// ends as failed.
+struct OpenedSession {
+    router: Router,
+    session: Session,
+    inbox: Option<mpsc::Receiver<InboundFrame>>,
+}
+
+impl OpenedSession {
+    fn new(router: &Router, session: Session) -> OpenedSession {
+        let inbox = router.open(&session);
+        OpenedSession {
+            router: router.clone(),
+            session,
+            inbox: Some(inbox),
+        }
+    }
+}
+
+impl Drop for OpenedSession {
+    fn drop(&mut self) {
+        if self.inbox.is_some() {
+            self.router.close(&self.session.id, SessionStatus::Failed);
+        }
+    }
+}
+
+/// When a run that waits without progress counts as stalled, and how long
+/// a peer may stay unable to help (unknown there, failed, or unreachable)
+/// before the run is given up, derived from the run's deadline: FROST
+/// (10 s) asks after 1 s and gives up after 5 s; aux info (600 s) asks
+/// after 10 s and gives up after 60 s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StallPolicy {
+    after: Duration,
+    give_up: Duration,
+}
+
+impl StallPolicy {
+    fn for_deadline(deadline: Duration) -> StallPolicy {
+        StallPolicy {
+            after: (deadline / 20).clamp(Duration::from_secs(1), Duration::from_secs(10)),
+            give_up: (deadline / 2).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+        }
     }
 }
 
@@ -263,6 +444,11 @@ pub struct Node {
     aux_writes: Mutex<()>,
     /// The operator's recovery key settings (share backups).
     backup: crate::config::BackupConfig,
+    /// Protocol runs active now: prime generation for the pool stands
+    /// still while any runs.
+    active_runs: Arc<AtomicUsize>,
+    /// Injected faults (tests only; see `faults`).
+    faults: crate::faults::Faults,
 }
 
 fn now_unix() -> u64 {
@@ -285,19 +471,25 @@ impl Node {
         let coordinator_key = VerifyingKey::from_bytes(&config.coordinator.0)
             .map_err(|_| anyhow::anyhow!("the coordinator id is not an Ed25519 public key"))?;
         drop_secrets_from_replay_records(&store)?;
+        let faults = crate::faults::Faults::from_env();
         Ok(Arc::new(Self {
             me,
             coordinator: config.coordinator,
             coordinator_key,
             store,
             network,
-            router: Router::new(Deadlines::get(config.deadlines.longest_secs())),
+            router: Router::with_queue(
+                Deadlines::get(config.deadlines.longest_secs()),
+                faults.session_queue.unwrap_or(SESSION_QUEUE),
+            ),
             deadlines: config.deadlines.clone(),
             in_flight: Mutex::new(HashMap::new()),
             pool: tokio::sync::Mutex::new(()),
             decoded: Decoded::default(),
             aux_writes: Mutex::new(()),
             backup: config.backup.clone(),
+            active_runs: Arc::new(AtomicUsize::new(0)),
+            faults,
         }))
     }
 
@@ -315,6 +507,10 @@ impl Node {
                     bytes,
                     respond,
                 } => {
+                    if self.faults.lose_frame() {
+                        respond.send(FrameAnswer::Accepted).await;
+                        continue;
+                    }
                     let answer = self.router.deliver(from, bytes);
                     respond.send(answer).await;
                 }
@@ -325,6 +521,34 @@ impl Node {
                 } => {
                     let node = self.clone();
                     tokio::spawn(async move { node.answer_job(from, bytes, respond).await });
+                }
+                NetEvent::Resend {
+                    from,
+                    session,
+                    respond,
+                } => {
+                    let (status, frames) = self.router.resend_for(from, &session);
+                    let resent = u32::try_from(frames.len()).unwrap_or(u32::MAX);
+                    if resent > 0 {
+                        metrics::counter!("custos_signer_frames_resent_total")
+                            .increment(u64::from(resent));
+                        tracing::info!(
+                            session = %hex::encode(session.0),
+                            peer = %from,
+                            resent,
+                            ?status,
+                            "a peer asked for this node's frames of a session again"
+                        );
+                    }
+                    let network = self.network.clone();
+                    tokio::spawn(async move {
+                        for bytes in frames {
+                            let _ = network.send_frame(&from, bytes).await;
+                        }
+                        respond
+                            .send(crate::transport::ResendAnswer { status, resent })
+                            .await;
+                    });
                 }
             }
         }
@@ -631,12 +855,16 @@ impl Node {
                     me: self.me,
                     attempt: job.attempt,
                 };
-                let primes = self.take_primes().await?;
+                // Registered before the primes: if the pool is empty they
+                // take tens of seconds, and the peers' first frames must
+                // wait in this session's queue, not in the early buffer.
                 let session = run
                     .session(Deadlines::get(self.deadlines.aux_info_secs))
                     .map_err(refused)?;
+                let opened = self.open(session);
+                let primes = self.take_primes().await?;
                 let aux = self
-                    .run_session(session, move |party| async move {
+                    .run_opened(opened, move |party| async move {
                         let mut rng = rand_core::OsRng;
                         ecdsa::aux_info(&run, primes, party, &mut rng).await
                     })
@@ -683,7 +911,7 @@ impl Node {
                                 .map_err(refused)?;
                             let path = path.clone();
                             let signature = self
-                                .run_session(session, move |party| async move {
+                                .run_opened(self.open(session), move |party| async move {
                                     let mut rng = rand_core::OsRng;
                                     ecdsa::sign(&share, &aux, &run, &digest, &path, party, &mut rng)
                                         .await
@@ -699,7 +927,7 @@ impl Node {
                                 )
                                 .map_err(refused)?;
                             let path = path.clone();
-                            self.run_session(session, move |party| async move {
+                            self.run_opened(self.open(session), move |party| async move {
                                 let mut rng = rand_core::OsRng;
                                 schnorr::sign_taproot(&share, &run, &digest, &path, party, &mut rng)
                                     .await
@@ -719,7 +947,7 @@ impl Node {
                             )
                             .map_err(refused)?;
                         let (payload, path) = (payload.clone(), path.clone());
-                        self.run_session(session, move |party| async move {
+                        self.run_opened(self.open(session), move |party| async move {
                             let mut rng = rand_core::OsRng;
                             schnorr::sign_ed25519(&share, &run, &payload, &path, party, &mut rng)
                                 .await
@@ -757,7 +985,7 @@ impl Node {
         let session = run.session::<E>(deadline).map_err(refused)?;
         let run = run.clone();
         let share: KeyShare<E> = self
-            .run_session(session, move |party| async move {
+            .run_opened(self.open(session), move |party| async move {
                 let mut rng = rand_core::OsRng;
                 keygen::keygen::<E, _, _>(&run, party, &mut rng).await
             })
@@ -808,7 +1036,7 @@ impl Node {
             .session(Deadlines::get(self.deadlines.keygen_secs))
             .map_err(refused)?;
         let output = self
-            .run_session(session, move |party| async move {
+            .run_opened(self.open(session), move |party| async move {
                 let mut rng = rand_core::OsRng;
                 reshare::reshare(&run, share.as_deref(), party, &mut rng).await
             })
@@ -1065,8 +1293,11 @@ impl Node {
     }
 
     /// Keeps the persisted prime pool at `target` sets, generating one set at
-    /// a time on a blocking thread (tens of seconds each) and logging
-    /// progress. Runs until the process ends.
+    /// a time on a thread of its own (tens of seconds each) and logging
+    /// progress. Runs until the process ends. Generation stands still while
+    /// any protocol run is active (`Primes::generate_yielding`), so a
+    /// session never waits for the CPU behind the pool: the pool fills in
+    /// the gaps between runs.
     pub async fn fill_prime_pool(self: Arc<Self>, target: usize) {
         loop {
             let pooled = match self.store.prime_pool() {
@@ -1083,7 +1314,12 @@ impl Node {
                 continue;
             }
             let started = Instant::now();
-            let Ok(primes) = tokio::task::spawn_blocking(Primes::generate).await else {
+            let active = self.active_runs.clone();
+            let Ok(primes) = tokio::task::spawn_blocking(move || {
+                Primes::generate_yielding(&move || active.load(Ordering::SeqCst) > 0)
+            })
+            .await
+            else {
                 continue;
             };
             let _pool = self.pool.lock().await;
@@ -1103,7 +1339,13 @@ impl Node {
         }
     }
 
-    /// Runs one protocol session over the network through the driver.
+    /// Registers `session` with the router (see [`OpenedSession`]).
+    fn open(&self, session: Session) -> OpenedSession {
+        OpenedSession::new(&self.router, session)
+    }
+
+    /// Runs one protocol session, registered with [`Node::open`], over the
+    /// network through the driver.
     ///
     /// CGGMP21 sessions (aux info, ECDSA signing) compute for hundreds of
     /// milliseconds between awaits. They run on a blocking-pool thread of
@@ -1111,9 +1353,14 @@ impl Node {
     /// and for every other session's frames: a node computing never stalls
     /// its peers. The cheap protocols (keygen, FROST, resharing) stay on the
     /// runtime, where a thread hand-off would cost more than the work.
-    async fn run_session<M, T, Fut>(
+    ///
+    /// A [`Watchdog`] watches the run: when it waits for frames without
+    /// progress, it asks the peers to send their frames again, and it stops
+    /// the run early ([`custos_protocol::Error::Stalled`]) when no peer can
+    /// help, instead of letting it wait for its deadline.
+    async fn run_opened<M, T, Fut>(
         &self,
-        session: Session,
+        mut opened: OpenedSession,
         protocol: impl FnOnce(
                 driver::Party<
                     M,
@@ -1130,17 +1377,26 @@ impl Node {
         Fut: std::future::Future<Output = Result<T, custos_protocol::Error>> + Send + 'static,
     {
         let started = Instant::now();
+        let session = opened.session.clone();
         let kind = session.kind;
         let id = session.id;
         let participants = session.participants.clone();
-        let inbox = tokio_stream_adapter::Inbox(self.router.open(&session));
+        let Some(frames) = opened.inbox.take() else {
+            return Err(custos_protocol::Error::InvalidArgument(
+                "a session runs once",
+            ));
+        };
+        let inbox = tokio_stream_adapter::Inbox(frames);
+        let _active = ActiveRun::start(&self.active_runs);
         let (outgoing, mut to_send) = futures::channel::mpsc::unbounded::<OutboundFrame>();
         let network = self.network.clone();
+        let router = self.router.clone();
         let me = self.me;
         let forwarder = tokio::spawn(async move {
             while let Some(frame) = to_send.next().await {
                 metrics::counter!("custos_signer_bytes_sent_total")
                     .increment(frame.bytes.len() as u64);
+                router.record_sent(&id, frame.to, &frame.bytes);
                 let recipients: Vec<PartyId> = match frame.to {
                     Recipient::Broadcast => participants
                         .iter()
@@ -1158,21 +1414,41 @@ impl Node {
                 }
             }
         });
+        let progress = Arc::new(driver::Progress::default());
+        let stalled = Arc::new(Stalled::default());
+        let watchdog = tokio::spawn(
+            Watchdog {
+                network: self.network.clone(),
+                session: session.clone(),
+                me: self.me,
+                progress: progress.clone(),
+                policy: StallPolicy::for_deadline(session.deadline),
+                stalled: stalled.clone(),
+            }
+            .watch(),
+        );
         let superseded = SUPERSEDED.try_with(Arc::clone).ok();
         let drive = async move {
-            let run = driver::run(session, inbox, outgoing, protocol);
-            let Some(superseded) = superseded else {
-                return run.await;
+            let run = driver::run_with_progress(session, inbox, outgoing, progress, protocol);
+            let superseded = async move {
+                match superseded {
+                    Some(superseded) => superseded.notified().await,
+                    None => std::future::pending().await,
+                }
             };
             tokio::select! {
                 outcome = run => outcome,
-                () = superseded.notified() => {
+                () = superseded => {
                     tracing::info!(?kind, "session stopped: a newer attempt of its request arrived");
                     (
                         Err(custos_protocol::Error::Superseded(kind)),
                         driver::SessionReport::default(),
                     )
                 }
+                reason = stalled.wait() => (
+                    Err(custos_protocol::Error::Stalled { kind, reason }),
+                    driver::SessionReport::default(),
+                ),
             }
         };
         let (result, report) = if matches!(kind, ProtocolKind::SignEcdsa | ProtocolKind::AuxInfo) {
@@ -1189,7 +1465,15 @@ impl Node {
         } else {
             drive.await
         };
-        self.router.close(&id);
+        watchdog.abort();
+        self.router.close(
+            &id,
+            if result.is_ok() {
+                SessionStatus::Finished
+            } else {
+                SessionStatus::Failed
+            },
+        );
         // Frames already queued still go out: peers may need our last round.
         let _ = tokio::time::timeout(Duration::from_secs(5), forwarder).await;
         for (reason, count) in &report.dropped {
@@ -1204,6 +1488,189 @@ impl Node {
     }
 }
 
+/// Counts a protocol run as active for as long as it lives.
+struct ActiveRun(Arc<AtomicUsize>);
+
+impl ActiveRun {
+    fn start(active: &Arc<AtomicUsize>) -> ActiveRun {
+        active.fetch_add(1, Ordering::SeqCst);
+        ActiveRun(active.clone())
+    }
+}
+
+impl Drop for ActiveRun {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The watchdog's verdict that a run cannot finish: set once, read by the
+/// run's select.
+#[derive(Default)]
+struct Stalled {
+    reason: Mutex<Option<&'static str>>,
+    notify: tokio::sync::Notify,
+}
+
+impl Stalled {
+    fn stop(&self, reason: &'static str) {
+        *self
+            .reason
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(reason);
+        self.notify.notify_one();
+    }
+
+    async fn wait(&self) -> &'static str {
+        loop {
+            if let Some(reason) = *self
+                .reason
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+            {
+                return reason;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// Watches one run. Every `policy.after` it looks at the run's progress
+/// (frames handed to the protocol, frames sent). A run that computes is
+/// left alone; a run that waits for frames and saw none for `policy.after`
+/// has stalled: the watchdog asks every peer to send its frames of the
+/// session again (frames the network lost, or that arrived where nothing
+/// kept them, come back; the driver drops the duplicates) and learns the
+/// session's status at each peer. It stops the run when it cannot finish:
+/// a peer's session failed, every peer finished and what they sent again
+/// for `policy.give_up` did not move the run, or a peer stayed unknown or
+/// unreachable for `policy.give_up`.
+struct Watchdog {
+    network: Network,
+    session: Session,
+    me: PartyId,
+    progress: Arc<driver::Progress>,
+    policy: StallPolicy,
+    stalled: Arc<Stalled>,
+}
+
+impl Watchdog {
+    async fn watch(self) {
+        let kind = self.session.kind;
+        let session = hex::encode(self.session.id.0);
+        let peers: Vec<PartyId> = self
+            .session
+            .participants
+            .iter()
+            .copied()
+            .filter(|party| *party != self.me)
+            .collect();
+        let mut mark = self.progress.mark();
+        let mut idle_since = Instant::now();
+        // Resend rounds in the current stall, and since when each peer has
+        // been unable to help.
+        let mut asked = 0u32;
+        let mut unhelpful: HashMap<PartyId, Instant> = HashMap::new();
+        // Since when every peer has said it finished: their kept frames are
+        // then the only way to finish, and a frame sent again can be lost
+        // again, so they are asked until `policy.give_up`, not once.
+        let mut all_finished_since: Option<Instant> = None;
+        loop {
+            tokio::time::sleep(self.policy.after).await;
+            let now_mark = self.progress.mark();
+            if now_mark != mark || !self.progress.waiting() {
+                if asked > 0 {
+                    tracing::info!(?kind, %session, asked, "stalled session moves again");
+                }
+                mark = now_mark;
+                idle_since = Instant::now();
+                asked = 0;
+                unhelpful.clear();
+                all_finished_since = None;
+                continue;
+            }
+            let idle = idle_since.elapsed();
+            if idle < self.policy.after {
+                continue;
+            }
+            if asked == 0 {
+                metrics::counter!("custos_signer_session_stalls_total", "protocol" => kind.name())
+                    .increment(1);
+            }
+            // A peer that does not answer within the window counts as
+            // unreachable from the moment it was asked (a paused process
+            // keeps its connections and answers nothing).
+            let asked_at = Instant::now();
+            let wait = self.policy.after;
+            let answers = futures::future::join_all(peers.iter().map(|peer| {
+                let network = self.network.clone();
+                let id = self.session.id;
+                async move {
+                    let answer = tokio::time::timeout(wait, network.ask_resend(peer, id)).await;
+                    (*peer, answer.ok().and_then(Result::ok))
+                }
+            }))
+            .await;
+            asked += 1;
+            let mut statuses = Vec::with_capacity(answers.len());
+            let mut failed = false;
+            let mut all_done = true;
+            for (peer, answer) in &answers {
+                let status = answer.map_or(SessionStatus::Unknown, |answer| answer.status);
+                statuses.push(format!("{peer}={status:?}"));
+                match status {
+                    SessionStatus::Running => {
+                        unhelpful.remove(peer);
+                        all_done = false;
+                    }
+                    SessionStatus::Finished => {
+                        unhelpful.remove(peer);
+                    }
+                    SessionStatus::Failed => failed = true,
+                    SessionStatus::Unknown => {
+                        unhelpful.entry(*peer).or_insert(asked_at);
+                        all_done = false;
+                    }
+                }
+            }
+            if all_done {
+                all_finished_since.get_or_insert(asked_at);
+            } else {
+                all_finished_since = None;
+            }
+            let statuses = statuses.join(", ");
+            let idle_secs = idle.as_secs();
+            if asked == 1 {
+                tracing::warn!(?kind, %session, idle_secs, %statuses, "session stalled: asked the peers for their frames again");
+            } else {
+                tracing::info!(?kind, %session, idle_secs, asked, %statuses, "session still stalled: asked again");
+            }
+            let reason = if failed {
+                Some("a peer's session failed")
+            } else if all_done
+                && asked > 1
+                && all_finished_since.is_some_and(|since| since.elapsed() >= self.policy.give_up)
+            {
+                Some("every peer finished and their frames did not complete the run")
+            } else if unhelpful
+                .values()
+                .any(|since| since.elapsed() >= self.policy.give_up)
+            {
+                Some("a peer stayed unknown or unreachable")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                tracing::warn!(?kind, %session, idle_secs, %statuses, reason, "session stopped: it cannot finish");
+                metrics::counter!("custos_signer_sessions_stopped_stalled_total", "protocol" => kind.name())
+                    .increment(1);
+                self.stalled.stop(reason);
+                return;
+            }
+        }
+    }
+}
+
 /// The job of a request that runs now.
 struct Running {
     attempt: u32,
@@ -1212,7 +1679,7 @@ struct Running {
 }
 
 tokio::task_local! {
-    /// The running job's stop signal, read by `run_session` (set around
+    /// The running job's stop signal, read by `run_opened` (set around
     /// `execute` by `handle_job`, so every protocol run of a job sees it).
     static SUPERSEDED: Arc<tokio::sync::Notify>;
 }
@@ -1459,5 +1926,123 @@ mod tests {
             .since -= Duration::from_secs(601);
         assert_eq!(router.deliver(peer, frame(5, 10)), FrameAnswer::Accepted);
         assert!(!router.lock().early.contains_key(&ExecutionId([4; 32])));
+    }
+
+    /// What a node sent in a session stays to be sent again to the peer
+    /// that asks (only broadcasts and its own frames, only to a
+    /// participant), with the session's status; an ended session refuses
+    /// late frames instead of keeping them as early ones.
+    #[test]
+    fn sent_frames_are_sent_again_to_the_participant_that_asks_and_nobody_else() {
+        let router = Router::default();
+        let (me, peer, other) = (PartyId([0; 32]), PartyId([1; 32]), PartyId([2; 32]));
+        let session = Session {
+            kind: ProtocolKind::AuxInfo,
+            id: ExecutionId([6; 32]),
+            participants: vec![me, peer, other],
+            me: 0,
+            deadline: Duration::from_secs(1),
+        };
+        let _inbox = router.open(&session);
+        router.record_sent(&session.id, Recipient::Broadcast, b"to all");
+        router.record_sent(&session.id, Recipient::Party(1), b"to peer");
+        router.record_sent(&session.id, Recipient::Party(2), b"to other");
+        assert_eq!(
+            router.resend_for(peer, &session.id),
+            (
+                SessionStatus::Running,
+                vec![b"to all".to_vec(), b"to peer".to_vec()]
+            )
+        );
+        assert_eq!(
+            router.resend_for(other, &session.id).1,
+            vec![b"to all".to_vec(), b"to other".to_vec()]
+        );
+        // Not a participant, or an unknown session: nothing, not even the status.
+        assert_eq!(
+            router.resend_for(PartyId([9; 32]), &session.id),
+            (SessionStatus::Unknown, vec![])
+        );
+        assert_eq!(
+            router.resend_for(peer, &ExecutionId([7; 32])),
+            (SessionStatus::Unknown, vec![])
+        );
+        // Ended: its frames stay for the peer that missed the last round,
+        // with how it ended; a frame that still arrives is refused.
+        router.close(&session.id, SessionStatus::Finished);
+        assert_eq!(
+            router.resend_for(peer, &session.id),
+            (
+                SessionStatus::Finished,
+                vec![b"to all".to_vec(), b"to peer".to_vec()]
+            )
+        );
+        let late = Envelope {
+            kind: ProtocolKind::AuxInfo,
+            session: session.id,
+            round: 1,
+            sender: 1,
+            recipient: Recipient::Broadcast,
+            payload: vec![0; 4],
+        }
+        .encode()
+        .unwrap();
+        assert_eq!(
+            router.deliver(peer, late),
+            FrameAnswer::Refused("session_ended")
+        );
+        assert!(router.lock().early.is_empty());
+        // After the retention the session is forgotten.
+        router
+            .lock()
+            .sent
+            .get_mut(&session.id)
+            .unwrap()
+            .ended
+            .as_mut()
+            .unwrap()
+            .0 -= SENT_RETENTION;
+        router.lock().prune_sent(0);
+        assert_eq!(
+            router.resend_for(peer, &session.id),
+            (SessionStatus::Unknown, vec![])
+        );
+        assert_eq!(router.lock().sent_bytes, 0);
+    }
+
+    /// A session registered before its run (aux info: the primes first)
+    /// queues frames, and ends as failed if it never runs.
+    #[test]
+    fn an_opened_session_that_never_runs_ends_as_failed() {
+        let router = Router::default();
+        let peer = PartyId([1; 32]);
+        let session = Session {
+            kind: ProtocolKind::AuxInfo,
+            id: ExecutionId([8; 32]),
+            participants: vec![PartyId([0; 32]), peer],
+            me: 0,
+            deadline: Duration::from_secs(1),
+        };
+        let opened = OpenedSession::new(&router, session.clone());
+        assert_eq!(router.deliver(peer, frame(8, 4)), FrameAnswer::Accepted);
+        assert_eq!(
+            router.resend_for(peer, &session.id).0,
+            SessionStatus::Running
+        );
+        drop(opened);
+        assert_eq!(
+            router.resend_for(peer, &session.id).0,
+            SessionStatus::Failed
+        );
+    }
+
+    #[test]
+    fn the_stall_window_follows_the_deadline() {
+        let frost = StallPolicy::for_deadline(Duration::from_secs(10));
+        assert_eq!(frost.after, Duration::from_secs(1));
+        assert_eq!(frost.give_up, Duration::from_secs(5));
+        let aux = StallPolicy::for_deadline(Duration::from_secs(600));
+        assert_eq!(aux.after, Duration::from_secs(10));
+        assert_eq!(aux.give_up, Duration::from_secs(60));
     }
 }

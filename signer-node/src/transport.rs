@@ -5,7 +5,10 @@
 //! * `/custos/frame/1`: one protocol envelope per request, acknowledged with
 //!   an empty response (node to node);
 //! * `/custos/job/1`: a signed job per request, answered with its result
-//!   (coordinator to node).
+//!   (coordinator to node);
+//! * `/custos/resend/1`: a session id, answered with the session's status
+//!   here (node to node): a party whose run stalled asks its peers to send
+//!   their frames of that session again (see `node::Watchdog`).
 //!
 //! One task owns the swarm; the rest of the process talks to it through a
 //! [`Network`] handle (commands in, events out, both bounded). Frames that
@@ -26,7 +29,7 @@ use libp2p::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use custos_protocol::PartyId;
+use custos_protocol::{ExecutionId, PartyId};
 
 /// Largest protocol frame accepted on the wire (the envelope's own limit).
 pub const MAX_FRAME_BYTES: usize = custos_protocol::wire::MAX_FRAME_LEN;
@@ -41,6 +44,8 @@ const FRAME_SEND_ATTEMPTS: u32 = 6;
 /// [`busy_backoff`], about two and a half minutes of backpressure before
 /// the frame is given up (and the loss logged with its session).
 const FRAME_BUSY_ATTEMPTS: u32 = 80;
+/// How long a resend request waits for its answer.
+const RESEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The pause before sending a frame again after the `busy`-th busy answer:
 /// 100 ms doubling, at most 2 s.
@@ -76,8 +81,62 @@ impl FrameAnswer {
         match bytes {
             [] => FrameAnswer::Accepted,
             b"busy" => FrameAnswer::Busy,
+            b"refused:session_ended" => FrameAnswer::Refused("session_ended"),
             _ => FrameAnswer::Refused("refused"),
         }
+    }
+}
+
+/// A session's state at a peer, as it answers a resend request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionStatus {
+    /// The peer never had the session, or no longer remembers it (or the
+    /// asker is not one of its participants).
+    Unknown,
+    /// The session runs there (or is registered and about to run).
+    Running,
+    /// The session finished there with an output.
+    Finished,
+    /// The session ended there with an error: it will not send more.
+    Failed,
+}
+
+/// A peer's answer to a resend request: the session's status there and how
+/// many of its frames for the asker it queued again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResendAnswer {
+    /// The session's status at the peer.
+    pub status: SessionStatus,
+    /// Frames queued again for the asker.
+    pub resent: u32,
+}
+
+impl ResendAnswer {
+    fn to_bytes(self) -> Vec<u8> {
+        let status = match self.status {
+            SessionStatus::Unknown => 0u8,
+            SessionStatus::Running => 1,
+            SessionStatus::Finished => 2,
+            SessionStatus::Failed => 3,
+        };
+        let mut bytes = vec![status];
+        bytes.extend_from_slice(&self.resent.to_be_bytes());
+        bytes
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<ResendAnswer> {
+        let [status, count @ ..] = bytes else {
+            return None;
+        };
+        let status = match status {
+            0 => SessionStatus::Unknown,
+            1 => SessionStatus::Running,
+            2 => SessionStatus::Finished,
+            3 => SessionStatus::Failed,
+            _ => return None,
+        };
+        let resent = u32::from_be_bytes(count.try_into().ok()?);
+        Some(ResendAnswer { status, resent })
     }
 }
 
@@ -184,6 +243,7 @@ struct Behaviour {
     allowed: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
     frames: request_response::Behaviour<BytesCodec>,
     jobs: request_response::Behaviour<BytesCodec>,
+    resends: request_response::Behaviour<BytesCodec>,
 }
 
 /// Who this process is and whom it talks to.
@@ -209,6 +269,15 @@ pub enum NetEvent {
         bytes: Vec<u8>,
         /// Where the delivery acknowledgement goes.
         respond: FrameResponder,
+    },
+    /// A peer asks for this node's frames of a session again.
+    Resend {
+        /// The authenticated asker.
+        from: PartyId,
+        /// The session.
+        session: ExecutionId,
+        /// Where the answer goes.
+        respond: ResendResponder,
     },
     /// A job (from the coordinator, if the caller checks so).
     Job {
@@ -261,6 +330,25 @@ impl FrameResponder {
     }
 }
 
+/// Answers one resend request, once.
+pub struct ResendResponder {
+    channel: ResponseChannel<Vec<u8>>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl ResendResponder {
+    /// Sends the answer; a requester that went away asks again later.
+    pub async fn send(self, answer: ResendAnswer) {
+        let _ = self
+            .commands
+            .send(Command::RespondResend {
+                channel: self.channel,
+                answer,
+            })
+            .await;
+    }
+}
+
 /// Why a request to a peer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -296,6 +384,15 @@ enum Command {
     RespondJob {
         channel: ResponseChannel<Vec<u8>>,
         bytes: Vec<u8>,
+    },
+    AskResend {
+        to: PeerId,
+        session: ExecutionId,
+        reply: oneshot::Sender<Result<ResendAnswer, NetError>>,
+    },
+    RespondResend {
+        channel: ResponseChannel<Vec<u8>>,
+        answer: ResendAnswer,
     },
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
@@ -349,6 +446,19 @@ impl Network {
                     [(StreamProtocol::new("/custos/job/1"), ProtocolSupport::Full)],
                     request_response::Config::default()
                         .with_request_timeout(job_timeout)
+                        .with_max_concurrent_streams(1024),
+                ),
+                resends: request_response::Behaviour::with_codec(
+                    BytesCodec {
+                        max_request: 32,
+                        max_response: 16,
+                    },
+                    [(
+                        StreamProtocol::new("/custos/resend/1"),
+                        ProtocolSupport::Full,
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(RESEND_TIMEOUT)
                         .with_max_concurrent_streams(1024),
                 ),
             })?
@@ -415,6 +525,23 @@ impl Network {
         answer.await.map_err(|_| NetError::Stopped)?
     }
 
+    /// Asks `to` to send its frames of `session` for this node again, and
+    /// learns the session's status there. Fails when `to` does not answer
+    /// within a few seconds (gone, paused, or an older node).
+    pub async fn ask_resend(
+        &self,
+        to: &PartyId,
+        session: ExecutionId,
+    ) -> Result<ResendAnswer, NetError> {
+        let to = peer_id_of(to).ok_or(NetError::BadPartyId)?;
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::AskResend { to, session, reply })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        answer.await.map_err(|_| NetError::Stopped)?
+    }
+
     /// The addresses the swarm listens on.
     pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
         let (reply, answer) = oneshot::channel();
@@ -464,6 +591,10 @@ async fn drive(
         HashMap::new();
     let mut jobs_in_flight: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetError>>> =
         HashMap::new();
+    let mut resends_in_flight: HashMap<
+        OutboundRequestId,
+        oneshot::Sender<Result<ResendAnswer, NetError>>,
+    > = HashMap::new();
     let mut listen_addrs: Vec<Multiaddr> = Vec::new();
     loop {
         tokio::select! {
@@ -485,6 +616,14 @@ async fn drive(
                     }
                     Command::RespondJob { channel, bytes } => {
                         let _ = swarm.behaviour_mut().jobs.send_response(channel, bytes);
+                    }
+                    Command::AskResend { to, session, reply } => {
+                        let known = addresses.get(&to).cloned().unwrap_or_default();
+                        let id = swarm.behaviour_mut().resends.send_request_with_addresses(&to, session.0.to_vec(), known);
+                        resends_in_flight.insert(id, reply);
+                    }
+                    Command::RespondResend { channel, answer } => {
+                        let _ = swarm.behaviour_mut().resends.send_response(channel, answer.to_bytes());
                     }
                     Command::ListenAddrs { reply } => {
                         let _ = reply.send(listen_addrs.clone());
@@ -529,6 +668,10 @@ async fn drive(
                                 FrameAnswer::Busy => {
                                     tracing::warn!(%to, session = %session_of(&bytes), "frame dropped: the receiver stayed busy");
                                     metrics::counter!("custos_signer_frames_undeliverable_total").increment(1);
+                                }
+                                FrameAnswer::Refused("session_ended") => {
+                                    // A copy that crossed the session's end there.
+                                    tracing::debug!(%to, session = %session_of(&bytes), "the receiver's session already ended");
                                 }
                                 FrameAnswer::Refused(_) => {
                                     tracing::warn!(%to, session = %session_of(&bytes), answer = %String::from_utf8_lossy(&response), "the receiver refused a frame");
@@ -583,6 +726,38 @@ async fn drive(
                     }
                     request_response::Event::ResponseSent { .. } => {}
                 },
+                SwarmEvent::Behaviour(BehaviourEvent::Resends(event)) => match event {
+                    request_response::Event::Message { peer, message, .. } => match message {
+                        request_response::Message::Request { request, channel, .. } => {
+                            let (Some(from), Ok(session)) = (party_of_peer(&peer), <[u8; 32]>::try_from(request.as_slice())) else {
+                                let unknown = ResendAnswer { status: SessionStatus::Unknown, resent: 0 };
+                                let _ = swarm.behaviour_mut().resends.send_response(channel, unknown.to_bytes());
+                                continue;
+                            };
+                            let respond = ResendResponder { channel, commands: command_tx.clone() };
+                            if let Err(error) = events.try_send(NetEvent::Resend { from, session: ExecutionId(session), respond }) {
+                                // Behind: the asker asks again at its next check.
+                                if let NetEvent::Resend { respond, .. } = error.into_inner() {
+                                    let _ = swarm.behaviour_mut().resends.send_response(respond.channel, ResendAnswer { status: SessionStatus::Running, resent: 0 }.to_bytes());
+                                }
+                            }
+                        }
+                        request_response::Message::Response { request_id, response } => {
+                            if let Some(reply) = resends_in_flight.remove(&request_id) {
+                                let _ = reply.send(ResendAnswer::from_bytes(&response).ok_or_else(|| NetError::Request("malformed resend answer".into())));
+                            }
+                        }
+                    },
+                    request_response::Event::OutboundFailure { request_id, error, .. } => {
+                        if let Some(reply) = resends_in_flight.remove(&request_id) {
+                            let _ = reply.send(Err(NetError::Request(error.to_string())));
+                        }
+                    }
+                    request_response::Event::InboundFailure { error, .. } => {
+                        tracing::debug!(%error, "inbound resend request failed");
+                    }
+                    request_response::Event::ResponseSent { .. } => {}
+                },
                 SwarmEvent::Behaviour(BehaviourEvent::Allowed(never)) => match never {},
                 SwarmEvent::NewListenAddr { address, .. } => listen_addrs.push(address),
                 SwarmEvent::IncomingConnectionError { error, .. } => {
@@ -600,7 +775,7 @@ async fn drive(
 
 #[cfg(test)]
 mod tests {
-    use super::{busy_backoff, FrameAnswer};
+    use super::{busy_backoff, FrameAnswer, ResendAnswer, SessionStatus};
 
     #[test]
     fn frame_answers_round_trip_and_an_empty_answer_is_a_delivery() {
@@ -618,7 +793,22 @@ mod tests {
             FrameAnswer::from_bytes(b"refused:not_participant"),
             FrameAnswer::Refused("refused")
         );
+        assert_eq!(
+            FrameAnswer::from_bytes(&FrameAnswer::Refused("session_ended").to_bytes()),
+            FrameAnswer::Refused("session_ended")
+        );
         assert_eq!(busy_backoff(0).as_millis(), 100);
+        for status in [
+            SessionStatus::Unknown,
+            SessionStatus::Running,
+            SessionStatus::Finished,
+            SessionStatus::Failed,
+        ] {
+            let answer = ResendAnswer { status, resent: 7 };
+            assert_eq!(ResendAnswer::from_bytes(&answer.to_bytes()), Some(answer));
+        }
+        assert_eq!(ResendAnswer::from_bytes(&[9, 0, 0, 0, 0]), None);
+        assert_eq!(ResendAnswer::from_bytes(&[1, 0]), None);
         assert_eq!(busy_backoff(40).as_millis(), 2_000);
     }
 

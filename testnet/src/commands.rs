@@ -649,6 +649,7 @@ fn prepare_committee(
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     let token = login(control_plane, credentials)?;
+    let status_token = token.clone();
     let names: Vec<String> = nodes.iter().map(|node| node.name.clone()).collect();
     eprintln!(
         "preparing the ECDSA committee {} (aux-info generation: usually 1-5 minutes)",
@@ -670,6 +671,7 @@ fn prepare_committee(
         .context("starting the committee request")?;
     let started = Instant::now();
     let mut last_progress = started;
+    let mut reported: Option<String> = None;
     let response = loop {
         match receiver.recv_timeout(POLL) {
             Ok(response) => break response.context("POST /api/v1/nodes/committees")?,
@@ -685,7 +687,24 @@ fn prepare_committee(
             eprintln!("{}", exited.report());
         }
         if last_progress.elapsed() >= PROGRESS_EVERY {
-            eprintln!("  aux info: {}s elapsed", started.elapsed().as_secs());
+            let status = committee_status(control_plane, &status_token, &names);
+            if let Some(failure) = status
+                .failure
+                .as_ref()
+                .filter(|failure| Some(*failure) != reported.as_ref())
+            {
+                eprintln!("  an aux-info run failed: {failure}");
+                eprintln!(
+                    "  the control plane tries again under a fresh run id (run {} of {RUN_ATTEMPTS})",
+                    (status.runs).clamp(2, RUN_ATTEMPTS)
+                );
+                reported = Some(failure.clone());
+            }
+            eprintln!(
+                "  aux info: {}s elapsed (run {} of {RUN_ATTEMPTS})",
+                started.elapsed().as_secs(),
+                status.runs.max(1)
+            );
             last_progress = Instant::now();
         }
     };
@@ -702,6 +721,54 @@ fn prepare_committee(
         started.elapsed().as_secs()
     );
     Ok(())
+}
+
+/// Runs of aux-info generation the control plane tries (mirrors
+/// `custos_signer_node::coordinator::RUN_ATTEMPTS`, which the testnet does
+/// not link).
+const RUN_ATTEMPTS: i64 = 3;
+
+/// A committee's preparation as `GET /api/v1/nodes/committees` shows it.
+#[derive(Debug, Default)]
+struct CommitteeStatus {
+    /// Runs tried so far.
+    runs: i64,
+    /// The last failed run's error.
+    failure: Option<String>,
+}
+
+/// The preparation of the committee of `names`; empty when it cannot be
+/// read (the waiting goes on regardless).
+fn committee_status(control_plane: SocketAddr, token: &str, names: &[String]) -> CommitteeStatus {
+    let Ok(answer) = http::get(control_plane, "/api/v1/nodes/committees", Some(token))
+        .and_then(|response| response.ensure_success("GET /api/v1/nodes/committees"))
+        .and_then(|response| response.json::<Value>())
+    else {
+        return CommitteeStatus::default();
+    };
+    let mut wanted: Vec<&str> = names.iter().map(String::as_str).collect();
+    wanted.sort_unstable();
+    let committee = answer["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|item| {
+            let mut members: Vec<&str> = item["nodes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            members.sort_unstable();
+            members == wanted
+        });
+    match committee {
+        Some(item) => CommitteeStatus {
+            runs: item["runs"].as_i64().unwrap_or(0),
+            failure: item["lastError"].as_str().map(str::to_string),
+        },
+        None => CommitteeStatus::default(),
+    }
 }
 
 /// The processes of this testnet still running: the supervisor and the

@@ -733,7 +733,14 @@ mod tests {
                 .unwrap()
         };
         // One that ignores SIGTERM would take STOP_GRACE; these exit on it.
-        let sleeper = spawn("exec sleep 30");
+        // The sleeper is `sleep` itself, not `sh -c "exec sleep"`: spawn
+        // returns once its exec succeeded, so its command line is `sleep`
+        // from the start (a shell may not have exec'd yet when checked).
+        let sleeper = Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
         let sleeper_pid = sleeper.id();
         supervisor.add("node-1", dir.join("node-1.log"), sleeper);
         supervisor.add("node-2", dir.join("node-2.log"), spawn("exit 3"));

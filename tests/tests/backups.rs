@@ -15,7 +15,7 @@ mod support;
 use std::path::Path;
 
 use ciborium::Value as Cbor;
-use custos_control_plane::keys::hsm::{HsmKeyId, HsmKeyKind, HsmKeyStore};
+use custos_control_plane::kernel::hsm::{HsmKeyId, HsmKeyKind, HsmKeyStore};
 use custos_signer_node::backup::{open_backup, RecoveryKey, SealedBackup};
 use k256::elliptic_curve::sec1::ToEncodedPoint;
 use k256::elliptic_curve::PrimeField;
@@ -302,8 +302,11 @@ fn unwrap_k1(dir: &Path, row: &BackupRow) -> [u8; 32] {
     )
     .unwrap();
     let digest: [u8; 32] = hex::decode(&row.meta_digest).unwrap().try_into().unwrap();
-    let context =
-        custos_control_plane::backups::k1_context(&row.org, &backup_id_of(&row.sealed), &digest);
+    let context = custos_control_plane::engines::wallets::backups::k1_context(
+        &row.org,
+        &backup_id_of(&row.sealed),
+        &digest,
+    );
     let k1 = store
         .unwrap_data_key(
             &HsmKeyId::from_hex(&row.hsm_id).unwrap(),

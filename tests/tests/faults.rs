@@ -176,6 +176,55 @@ fn node_killed_during_concurrent_signing(backend: Backend) {
         assert!(started.elapsed().as_secs() < 30, "{nodes}");
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
+    if backend == Backend::Sqlite {
+        committee_preparation_with_a_dead_member_fails_and_says_why(&net, &token);
+    }
+}
+
+/// A committee whose member is dead cannot get aux info: its preparation
+/// fails after `RUN_ATTEMPTS` runs (each given up `FAILURE_GRACE` after the
+/// dead member's failure, not at the 600 s deadline) with a named 503, and
+/// the committee's row says how many runs were tried, why the last failed,
+/// and that nothing is under way any more. Once (the SQL is the same on
+/// both stores; each run costs about 10 s).
+fn committee_preparation_with_a_dead_member_fails_and_says_why(net: &Testnet, token: &str) {
+    eprintln!("== a committee preparation with a dead member");
+    let members = json!({"nodes": ["node-1", "node-2", "node-3"]});
+    let started = std::time::Instant::now();
+    let (status, answer) = net.call(
+        "POST",
+        "/api/v1/nodes/committees",
+        Some(token),
+        Some(members),
+    );
+    let took = started.elapsed();
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["error"]["code"], "aux_info_failed", "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("3 runs"),
+        "{answer}"
+    );
+    eprintln!("failed preparation answered in {:.1} s", took.as_secs_f64());
+    let committees = net.ok("GET", "/api/v1/nodes/committees", token, None);
+    let committee = committees["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|item| {
+            item["nodes"]
+                .as_array()
+                .is_some_and(|nodes| nodes.len() == 3)
+        })
+        .unwrap_or_else(|| panic!("the failed committee is listed: {committees}"))
+        .clone();
+    assert_eq!(committee["ready"], false, "{committee}");
+    assert_eq!(committee["runs"], 3, "{committee}");
+    assert!(committee["preparingSince"].is_null(), "{committee}");
+    let last_error = committee["lastError"].as_str().unwrap_or_default();
+    assert!(!last_error.is_empty(), "{committee}");
 }
 
 fn control_plane_killed_with_pending_and_queued_requests(backend: Backend) {

@@ -17,12 +17,23 @@ use custos_signer_node::master_key::{MasterKey, MasterKeyConfig};
 use custos_signer_node::store::ShareStore;
 use ed25519_dalek::SigningKey;
 
+/// A port for a node to listen on later. Ports come from 10000-29999
+/// (below Linux's ephemeral range, 32768-60999): a port the kernel handed
+/// out for `bind(0)` is released at once, and the next `bind(0)` of a test
+/// running beside (its proxies, its outgoing connections) could be given
+/// it before the node binds it ("Address already in use"). Each test
+/// process walks its own stretch of the range, starting from its pid.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(97) % 20_000;
+    loop {
+        let port = 10_000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 20_000;
+        let port = u16::try_from(port).expect("below 30000");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Where a test node's master key lives.
@@ -43,6 +54,8 @@ pub struct TestNode {
     pub p2p_port: u16,
     pub http: SocketAddr,
     pub child: Option<Child>,
+    /// Extra environment of the process (`CUSTOS_SIGNER_FAULTS`).
+    pub env: Vec<(String, String)>,
 }
 
 impl TestNode {
@@ -85,7 +98,12 @@ impl TestNode {
             .arg("--config")
             .arg(self.config_path())
             .arg(subcommand)
-            .env("RUST_LOG", "info,libp2p=warn");
+            .env("RUST_LOG", "info,libp2p=warn")
+            .envs(
+                self.env
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), value.as_str())),
+            );
         if self.backend == MasterKeyBackend::SoftHsm {
             command
                 .env("SOFTHSM2_CONF", self.softhsm_conf())
@@ -137,6 +155,7 @@ impl TestNode {
             p2p_port: free_port(),
             http: SocketAddr::from(([127, 0, 0, 1], free_port())),
             child: None,
+            env: Vec::new(),
         };
         if backend == MasterKeyBackend::SoftHsm {
             node.init_token();
