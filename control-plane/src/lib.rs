@@ -12,34 +12,9 @@
 
 #![forbid(unsafe_code)]
 
-pub mod api;
-pub mod audit;
-pub mod auth;
-pub mod authority;
-pub mod backups;
-pub mod chain;
-pub mod config;
-pub mod db;
-pub mod error;
-pub mod evm_calls;
-pub mod gate;
-pub mod identities;
-pub mod keyring;
-pub mod keys;
-pub mod mfa;
-pub mod nodes;
-pub mod openapi;
-pub mod operations;
-pub mod orgs;
-pub mod policy;
-pub mod secrets;
-pub mod signatures;
-pub mod signing;
-pub mod state;
-pub mod totp;
-pub mod transit;
-pub mod wallets;
-pub mod webhooks;
+pub mod engines;
+pub mod http;
+pub mod kernel;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -49,11 +24,14 @@ use std::time::Duration;
 use custos_signer_node::coordinator::Coordinator;
 use ed25519_dalek::SigningKey;
 
-use crate::config::{Config, SealMode};
-use crate::db::Db;
-use crate::keyring::Keyring;
-use crate::nodes::Registry;
-use crate::state::AppState;
+use crate::engines::keys;
+use crate::engines::wallets::nodes::Registry;
+use crate::engines::wallets::signing;
+use crate::kernel::config::{Config, SealMode};
+use crate::kernel::db::Db;
+use crate::kernel::keyring::Keyring;
+use crate::kernel::state::AppState;
+use crate::kernel::{audit, auth, authority, webhooks, worker};
 
 /// The `meta` name of the coordinator's key under the keyring.
 const COORDINATOR_SECRET: &str = "coordinator-key";
@@ -341,7 +319,7 @@ pub async fn run(
                 token.pin.expose().to_string(),
             );
             let store = tokio::task::spawn_blocking(move || {
-                keys::hsm::HsmKeyStore::open(&module, &label, &pin)
+                kernel::hsm::HsmKeyStore::open(&module, &label, &pin)
             })
             .await?
             .map_err(|error| anyhow::anyhow!("the key registry's PKCS#11 token: {error}"))?;
@@ -364,7 +342,7 @@ pub async fn run(
     if state.keyring.is_sealed() {
         // Sealed from the start (Shamir, or `hsm` before init): the token
         // store stays locked until the unseal, as after a `sys/seal`.
-        keys::seal_token(&state);
+        state.lock_token_keys();
     }
     if !state.keyring.is_sealed() {
         authority::seal_unsealed_once(&state.keyring, &state.db)
@@ -383,7 +361,7 @@ pub async fn run(
             }
         })
     };
-    let worker = tokio::spawn(signing::worker(state.clone()));
+    let worker = tokio::spawn(worker::run(state.clone()));
     let webhook_worker = tokio::spawn(webhooks::worker(state.clone()));
     let key_scheduler = tokio::spawn(keys::scheduler(state.clone()));
     let checkpointer = tokio::spawn(audit::checkpoints::checkpoint_worker(state.clone()));
@@ -402,7 +380,7 @@ pub async fn run(
     tracing::info!(%address, "control plane listening");
     let served = axum::serve(
         listener,
-        api::app(state).into_make_service_with_connect_info::<SocketAddr>(),
+        http::app(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await;

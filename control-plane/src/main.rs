@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use custos_control_plane::config::Config;
+use custos_control_plane::kernel::config::Config;
 
-mod admin;
-mod operator;
+mod cli;
+
+use cli::{admin, operator};
 
 /// See Cargo.toml: the allocator of the server.
 #[global_allocator]
@@ -82,6 +83,17 @@ enum Command {
         #[command(subcommand)]
         command: IdentityCommand,
     },
+    /// Signer nodes and ECDSA committees (over the HTTP API).
+    Node {
+        /// The control plane's address.
+        #[arg(long, env = "CUSTOS_ADDR", default_value = "http://127.0.0.1:8200")]
+        addr: String,
+        /// Your bearer token.
+        #[arg(long, env = "CUSTOS_TOKEN")]
+        token: String,
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
     /// Seal operations against a running control plane (over its HTTP API).
     Operator {
         /// The control plane's address.
@@ -142,6 +154,22 @@ enum WalletCommand {
     Unfreeze {
         /// The wallet's id.
         wallet: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// List the signer nodes and their health.
+    List,
+    /// List the ECDSA committees: ready, aux-info runs tried, the last
+    /// failure, and since when a preparation runs.
+    Committees,
+    /// Prepare ECDSA aux info for a committee of nodes, by name (platform
+    /// admin; minutes of CPU on every node; a failed run is tried again).
+    Prepare {
+        /// The nodes' names.
+        #[arg(required = true, num_args = 2..)]
+        nodes: Vec<String>,
     },
 }
 
@@ -308,6 +336,19 @@ fn main() -> anyhow::Result<()> {
                     admin::freeze(&addr, &token, &wallet, reason).await
                 }
                 WalletCommand::Unfreeze { wallet } => admin::unfreeze(&addr, &token, &wallet).await,
+            }
+        }),
+        Command::Node {
+            addr,
+            token,
+            command,
+        } => runtime.block_on(async move {
+            match command {
+                NodeCommand::List => admin::nodes(&addr, &token, false).await,
+                NodeCommand::Committees => admin::nodes(&addr, &token, true).await,
+                NodeCommand::Prepare { nodes } => {
+                    admin::prepare_committee(&addr, &token, &nodes).await
+                }
             }
         }),
         Command::Approval {

@@ -458,7 +458,7 @@ async fn every_documented_operation_is_routed() {
             .values()
             .map(|item| item.as_object().unwrap().len())
             .sum::<usize>(),
-        custos_control_plane::openapi::OPERATIONS.len()
+        custos_control_plane::http::openapi::OPERATIONS.len()
     );
     for (path, item) in paths {
         for method in item.as_object().unwrap().keys() {

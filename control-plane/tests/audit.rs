@@ -11,10 +11,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use custos_control_plane::audit::{self, AuditEvent, CheckpointTrust, Checkpoints};
-use custos_control_plane::config::SealMode;
-use custos_control_plane::db::Db;
-use custos_control_plane::keyring::Keyring;
+use custos_control_plane::kernel::audit::{self, AuditEvent, CheckpointTrust, Checkpoints};
+use custos_control_plane::kernel::config::SealMode;
+use custos_control_plane::kernel::db::Db;
+use custos_control_plane::kernel::keyring::Keyring;
 use custos_protocol::seal::SealingKey;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -46,7 +46,7 @@ async fn fresh_store(backend: Backend) -> (tempfile::TempDir, String) {
 async fn start(backend: Backend, interval_secs: u64) -> Server {
     let (dir, url) = fresh_store(backend).await;
     let db = Db::connect(&url).await.unwrap();
-    let credentials = custos_control_plane::auth::bootstrap(&db)
+    let credentials = custos_control_plane::kernel::auth::bootstrap(&db)
         .await
         .unwrap()
         .unwrap();
@@ -832,4 +832,111 @@ async fn a_cut_chain_is_named_only_while_a_checkpoint_covers_the_cut() {
     db.close().await;
     pool.close().await;
     server.stop().await;
+}
+
+/// The seed SDKs' audit query: a key's records by its id, several actions
+/// by verb (`access` is a read), and dates as bounds (the `to` day
+/// included).
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_lists_by_key_verbs_and_dates() {
+    for backend in BACKENDS {
+        let server = Server::start(backend).await;
+        let root = server.root_token().await;
+        let mut ids = Vec::new();
+        for name in ["audited-a", "audited-b"] {
+            let (status, key) = call(
+                &server,
+                "POST",
+                "/api/v1/keys",
+                &root,
+                Some(json!({"name": name, "type": "ED25519", "usage": ["sign", "verify"]})),
+            )
+            .await;
+            assert_eq!(status, 201, "{key}");
+            let id = key["id"].as_str().unwrap().to_string();
+            let (status, body) = call(
+                &server,
+                "POST",
+                &format!("/api/v1/keys/{id}/sign"),
+                &root,
+                Some(json!({"message": "m"})),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            let (status, _) =
+                call(&server, "GET", &format!("/api/v1/keys/{id}"), &root, None).await;
+            assert_eq!(status, 200);
+            ids.push(id);
+        }
+        let today = {
+            let days = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                / 86_400;
+            // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+            let z = days as i64 + 719_468;
+            let era = z.div_euclid(146_097);
+            let doe = z - era * 146_097;
+            let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+            let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+            let mp = (5 * doy + 2) / 153;
+            let day = doy - (153 * mp + 2) / 5 + 1;
+            let month = if mp < 10 { mp + 3 } else { mp - 9 };
+            let year = yoe + era * 400 + i64::from(month <= 2);
+            format!("{year:04}-{month:02}-{day:02}")
+        };
+        let list = |query: String| {
+            let server = &server;
+            let root = root.clone();
+            async move {
+                call(
+                    server,
+                    "GET",
+                    &format!("/api/v1/audit?{query}"),
+                    &root,
+                    None,
+                )
+                .await
+            }
+        };
+        let (status, page) = list(format!(
+            "keyId={}&actions=create,sign,access&from={today}&to={today}",
+            ids[0]
+        ))
+        .await;
+        assert_eq!(status, 200, "{page}");
+        let seen: Vec<(&str, &str)> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|record| {
+                (
+                    record["action"].as_str().unwrap(),
+                    record["resource"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("key.create", "key:audited-a"),
+                ("key.sign", "key:audited-a"),
+                ("key.read", "key:audited-a")
+            ],
+            "{page}"
+        );
+        let (status, page) = list(format!("keyId={}&from=2099-01-01", ids[0])).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["items"].as_array().unwrap().len(), 0, "{page}");
+        let (status, page) = list("from=yesterday".into()).await;
+        assert_eq!(
+            (status, page["error"]["code"].as_str()),
+            (422, Some("invalid_query")),
+            "{page}"
+        );
+        let (status, page) = list("keyId=key_missing".into()).await;
+        assert_eq!(status, 404, "{page}");
+        server.stop().await;
+    }
 }

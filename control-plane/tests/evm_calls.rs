@@ -5,8 +5,8 @@
 //! batches up to the limit), works out from the arguments what each call
 //! moves, and this test checks that the decoder reads back exactly that.
 
-use custos_control_plane::chain::U256;
-use custos_control_plane::evm_calls::{movements, Movement};
+use custos_control_plane::engines::wallets::chain::U256;
+use custos_control_plane::engines::wallets::evm_calls::{movements, Movement};
 use serde_json::{json, Value};
 
 /// The Python interpreter of `scripts/python-env` (which `scripts/test`

@@ -729,7 +729,7 @@ async fn a_disabled_identity_cannot_log_in_or_use_its_tokens() {
             "INSERT INTO tokens (token_hash, identity_id, org_id, expires_at, id, created_at, ip) \
              SELECT $1, id, org_id, $2, 'tok_stray', 0, '' FROM identities WHERE id = $3",
         )
-        .bind(custos_control_plane::auth::token_hash(stray))
+        .bind(custos_control_plane::kernel::auth::token_hash(stray))
         .bind(i64::MAX)
         .bind(&id)
         .execute(&pool)

@@ -7,9 +7,11 @@
 mod common;
 
 use common::*;
-use custos_control_plane::config::SealMode;
-use custos_control_plane::db::Db;
-use custos_control_plane::keyring::{shamir, Keyring, KeyringError, ROTATE_AFTER_ENCRYPTIONS};
+use custos_control_plane::kernel::config::SealMode;
+use custos_control_plane::kernel::db::Db;
+use custos_control_plane::kernel::keyring::{
+    shamir, Keyring, KeyringError, ROTATE_AFTER_ENCRYPTIONS,
+};
 use custos_protocol::seal::SealingKey;
 use serde_json::{json, Value};
 
@@ -308,7 +310,7 @@ async fn hsm_init_unseals_at_once_and_every_restart_unseals_from_the_token() {
                 .await,
             Err(KeyringError::Sealed)
         ));
-        let config = custos_control_plane::config::Config::parse(
+        let config = custos_control_plane::kernel::config::Config::parse(
             &format!(
                 "listen = \"127.0.0.1:0\"\ndata_dir = \"/nonexistent\"\n{}",
                 hsm_seal(&key_label)
@@ -370,10 +372,10 @@ async fn a_sealed_record_opens_only_for_its_own_org_kind_and_row_and_survives_ro
         let (_dir, url) = fresh_store(backend).await;
         let db = Db::connect(&url).await.unwrap();
         let mut tx = db.begin().await.unwrap();
-        let org_a = custos_control_plane::orgs::create_org(&db, &mut tx, "a")
+        let org_a = custos_control_plane::kernel::orgs::create_org(&db, &mut tx, "a")
             .await
             .unwrap();
-        let org_b = custos_control_plane::orgs::create_org(&db, &mut tx, "b")
+        let org_b = custos_control_plane::kernel::orgs::create_org(&db, &mut tx, "b")
             .await
             .unwrap();
         tx.commit().await.unwrap();

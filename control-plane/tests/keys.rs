@@ -454,7 +454,7 @@ async fn software_keys_of_every_type_sign_encrypt_and_wrap_checked_independently
             let (status, answer) = op(&server, &service, &aes, verb, body).await;
             assert_eq!((status, code(&answer)), (410, "key_destroyed"), "{verb}");
         }
-        let db = custos_control_plane::db::Db::connect(&server.database_url)
+        let db = custos_control_plane::kernel::db::Db::connect(&server.database_url)
             .await
             .unwrap();
         let left: i64 = sqlx::query("SELECT COUNT(*) AS n FROM registry_key_versions WHERE key_id = $1 AND material IS NOT NULL")
@@ -487,7 +487,7 @@ async fn software_keys_of_every_type_sign_encrypt_and_wrap_checked_independently
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hsm_keys_stay_in_the_token_and_destroying_removes_the_objects() {
-    use custos_control_plane::keys::hsm::{HsmKeyId, HsmKeyStore};
+    use custos_control_plane::kernel::hsm::{HsmKeyId, HsmKeyStore};
     use sha2::Digest as _;
     softhsm();
     let dir = tempfile::tempdir().unwrap();
@@ -607,7 +607,7 @@ async fn hsm_keys_stay_in_the_token_and_destroying_removes_the_objects() {
     assert_eq!((status, code(&body)), (400, "decrypt_failed"));
 
     // The database holds object ids and public keys, never HSM material.
-    let db = custos_control_plane::db::Db::connect(&server.database_url)
+    let db = custos_control_plane::kernel::db::Db::connect(&server.database_url)
         .await
         .unwrap();
     let rows = sqlx::query("SELECT material, hsm_id FROM registry_key_versions")
@@ -748,7 +748,7 @@ async fn client_side_encryption_keys_are_limited_expire_and_are_destroyed_after_
 
     // Expiry: deprecated, still decrypts, makes nothing new.
     let id = key["id"].as_str().unwrap().to_string();
-    let db = custos_control_plane::db::Db::connect(&server.database_url)
+    let db = custos_control_plane::kernel::db::Db::connect(&server.database_url)
         .await
         .unwrap();
     let set = |column: &'static str| {
@@ -757,7 +757,7 @@ async fn client_side_encryption_keys_are_limited_expire_and_are_destroyed_after_
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "UPDATE registry_keys SET {column} = $1 WHERE id = $2"
             )))
-            .bind(custos_control_plane::db::now_ms() - 1)
+            .bind(custos_control_plane::kernel::db::now_ms() - 1)
             .bind(id)
             .execute(db.pool())
             .await
@@ -846,11 +846,11 @@ async fn scheduled_rotation_adds_a_version_when_due() {
     let key = create(&server, &root, json!({"name": "rotating", "type": "ECDSA_P256", "usage": "SIGN_VERIFY", "rotation": {"periodDays": 90}})).await;
     assert_eq!(key["rotation"]["periodDays"], 90);
     let (_, signed) = op(&server, &root, &key, "sign", json!({"message": "before"})).await;
-    let db = custos_control_plane::db::Db::connect(&server.database_url)
+    let db = custos_control_plane::kernel::db::Db::connect(&server.database_url)
         .await
         .unwrap();
     sqlx::query("UPDATE registry_keys SET next_rotation = $1 WHERE id = $2")
-        .bind(custos_control_plane::db::now_ms() - 1)
+        .bind(custos_control_plane::kernel::db::now_ms() - 1)
         .bind(key["id"].as_str().unwrap())
         .execute(db.pool())
         .await
@@ -868,7 +868,10 @@ async fn scheduled_rotation_adds_a_version_when_due() {
         .await;
         version = view["version"].clone();
         if version == 2 {
-            assert!(view["nextRotationAt"].as_i64().unwrap() > custos_control_plane::db::now_ms());
+            assert!(
+                view["nextRotationAt"].as_i64().unwrap()
+                    > custos_control_plane::kernel::db::now_ms()
+            );
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -906,8 +909,8 @@ fn token_lines(label: &str) -> String {
 }
 
 /// A store of its own for the test (the token answers like the server's).
-fn test_store(label: &str) -> custos_control_plane::keys::hsm::HsmKeyStore {
-    custos_control_plane::keys::hsm::HsmKeyStore::open(
+fn test_store(label: &str) -> custos_control_plane::kernel::hsm::HsmKeyStore {
+    custos_control_plane::kernel::hsm::HsmKeyStore::open(
         std::path::Path::new(SOFTHSM_MODULE),
         label,
         TOKEN_PIN,
@@ -951,7 +954,7 @@ fn own_token(label: &str) -> cryptoki::slot::Slot {
 /// Each version of a key: (version, encryptions, material present, token
 /// object id), read from the store directly.
 async fn versions_of(database_url: &str, key: &Value) -> Vec<(i64, i64, bool, Option<String>)> {
-    let db = custos_control_plane::db::Db::connect(database_url)
+    let db = custos_control_plane::kernel::db::Db::connect(database_url)
         .await
         .unwrap();
     let rows = sqlx::query(
@@ -1194,7 +1197,7 @@ async fn aes_versions_stop_at_their_budget_and_rotate_once_under_concurrent_call
 async fn destroying_an_hsm_key_never_leaves_half_a_key_and_the_scheduler_finishes_it() {
     use cryptoki::session::UserType;
     use cryptoki::types::AuthPin;
-    use custos_control_plane::keys::hsm::HsmKeyId;
+    use custos_control_plane::kernel::hsm::HsmKeyId;
     const LABEL: &str = "custos-cp-destroy";
     let slot = own_token(LABEL);
     for backend in BACKENDS {
@@ -1377,12 +1380,12 @@ async fn through(
 /// it, so the test can look inside; requests go through the router.
 #[tokio::test(flavor = "multi_thread")]
 async fn sealing_drops_cached_transit_keys_and_locks_the_token_until_unseal() {
-    use custos_control_plane::state::AppState;
+    use custos_control_plane::kernel::state::AppState;
     softhsm();
     for backend in BACKENDS {
         eprintln!("-- on {backend:?}");
         let (dir, url) = fresh_store(backend).await;
-        let config = custos_control_plane::config::Config::parse(
+        let config = custos_control_plane::kernel::config::Config::parse(
             &format!(
                 "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ndatabase_url = \"{url}\"\n\
                  rate_limit_per_sec = 1000\n{}[seal]\nmode = \"shamir\"\n",
@@ -1392,18 +1395,21 @@ async fn sealing_drops_cached_transit_keys_and_locks_the_token_until_unseal() {
             [],
         )
         .unwrap();
-        let db = custos_control_plane::db::Db::connect(&url).await.unwrap();
+        let db = custos_control_plane::kernel::db::Db::connect(&url)
+            .await
+            .unwrap();
         let keyring = {
             let mut conn = db.pool().acquire().await.unwrap();
-            custos_control_plane::keyring::Keyring::load(
+            custos_control_plane::kernel::keyring::Keyring::load(
                 &mut conn,
-                custos_control_plane::config::SealMode::Shamir,
+                custos_control_plane::kernel::config::SealMode::Shamir,
             )
             .await
             .unwrap()
         };
         let registry = std::sync::Arc::new(
-            custos_control_plane::nodes::Registry::from_config(&config.nodes).unwrap(),
+            custos_control_plane::engines::wallets::nodes::Registry::from_config(&config.nodes)
+                .unwrap(),
         );
         let state = std::sync::Arc::new(AppState::new(
             config,
@@ -1414,7 +1420,7 @@ async fn sealing_drops_cached_transit_keys_and_locks_the_token_until_unseal() {
             None,
             None,
         ));
-        let app = custos_control_plane::api::app(state.clone());
+        let app = custos_control_plane::http::app(state.clone());
         let (status, init) = through(
             &app,
             "POST",
@@ -1516,7 +1522,7 @@ async fn sealing_drops_cached_transit_keys_and_locks_the_token_until_unseal() {
                 .fetch_one(&mut *conn)
                 .await
                 .unwrap();
-            custos_control_plane::keys::hsm::HsmKeyId::from_hex(
+            custos_control_plane::kernel::hsm::HsmKeyId::from_hex(
                 &row.try_get::<String, _>("hsm_id").unwrap(),
             )
             .unwrap()
@@ -1577,5 +1583,127 @@ async fn sealing_drops_cached_transit_keys_and_locks_the_token_until_unseal() {
         drop(state);
         db.close().await;
         drop_postgres_database(&url).await;
+    }
+}
+
+/// The seed SDKs' key calls work unchanged: a usage list, a rotation
+/// duration, and a sign call that names its algorithm. The signature is
+/// checked with OpenSSL, which did not make it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_seed_sdks_key_shapes_are_accepted() {
+    for backend in BACKENDS {
+        let server = Server::start(backend).await;
+        let root = server.root_token().await;
+        let key = create(
+            &server,
+            &root,
+            json!({"name": "seed-signing", "type": "ECDSA_SECP256K1", "usage": ["sign", "verify"], "rotation": "90d"}),
+        )
+        .await;
+        assert_eq!(key["usage"], "SIGN_VERIFY", "{key}");
+        assert_eq!(key["rotation"]["periodDays"], 90, "{key}");
+        let aes = create(
+            &server,
+            &root,
+            json!({"name": "seed-aes", "type": "AES_256", "usage": ["encrypt", "decrypt"], "rotation": "2w"}),
+        )
+        .await;
+        assert_eq!(aes["usage"], "ENCRYPT_DECRYPT", "{aes}");
+        // No name, as the seed SDKs create keys: one is made up.
+        let unnamed = create(
+            &server,
+            &root,
+            json!({"type": "ECDSA_SECP256K1", "usage": ["sign", "verify"], "rotation": "90d"}),
+        )
+        .await;
+        assert!(
+            unnamed["name"].as_str().unwrap().starts_with("key_"),
+            "{unnamed}"
+        );
+        assert_eq!(aes["rotation"]["periodDays"], 14, "{aes}");
+        for (body, code) in [
+            (
+                json!({"name": "x1", "type": "AES_256", "usage": ["encrypt", "sign"]}),
+                "invalid_usage",
+            ),
+            (
+                json!({"name": "x2", "type": "AES_256", "usage": []}),
+                "invalid_usage",
+            ),
+            (
+                json!({"name": "x3", "type": "AES_256", "usage": ["encrypt"], "rotation": "12h"}),
+                "invalid_rotation",
+            ),
+            (
+                json!({"name": "x4", "type": "AES_256", "usage": ["encrypt"], "rotation": "soon"}),
+                "invalid_rotation",
+            ),
+        ] {
+            let (status, answer) =
+                call(&server, "POST", "/api/v1/keys", &root, Some(body.clone())).await;
+            assert_eq!(
+                (status, answer["error"]["code"].as_str()),
+                (422, Some(code)),
+                "{body}: {answer}"
+            );
+        }
+
+        let message = "pay 10 to bob";
+        let (status, signed) = op(
+            &server,
+            &root,
+            &key,
+            "sign",
+            json!({"message": message, "algorithm": "ECDSA_SHA256"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{signed}");
+        let signature = BASE64
+            .decode(signed["signature"].as_str().unwrap())
+            .unwrap();
+        let (_, public) = call(
+            &server,
+            "GET",
+            &format!("/api/v1/keys/{}/public-key", key["id"].as_str().unwrap()),
+            &root,
+            None,
+        )
+        .await;
+        let verifier_key = openssl_public(&public);
+        let mut verifier =
+            openssl::sign::Verifier::new(openssl::hash::MessageDigest::sha256(), &verifier_key)
+                .unwrap();
+        verifier.update(message.as_bytes()).unwrap();
+        assert!(
+            verifier.verify(&signature).unwrap(),
+            "OpenSSL verifies the signature"
+        );
+        let (status, verified) = op(
+            &server,
+            &root,
+            &key,
+            "verify",
+            json!({"message": message, "signature": signed["signature"], "algorithm": "ECDSA_SHA_256"}),
+        )
+        .await;
+        assert_eq!(
+            (status, verified["valid"].as_bool()),
+            (200, Some(true)),
+            "{verified}"
+        );
+        let (status, refused) = op(
+            &server,
+            &root,
+            &key,
+            "sign",
+            json!({"message": message, "algorithm": "ED25519"}),
+        )
+        .await;
+        assert_eq!(
+            (status, refused["error"]["code"].as_str()),
+            (422, Some("invalid_algorithm")),
+            "{refused}"
+        );
+        server.stop().await;
     }
 }

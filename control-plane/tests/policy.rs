@@ -1243,3 +1243,165 @@ async fn an_approved_operation_is_decided_again_when_it_runs() {
         server.stop().await;
     }
 }
+
+/// The seed SDKs' rule shape works unchanged: an action without a kind
+/// takes its resource's kind, `maxAmount` may be a JSON number (a safe
+/// integer), and a rule without an effect allows. The policy is stored and
+/// shown normalised, and its conditions apply.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_seed_sdks_rule_shape_is_stored_normalised_and_applies() {
+    for backend in BACKENDS {
+        let server = start(backend).await;
+        let root = server.root_token().await;
+        let (status, key) = call(
+            &server,
+            "POST",
+            "/api/v1/keys",
+            &root,
+            Some(json!({"name": "treasury-1", "type": "ECDSA_SECP256K1", "usage": "SIGN_VERIFY"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{key}");
+        let key_id = key["id"].as_str().unwrap().to_string();
+        let sign = |token: String| {
+            let server = &server;
+            let path = format!("/api/v1/keys/{key_id}/sign");
+            async move {
+                call(
+                    server,
+                    "POST",
+                    &path,
+                    &token,
+                    Some(json!({"message": "hello"})),
+                )
+                .await
+            }
+        };
+        let (status, body) = sign(root.clone()).await;
+        assert_eq!(status, 200, "before the policy: {body}");
+
+        // Out of range or not whole: refused with the field named.
+        for amount in [json!(9_007_199_254_740_992_u64), json!(1.5), json!(-1)] {
+            let (status, body) = call(
+                &server,
+                "POST",
+                "/api/v1/policies",
+                &root,
+                Some(json!({"name": "bad-amount", "rules": [
+                    {"action": "sign", "resource": "key:treasury-*", "conditions": {"maxAmount": amount}}
+                ]})),
+            )
+            .await;
+            assert_eq!(
+                (status, body["error"]["code"].as_str()),
+                (422, Some("invalid_body")),
+                "{amount}: {body}"
+            );
+        }
+
+        let (status, created) = call(
+            &server,
+            "POST",
+            "/api/v1/policies",
+            &root,
+            Some(json!({"name": "treasury", "priority": 10, "rules": [
+                {
+                    "action": "sign",
+                    "resource": "key:treasury-*",
+                    "conditions": {"requireMFA": true, "allowedIPs": ["127.0.0.0/8", "10.0.0.0/8"]}
+                },
+                {"action": "sign", "resource": "wallet:hot-*", "conditions": {"maxAmount": 1_000_000}}
+            ]})),
+        )
+        .await;
+        assert_eq!(status, 201, "{created}");
+        let id = created["id"].as_str().unwrap();
+        let (status, shown) = call(
+            &server,
+            "GET",
+            &format!("/api/v1/policies/{id}"),
+            &root,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{shown}");
+        let rule = &shown["rules"][0];
+        assert_eq!(rule["action"], "key.sign", "{shown}");
+        assert_eq!(rule["effect"], "allow", "{shown}");
+        let amounts = &shown["rules"][1];
+        assert_eq!(amounts["action"], "wallet.sign", "{shown}");
+        // Kept as a decimal string: what a policy shows is exact.
+        assert_eq!(amounts["conditions"]["maxAmount"], "1000000", "{shown}");
+
+        // The rule matches (the caller is on 127.0.0.1) and asks for MFA.
+        let (status, body) = sign(root.clone()).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (403, Some("mfa_required")),
+            "{body}"
+        );
+
+        // A resource of no single kind gives `*.<action>`.
+        let (status, created) = call(
+            &server,
+            "POST",
+            "/api/v1/policies",
+            &root,
+            Some(json!({"name": "any-kind", "priority": 20, "rules": [
+                {"action": "export", "resource": "*", "effect": "deny"}
+            ]})),
+        )
+        .await;
+        assert_eq!(status, 201, "{created}");
+        assert_eq!(created["rules"][0]["action"], "*.export", "{created}");
+        server.stop().await;
+    }
+}
+
+/// A transaction in the seed SDKs' shape (`{to, value, data}`) is refused
+/// before anything is stored, with every field Custos needs named at once:
+/// it reads no chain, so it fills in no nonce, gas limit or fee.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_without_nonce_gas_and_fees_names_every_missing_field() {
+    let server = start(Backend::Sqlite).await;
+    let root = server.root_token().await;
+    let org = org_of(&server, &root).await;
+    let wallet = wallet_fixture(&server, &org, "evm", "cggmp21").await;
+    let (status, body) = sign(
+        &server,
+        &root,
+        &wallet,
+        json!({"transaction": {"to": "0x000000000000000000000000000000000000dEaD", "value": "1", "data": "0x"}}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("invalid_body")),
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    for field in [
+        "chainId",
+        "nonce",
+        "gasLimit",
+        "maxFeePerGas",
+        "maxPriorityFeePerGas",
+    ] {
+        assert!(message.contains(field), "{field} is named: {message}");
+    }
+    assert!(!message.contains("to,"), "{message}");
+    let (_, requests) = call(
+        &server,
+        "GET",
+        "/api/v1/audit?actions=wallet.sign",
+        &root,
+        None,
+    )
+    .await;
+    assert_eq!(
+        requests["items"].as_array().unwrap().len(),
+        0,
+        "nothing was stored: {requests}"
+    );
+    server.stop().await;
+}

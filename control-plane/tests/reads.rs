@@ -178,7 +178,7 @@ async fn every_read_is_audited() {
                 .replace("/deliveries/{id}", &format!("/deliveries/{delivery}"))
                 .replace("/identities/{id}", &format!("/identities/{root_identity}"))
         };
-        let mut reads: Vec<String> = custos_control_plane::openapi::OPERATIONS
+        let mut reads: Vec<String> = custos_control_plane::http::openapi::OPERATIONS
             .iter()
             .filter(|(method, path, ..)| *method == "get" && !UNAUTHENTICATED.contains(path))
             .map(|(_, path, ..)| fill(path))

@@ -500,7 +500,7 @@ async fn delete_and_destroy_wait_for_two_approvals_and_run_the_stored_request_on
         let (status, body) = read(Some(1)).await;
         assert_eq!((status, code(&body)), (410, "secret_version_destroyed"));
         assert_eq!(read(Some(2)).await.1["value"], "v2");
-        let db = custos_control_plane::db::Db::connect(&server.database_url)
+        let db = custos_control_plane::kernel::db::Db::connect(&server.database_url)
             .await
             .unwrap();
         let rows = sqlx::query("SELECT version, value FROM secret_versions ORDER BY version")
@@ -634,7 +634,7 @@ async fn an_approved_write_that_went_stale_fails_instead_of_overwriting() {
     );
     // The stored request body is sealed: the pending value is not in the
     // database in the clear.
-    let db = custos_control_plane::db::Db::connect(&server.database_url)
+    let db = custos_control_plane::kernel::db::Db::connect(&server.database_url)
         .await
         .unwrap();
     let bodies = sqlx::query("SELECT body FROM operations")
@@ -664,7 +664,7 @@ async fn a_value_copied_to_another_row_does_not_open() {
         .await;
         assert_eq!(status, 201);
     }
-    let db = custos_control_plane::db::Db::connect(&server.database_url)
+    let db = custos_control_plane::kernel::db::Db::connect(&server.database_url)
         .await
         .unwrap();
     let sealed: Vec<u8> = sqlx::query(

@@ -355,7 +355,7 @@ async fn transit_encrypts_decrypts_rotates_and_refuses_bad_ciphertexts_with_thei
         // A version that used its encryption budget is replaced at once.
         let pool = sqlx::AnyPool::connect(&server.database_url).await.unwrap();
         sqlx::query("UPDATE transit_key_versions SET encryptions = $1 WHERE version = 2")
-            .bind(custos_control_plane::transit::store::ROTATE_AFTER_ENCRYPTIONS)
+            .bind(custos_control_plane::engines::transit::store::ROTATE_AFTER_ENCRYPTIONS)
             .execute(&pool)
             .await
             .unwrap();
@@ -717,6 +717,46 @@ async fn vault_compatible_routes_answer_as_vault_does_with_a_custos_token() {
     )
     .await;
     assert_eq!(valid["data"]["valid"], true);
+    // The algorithm in the path or in the body: one handler, the same MAC.
+    vault(
+        &server,
+        "POST",
+        "/v1/transit/keys/mac",
+        &root,
+        json!({"type": "hmac"}),
+    )
+    .await;
+    let (status, in_path) = vault(
+        &server,
+        "POST",
+        "/v1/transit/hmac/mac/sha2-512",
+        &root,
+        json!({"input": plaintext}),
+    )
+    .await;
+    assert_eq!(status, 200, "{in_path}");
+    let (status, in_body) = vault(
+        &server,
+        "POST",
+        "/v1/transit/hmac/mac",
+        &root,
+        json!({"input": plaintext, "algorithm": "sha2-512"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{in_body}");
+    assert_eq!(in_path["data"]["hmac"], in_body["data"]["hmac"]);
+    let (_, default) = vault(
+        &server,
+        "POST",
+        "/v1/transit/hmac/mac",
+        &root,
+        json!({"input": plaintext}),
+    )
+    .await;
+    assert_ne!(
+        default["data"]["hmac"], in_path["data"]["hmac"],
+        "sha2-256 by default"
+    );
     let (status, body) = vault(
         &server,
         "POST",
@@ -807,7 +847,7 @@ async fn concurrent_calls_share_audit_commits_and_every_call_has_its_record() {
         assert!(answers.iter().all(|(status, _)| *status == 200));
         // Each answered call's record is in the chain (group commit answers
         // only after the commit), and the chain still verifies.
-        let db = custos_control_plane::db::Db::connect(&server.database_url)
+        let db = custos_control_plane::kernel::db::Db::connect(&server.database_url)
             .await
             .unwrap();
         let row =
@@ -843,7 +883,7 @@ async fn reserved(database_url: &str) -> i64 {
 /// refill mark reserves exactly one more block, and calls go on meanwhile.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_encryption_budget_is_reserved_a_block_ahead_and_survives_cache_re_reads() {
-    use custos_control_plane::transit::store::{CACHE_TTL, RESERVE_BLOCK};
+    use custos_control_plane::engines::transit::store::{CACHE_TTL, RESERVE_BLOCK};
     for backend in BACKENDS {
         eprintln!("-- on {backend:?}");
         let server = Server::start(backend).await;

@@ -441,7 +441,7 @@ async fn deliveries_recorded_by_earlier_releases_read_as_failure_classes() {
         eprintln!("-- on {backend:?}");
         let server = start(backend, NO_DELIVERY).await;
         let root = server.root_token().await;
-        let db = custos_control_plane::db::Db::connect(&server.database_url)
+        let db = custos_control_plane::kernel::db::Db::connect(&server.database_url)
             .await
             .unwrap();
         let org: String = sqlx::query_scalar("SELECT org_id FROM identities WHERE client_id = $1")

@@ -9,6 +9,7 @@ import { ApprovalsApi } from "./namespaces/approvals.js";
 import { AuditApi } from "./namespaces/audit.js";
 import { IdentitiesApi, OrgsApi } from "./namespaces/identities.js";
 import { KeysApi } from "./namespaces/keys.js";
+import { MpcApi } from "./namespaces/mpc.js";
 import { NodesApi } from "./namespaces/nodes.js";
 import { OperationsApi } from "./namespaces/operations.js";
 import { PoliciesApi } from "./namespaces/policies.js";
@@ -35,6 +36,11 @@ export interface CustosBaseOptions {
   refreshMarginMs?: number;
   /** The secret cache behind `secrets.hydrate`: TTLs and the `onStale` callback. */
   secrets?: SecretCacheOptions;
+  /**
+   * The environment of every secrets call that names none, as the seed
+   * SDKs' `environment: "production"`: `secrets.get("stripe-api-key")`.
+   */
+  environment?: string;
   /** Headers sent with every request. */
   headers?: Record<string, string>;
   /** The `fetch` to use. Default the global one. */
@@ -85,6 +91,8 @@ export class Custos {
   readonly keys: KeysApi;
   /** MPC wallets and signing. */
   readonly wallets: WalletsApi;
+  /** The seed SDKs' names for wallets: `mpc.generateWallet`, `mpc.sign`. */
+  readonly mpc: MpcApi;
   /** Progress of signing and resharing requests. */
   readonly signingRequests: SigningRequestsApi;
   /** Changes stored for approval (secrets, keys), and their outcome. */
@@ -161,7 +169,8 @@ export class Custos {
     this.wallets = new WalletsApi(transport, this.signingRequests);
     this.transit = new TransitApi(transport);
     this.keys = new KeysApi(transport);
-    this.secrets = new SecretsApi(transport, options.secrets);
+    this.secrets = new SecretsApi(transport, options.secrets, options.environment);
+    this.mpc = new MpcApi(this.wallets);
   }
 
   /** The control plane's base URL. */

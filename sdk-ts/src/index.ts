@@ -33,12 +33,20 @@ export { ApprovalsApi } from "./namespaces/approvals.js";
 export { AuditApi } from "./namespaces/audit.js";
 export { IdentitiesApi, OrgsApi } from "./namespaces/identities.js";
 export { KeysApi } from "./namespaces/keys.js";
+export { MpcApi } from "./namespaces/mpc.js";
+export type { GenerateWalletInput, MpcChain, MpcSignInput } from "./namespaces/mpc.js";
 export { NodesApi } from "./namespaces/nodes.js";
 export { FINAL_OPERATION_STATUSES, OperationsApi } from "./namespaces/operations.js";
 export type { OperationWaitOptions } from "./namespaces/operations.js";
 export { PoliciesApi } from "./namespaces/policies.js";
 export { SecretsApi } from "./namespaces/secrets.js";
-export type { HydrateOptions, SecretCacheOptions, SecretChangeResult, SecretStaleEvent } from "./namespaces/secrets.js";
+export type {
+  Environmental,
+  HydrateOptions,
+  SecretCacheOptions,
+  SecretChangeResult,
+  SecretStaleEvent,
+} from "./namespaces/secrets.js";
 export { FINAL_SIGNING_STATUSES, SigningRequestsApi } from "./namespaces/signing-requests.js";
 export type { WaitOptions } from "./namespaces/signing-requests.js";
 export { SysApi } from "./namespaces/sys.js";

@@ -248,14 +248,21 @@ export type VoteInput = Schemas["VoteRequest"];
 export interface AuditFilter {
   /** Action glob, e.g. `wallet.sign*`. */
   action?: string;
+  /**
+   * Several actions, any of which matches: full actions, globs, or verbs
+   * alone (`["create", "sign", "rotate", "access"]`; `access` is a read).
+   */
+  actions?: string[];
+  /** A registry key's records (by its id). */
+  keyId?: string;
   /** Resource glob. */
   resource?: string;
   /** Identity id. */
   identity?: string;
-  /** From this time (Unix ms or a Date). */
-  from?: number | Date;
-  /** Up to this time (Unix ms or a Date). */
-  to?: number | Date;
+  /** From this time: Unix ms, a Date, or an RFC 3339 date or time (`"2025-01-01"`). */
+  from?: number | Date | string;
+  /** Up to this time (exclusive): Unix ms, a Date, or an RFC 3339 time; a date (`"2025-11-30"`) includes that day. */
+  to?: number | Date | string;
   /** The `nextCursor` of a previous page. */
   cursor?: string;
   /** Page size, 1 to 1000 (server default 100). */
@@ -339,6 +346,22 @@ export interface SignerNode {
 export interface CommitteeResult {
   nodes: string[];
   ready: boolean;
+}
+
+/** `GET /api/v1/nodes/committees`: a committee's aux-info preparation. */
+export interface Committee {
+  /** Member names. */
+  nodes: string[];
+  /** Aux info ready: `cggmp21` wallets can be created on it. */
+  ready: boolean;
+  /** Aux-info runs tried by the last preparation. */
+  runs: number;
+  /** Why the last failed run failed. */
+  lastError: string | null;
+  /** When the preparation under way started (ms since the epoch). */
+  preparingSince: number | null;
+  /** Last change (ms since the epoch). */
+  updatedAt: number;
 }
 
 // ---- wallets and signing -------------------------------------------------------
@@ -700,6 +723,8 @@ export interface KeySignInput {
   digest?: string;
   /** How `message` is encoded (`utf8` default, `base64`, `hex`). */
   encoding?: "utf8" | "base64" | "hex";
+  /** The key's algorithm, checked by the server (`ECDSA_SHA_256`; `ECDSA_SHA256` too). */
+  algorithm?: string;
 }
 
 /** Verify a signature (base64) with a registry key, at `version` (default latest). */

@@ -22,6 +22,16 @@ test("nodes are listed with their health", async () => {
   }
 });
 
+test("the testnet's ECDSA committee shows its aux-info preparation", { skip: noEcdsa }, async () => {
+  const committees = await rootClient().nodes.committees();
+  const prepared = committees.find((committee) => committee.nodes.length === 3);
+  assert.ok(prepared, JSON.stringify(committees));
+  assert.equal(prepared.ready, true);
+  assert.ok(prepared.runs >= 1 && prepared.runs <= 3, `runs ${prepared.runs}`);
+  assert.equal(prepared.preparingSince, null, "no preparation under way");
+  assert.equal(typeof prepared.updatedAt, "number");
+});
+
 test("an EVM wallet signs an EIP-1559 transaction that ethers recovers to its address", { skip: noEcdsa }, async () => {
   const custos = rootClient();
   const wallet: Wallet = await custos.wallets.create({

@@ -114,7 +114,7 @@ impl Server {
         config: &str,
         bootstrap: bool,
     ) -> Server {
-        let config = custos_control_plane::config::Config::parse(
+        let config = custos_control_plane::kernel::config::Config::parse(
             &format!(
                 "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ndatabase_url = \"{database_url}\"\n{config}",
                 dir.path().display()
@@ -127,16 +127,16 @@ impl Server {
         let (sender, receiver) = tokio::sync::oneshot::channel::<()>();
         // Root credentials are printed on stdout; in-process, read them back
         // by bootstrapping first (run() then finds the store bootstrapped).
-        let db = custos_control_plane::db::Db::connect(&database_url)
+        let db = custos_control_plane::kernel::db::Db::connect(&database_url)
             .await
             .unwrap();
         let credentials = if bootstrap {
-            custos_control_plane::auth::bootstrap(&db)
+            custos_control_plane::kernel::auth::bootstrap(&db)
                 .await
                 .unwrap()
                 .expect("fresh store")
         } else {
-            custos_control_plane::auth::NewCredentials::default()
+            custos_control_plane::kernel::auth::NewCredentials::default()
         };
         db.close().await;
         let task = tokio::spawn(custos_control_plane::run(
@@ -518,10 +518,10 @@ pub fn totp_code(uri: &str, offset: i64) -> String {
         .split('&')
         .next()
         .unwrap();
-    let bytes = custos_control_plane::totp::base32_decode(secret).unwrap();
+    let bytes = custos_control_plane::kernel::totp::base32_decode(secret).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    custos_control_plane::totp::TotpSecret::from_bytes(bytes).code_at(now + offset)
+    custos_control_plane::kernel::totp::TotpSecret::from_bytes(bytes).code_at(now + offset)
 }

@@ -1600,9 +1600,38 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        get?: never;
+        /** ECDSA committees and their aux-info preparation: ready, runs tried, the last failure */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description success */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": Record<string, never>;
+                    };
+                };
+                /** @description error */
+                default: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": components["schemas"]["Error"];
+                    };
+                };
+            };
+        };
         put?: never;
-        /** Prepare ECDSA aux info for a committee (minutes) */
+        /** Prepare ECDSA aux info for a committee (minutes; a failed run is tried again under a fresh run id) */
         post: {
             parameters: {
                 query?: never;
@@ -3989,12 +4018,11 @@ export interface components {
             purpose?: "client_side_encryption";
             rotation?: {
                 periodDays: number;
-            };
+            } | string;
             subject?: string;
             /** @enum {string} */
             type: "AES_256" | "ECDSA_P256" | "ECDSA_SECP256K1" | "ED25519" | "RSA_2048" | "RSA_3072";
-            /** @enum {string} */
-            usage: "ENCRYPT_DECRYPT" | "SIGN_VERIFY" | "WRAP_UNWRAP";
+            usage: ("ENCRYPT_DECRYPT" | "SIGN_VERIFY" | "WRAP_UNWRAP") | ("encrypt" | "decrypt" | "sign" | "verify" | "wrap" | "unwrap")[];
         };
         KeyDecryptRequest: {
             ciphertext: string;
@@ -4010,6 +4038,8 @@ export interface components {
             plaintext: string;
         };
         KeySignRequest: {
+            /** @description the key's algorithm (ECDSA_SHA_256; ECDSA_SHA256 too): refused when the key signs another way */
+            algorithm?: string;
             digest?: string;
             /** @enum {string} */
             encoding?: "utf8" | "base64" | "hex";
@@ -4037,6 +4067,7 @@ export interface components {
             rules: components["schemas"]["PolicyRule"][];
         };
         PolicyRule: {
+            /** @description `<kind>.<verb>`, a glob, or a verb alone (`sign`), which takes the resource's kind */
             action: string;
             approvals?: {
                 count: number;
@@ -4046,8 +4077,8 @@ export interface components {
                 allowedIPs?: string[];
                 assets?: string[];
                 destinations?: string[];
-                maxAmount?: string;
-                minAmount?: string;
+                maxAmount?: string | number;
+                minAmount?: string | number;
                 payloadKinds?: ("transaction" | "message" | "digest")[];
                 requireMFA?: boolean;
                 timeWindow?: {
@@ -4056,8 +4087,11 @@ export interface components {
                     start: string;
                 };
             };
-            /** @enum {string} */
-            effect: "allow" | "deny" | "require_approval";
+            /**
+             * @description allow when absent
+             * @enum {string}
+             */
+            effect?: "allow" | "deny" | "require_approval";
             resource: string;
         };
         ReshareRequest: {

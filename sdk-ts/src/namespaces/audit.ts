@@ -1,7 +1,7 @@
 import type { RequestOptions, Transport } from "../transport.js";
 import type { AuditFilter, AuditPage, AuditRecord, AuditVerifyReport } from "../types.js";
 
-function millis(value: number | Date | undefined): number | undefined {
+function millis(value: number | Date | string | undefined): number | string | undefined {
   return value instanceof Date ? value.getTime() : value;
 }
 
@@ -19,6 +19,8 @@ export class AuditApi {
       path: "/api/v1/audit",
       query: {
         action: filter.action,
+        actions: filter.actions === undefined ? undefined : filter.actions.join(","),
+        keyId: filter.keyId,
         resource: filter.resource,
         identity: filter.identity,
         from: millis(filter.from),

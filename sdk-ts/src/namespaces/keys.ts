@@ -33,17 +33,40 @@ export class KeysApi {
     return this.post("/api/v1/keys", input, false, options);
   }
 
-  /** Signs a message or digest. */
+  /**
+   * Signs a message or digest: `sign(id, input)`, or the seed SDKs'
+   * `sign({ keyId, message, algorithm: "ECDSA_SHA256" })`.
+   */
   async sign(
     id: string,
     input: KeySignInput,
     options?: RequestOptions,
+  ): Promise<{ signature: string; version: number; algorithm: string }>;
+  async sign(
+    input: KeySignInput & { keyId: string },
+    options?: RequestOptions,
+  ): Promise<{ signature: string; version: number; algorithm: string }>;
+  async sign(
+    first: string | (KeySignInput & { keyId: string }),
+    second?: KeySignInput | RequestOptions,
+    third?: RequestOptions,
   ): Promise<{ signature: string; version: number; algorithm: string }> {
+    const [id, input, options] = keyCall<KeySignInput>(first, second, third);
     return this.post(this.path(id, "sign"), input, true, options);
   }
 
-  /** Verifies a signature; old versions still verify after rotation. */
-  async verify(id: string, input: KeyVerifyInput, options?: RequestOptions): Promise<{ valid: boolean; version: number }> {
+  /**
+   * Verifies a signature (old versions still verify after rotation):
+   * `verify(id, input)`, or `verify({ keyId, message, signature })`.
+   */
+  async verify(id: string, input: KeyVerifyInput, options?: RequestOptions): Promise<{ valid: boolean; version: number }>;
+  async verify(input: KeyVerifyInput & { keyId: string }, options?: RequestOptions): Promise<{ valid: boolean; version: number }>;
+  async verify(
+    first: string | (KeyVerifyInput & { keyId: string }),
+    second?: KeyVerifyInput | RequestOptions,
+    third?: RequestOptions,
+  ): Promise<{ valid: boolean; version: number }> {
+    const [id, input, options] = keyCall<KeyVerifyInput>(first, second, third);
     return this.post(this.path(id, "verify"), input, true, options);
   }
 
@@ -86,4 +109,17 @@ export class KeysApi {
     });
     return answer.body;
   }
+}
+
+/** The key id, body and options of a call made as `(id, input, options)` or `({ keyId, ...input }, options)`. */
+function keyCall<T>(
+  first: string | (T & { keyId: string }),
+  second: T | RequestOptions | undefined,
+  third: RequestOptions | undefined,
+): [string, T, RequestOptions | undefined] {
+  if (typeof first === "string") {
+    return [first, second as T, third];
+  }
+  const { keyId, ...input } = first;
+  return [keyId, input as T, second as RequestOptions | undefined];
 }

@@ -1,5 +1,5 @@
 import type { RequestOptions, Transport } from "../transport.js";
-import type { CommitteeResult, ItemList, SignerNode } from "../types.js";
+import type { Committee, CommitteeResult, ItemList, SignerNode } from "../types.js";
 
 /** Aux-info generation takes minutes. */
 const COMMITTEE_TIMEOUT_MS = 30 * 60 * 1000;
@@ -17,9 +17,22 @@ export class NodesApi {
   }
 
   /**
+   * Every ECDSA committee with its aux-info preparation: whether it is
+   * ready, the runs tried, the last failed run's error and since when a
+   * preparation runs. Follow a `prepareCommittee` call with it.
+   */
+  async committees(options?: RequestOptions): Promise<Committee[]> {
+    const answer = await this.transport.request<ItemList<Committee>>({
+      method: "GET", path: "/api/v1/nodes/committees", idempotent: true, options,
+    });
+    return answer.body.items;
+  }
+
+  /**
    * Prepares ECDSA (CGGMP21) aux info for a committee of nodes, by name
    * (platform admin; minutes of CPU on every node). Needed once before
-   * `cggmp21` wallets on that committee.
+   * `cggmp21` wallets on that committee. A failed run is tried again
+   * under a fresh run id (up to three runs); `committees()` shows them.
    */
   async prepareCommittee(nodes: string[], options?: RequestOptions): Promise<CommitteeResult> {
     const answer = await this.transport.request<CommitteeResult>({

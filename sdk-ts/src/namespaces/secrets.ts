@@ -29,8 +29,11 @@ export interface SecretCacheOptions extends Omit<HydrationCacheOptions, "onStale
   onStale?: (event: SecretStaleEvent) => void;
 }
 
+/** `T` whose `environment` may be left to the client's default (`new Custos({ environment })`). */
+export type Environmental<T extends { environment: string }> = Omit<T, "environment"> & { environment?: string };
+
 /** Options of one `hydrate` call. */
-export interface HydrateOptions extends GetSecretInput, RequestOptions {
+export interface HydrateOptions extends Environmental<GetSecretInput>, RequestOptions {
   /** Called (before the client's `onStale`) if this call serves a stale value. */
   onStale?: (event: SecretStaleEvent) => void;
 }
@@ -52,13 +55,35 @@ export class SecretsApi {
   private readonly cache: HydrationCache<Secret>;
   private readonly onStale: ((event: SecretStaleEvent) => void) | undefined;
 
+  /**
+   * @param defaultEnvironment the client's `environment` option: the
+   * environment of every call that names none (as the seed SDKs'
+   * `new Custos({ environment: "production" })`).
+   */
   constructor(
     private readonly transport: Transport,
     options: SecretCacheOptions = {},
+    private readonly defaultEnvironment?: string,
   ) {
     const { onStale, ...cacheOptions } = options;
     this.cache = new HydrationCache<Secret>(cacheOptions);
     this.onStale = onStale;
+  }
+
+  /** `given`, else the client's environment; a call with neither is refused here. */
+  private environment(given: string | undefined): string {
+    const environment = given ?? this.defaultEnvironment;
+    if (environment === undefined || environment === "") {
+      throw new TypeError(
+        "Custos: this secrets call names no environment: pass { environment } or set `environment` in new Custos({ ... })",
+      );
+    }
+    return environment;
+  }
+
+  /** `input` with its environment filled in. */
+  private withEnvironment<T extends { environment?: string }>(input: T): T & { environment: string } {
+    return { ...input, environment: this.environment(input.environment) };
   }
 
   private path(name: string, operation?: string): string {
@@ -70,20 +95,21 @@ export class SecretsApi {
    * Creates a secret (version 1); a {@link PendingApproval} when a policy
    * requires approval for it.
    */
-  async create(input: CreateSecretInput, options?: RequestOptions): Promise<SecretMetadata | PendingApproval> {
+  async create(input: Environmental<CreateSecretInput>, options?: RequestOptions): Promise<SecretMetadata | PendingApproval> {
+    const body = this.withEnvironment(input);
     const answer = await this.transport.request<SecretMetadata | PendingApproval>({
-      method: "POST", path: "/api/v1/secrets", body: input, idempotent: false, options,
+      method: "POST", path: "/api/v1/secrets", body, idempotent: false, options,
     });
-    this.forget(input.name, input.environment);
+    this.forget(body.name, body.environment);
     return answer.body;
   }
 
   /** A secret's value: the latest version, or `version`. Always asks the server. */
-  async get(name: string, input: GetSecretInput, options?: RequestOptions): Promise<Secret> {
+  async get(name: string, input: Environmental<GetSecretInput> = {}, options?: RequestOptions): Promise<Secret> {
     const answer = await this.transport.request<Secret>({
       method: "GET",
       path: this.path(name),
-      query: { environment: input.environment, version: input.version },
+      query: { environment: this.environment(input.environment), version: input.version },
       idempotent: true,
       options,
     });
@@ -95,7 +121,11 @@ export class SecretsApi {
     const answer = await this.transport.request<ItemList<SecretMetadata>>({
       method: "GET",
       path: "/api/v1/secrets",
-      query: { environment: filter.environment, tags: filter.tags, includeDeleted: filter.includeDeleted },
+      query: {
+        environment: filter.environment ?? this.defaultEnvironment,
+        tags: filter.tags,
+        includeDeleted: filter.includeDeleted,
+      },
       idempotent: true,
       options,
     });
@@ -108,22 +138,23 @@ export class SecretsApi {
    */
   async update(
     name: string,
-    input: UpdateSecretInput,
+    input: Environmental<UpdateSecretInput>,
     options?: RequestOptions,
   ): Promise<SecretMetadata | PendingApproval> {
+    const body = this.withEnvironment(input);
     const answer = await this.transport.request<SecretMetadata | PendingApproval>({
-      method: "PUT", path: this.path(name), body: input, idempotent: false, options,
+      method: "PUT", path: this.path(name), body, idempotent: false, options,
     });
-    this.forget(name, input.environment);
+    this.forget(name, body.environment);
     return answer.body;
   }
 
   /** A secret's versions (numbers, writers, times; never values). */
-  async versions(name: string, input: { environment: string }, options?: RequestOptions): Promise<SecretVersions> {
+  async versions(name: string, input: { environment?: string } = {}, options?: RequestOptions): Promise<SecretVersions> {
     const answer = await this.transport.request<SecretVersions>({
       method: "GET",
       path: this.path(name, "versions"),
-      query: { environment: input.environment },
+      query: { environment: this.environment(input.environment) },
       idempotent: true,
       options,
     });
@@ -133,13 +164,14 @@ export class SecretsApi {
   /** Rotates: writes `newValue` as a new version and notifies `notifyWebhook`. */
   async rotate(
     name: string,
-    input: RotateSecretInput,
+    input: Environmental<RotateSecretInput>,
     options?: RequestOptions,
   ): Promise<SecretMetadata | PendingApproval> {
+    const body = this.withEnvironment(input);
     const answer = await this.transport.request<SecretMetadata | PendingApproval>({
-      method: "POST", path: this.path(name, "rotate"), body: input, idempotent: false, options,
+      method: "POST", path: this.path(name, "rotate"), body, idempotent: false, options,
     });
-    this.forget(name, input.environment);
+    this.forget(name, body.environment);
     return answer.body;
   }
 
@@ -149,43 +181,46 @@ export class SecretsApi {
    */
   async delete(
     name: string,
-    input: { environment: string },
+    input: { environment?: string } = {},
     options?: RequestOptions,
   ): Promise<PendingApproval | SecretChangeResult> {
+    const environment = this.environment(input.environment);
     const answer = await this.transport.request<PendingApproval | SecretChangeResult>({
       method: "DELETE",
       path: this.path(name),
-      query: { environment: input.environment },
+      query: { environment },
       idempotent: false,
       options,
     });
-    this.forget(name, input.environment);
+    this.forget(name, environment);
     return answer.body;
   }
 
   /** Undoes a soft delete: answers the secret's metadata. */
   async restore(
     name: string,
-    input: { environment: string },
+    input: { environment?: string } = {},
     options?: RequestOptions,
   ): Promise<SecretMetadata | PendingApproval> {
+    const body = this.withEnvironment(input);
     const answer = await this.transport.request<SecretMetadata | PendingApproval>({
-      method: "POST", path: this.path(name, "restore"), body: input, idempotent: false, options,
+      method: "POST", path: this.path(name, "restore"), body, idempotent: false, options,
     });
-    this.forget(name, input.environment);
+    this.forget(name, body.environment);
     return answer.body;
   }
 
   /** Destroys versions (all when none are named) for good; needs approval by default. */
   async destroy(
     name: string,
-    input: SecretTargetInput,
+    input: Environmental<SecretTargetInput> = {},
     options?: RequestOptions,
   ): Promise<PendingApproval | SecretChangeResult> {
+    const body = this.withEnvironment(input);
     const answer = await this.transport.request<PendingApproval | SecretChangeResult>({
-      method: "POST", path: this.path(name, "destroy"), body: input, idempotent: false, options,
+      method: "POST", path: this.path(name, "destroy"), body, idempotent: false, options,
     });
-    this.forget(name, input.environment);
+    this.forget(name, body.environment);
     return answer.body;
   }
 
@@ -201,8 +236,9 @@ export class SecretsApi {
    * const apiKey = await custos.secrets.hydrate("payments/stripe", { environment: "production" });
    * if (apiKey.stale) metrics.increment("custos.stale_secret");
    */
-  async hydrate(name: string, options: HydrateOptions): Promise<HydratedSecret> {
-    const { environment, version, onStale, ...requestOptions } = options;
+  async hydrate(name: string, options: HydrateOptions = {}): Promise<HydratedSecret> {
+    const { environment: given, version, onStale, ...requestOptions } = options;
+    const environment = this.environment(given);
     const key = cacheKey(name, environment, version);
     const report = (event: StaleEvent): void => {
       const readable = `${environment}/${name}${version === undefined ? "" : `@${version}`}`;
