@@ -313,3 +313,101 @@ fn every_table_has_one_owner() {
         "a table without an owning room, or an owner without a table"
     );
 }
+
+/// The status of each `AppError` constructor that takes a code.
+const CONSTRUCTORS: &[(&str, u16)] = &[
+    ("bad_request", 400),
+    ("unauthenticated", 401),
+    ("forbidden", 403),
+    ("conflict", 409),
+    ("invalid", 422),
+    ("unavailable", 503),
+];
+
+/// `ErrorKind` variants by status (`http::status_of`).
+const KINDS: &[(&str, u16)] = &[
+    ("BadRequest", 400),
+    ("Unauthenticated", 401),
+    ("Forbidden", 403),
+    ("NotFound", 404),
+    ("Conflict", 409),
+    ("Gone", 410),
+    ("TooLarge", 413),
+    ("UnsupportedMediaType", 415),
+    ("Invalid", 422),
+    ("RateLimited", 429),
+    ("Internal", 500),
+    ("BadGateway", 502),
+    ("Unavailable", 503),
+];
+
+/// The first string literal of `text` when it is the next token, and what
+/// follows it.
+fn literal_at(text: &str) -> Option<&str> {
+    let text = text.trim_start();
+    let rest = text.strip_prefix('"')?;
+    let end = rest.find('"')?;
+    Some(&rest[..end])
+}
+
+/// Every error built with a literal code (`AppError::conflict("code", …)`,
+/// `AppError::new(ErrorKind::Gone, "code", …)`) has that code listed under
+/// its status in the OpenAPI document's error responses
+/// (`http::openapi::ERROR_CODES`), so a new code cannot go undocumented.
+#[test]
+fn every_error_code_is_documented_under_its_status() {
+    let documented = |status: u16, code: &str| {
+        custos_control_plane::http::openapi::ERROR_CODES
+            .iter()
+            .any(|(of, codes)| *of == status && codes.contains(&code))
+    };
+    let mut missing = Vec::new();
+    let mut found = 0;
+    for dir in ["kernel", "engines", "http"] {
+        for (file, code) in code_under(dir) {
+            let code = code.replace('\n', " ");
+            for (at, _) in code.match_indices("AppError::") {
+                let call = &code[at + "AppError::".len()..];
+                let Some(open) = call.find('(') else {
+                    continue;
+                };
+                let constructor = &call[..open];
+                let arguments = &call[open + 1..];
+                let (status, arguments) = if constructor == "new" {
+                    let arguments = arguments.trim_start();
+                    let Some(kind) = arguments.strip_prefix("ErrorKind::") else {
+                        continue;
+                    };
+                    let end = kind.find(',').unwrap_or(kind.len());
+                    let Some((_, status)) =
+                        KINDS.iter().find(|(name, _)| *name == kind[..end].trim())
+                    else {
+                        continue;
+                    };
+                    (*status, &kind[(end + 1).min(kind.len())..])
+                } else {
+                    let Some((_, status)) =
+                        CONSTRUCTORS.iter().find(|(name, _)| *name == constructor)
+                    else {
+                        continue;
+                    };
+                    (*status, arguments)
+                };
+                if let Some(literal) = literal_at(arguments) {
+                    found += 1;
+                    if !documented(status, literal) {
+                        missing.push(format!("{file}: {status} {literal}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(found > 100, "the scan found only {found} codes");
+    missing.sort();
+    missing.dedup();
+    assert!(
+        missing.is_empty(),
+        "error codes missing from http::openapi::ERROR_CODES:\n{}",
+        missing.join("\n")
+    );
+}

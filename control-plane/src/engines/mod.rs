@@ -3,12 +3,8 @@
 //! The one place that names every engine: what each registers with the
 //! core (see [`crate::kernel::engine`]). Adding an engine adds its line here.
 
-use std::sync::Arc;
-
-use axum::Router;
-
+use crate::http::ApiRouter;
 use crate::kernel::engine::Engines;
-use crate::kernel::state::AppState;
 
 pub mod keys;
 pub mod secrets;
@@ -35,8 +31,8 @@ pub fn registry() -> Engines {
 }
 
 /// Every engine's routes (the kernel's own are in [`crate::http`]).
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
         .merge(transit::routes())
         .merge(secrets::routes())
         .merge(keys::routes())

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 
 use crate::kernel::audit::{self, AuditEvent, AuditFilter};
 use crate::kernel::auth::Caller;
@@ -17,33 +18,53 @@ use crate::kernel::gate;
 use crate::kernel::policy;
 use crate::kernel::state::AppState;
 
+use super::openapi::Pending;
 use super::{
     audit_event, audited_read, authorize, check_name, optional_body, record, timed, ApiJson,
+    ApiRouter,
 };
 
 /// Orgs, policies, approvals and audit.
-pub(super) fn routes() -> Router<Arc<AppState>> {
+pub(super) fn routes() -> ApiRouter {
     timed(
-        Router::new()
-            .route("/api/v1/orgs", post(create_org))
-            .route("/api/v1/orgs/{id}/policies/reseal", post(reseal_policies))
-            .route("/api/v1/policies", post(create_policy).get(list_policies))
-            .route("/api/v1/policies/{id}", get(get_policy).put(update_policy))
-            .route("/api/v1/approvals", get(list_approvals))
-            .route("/api/v1/approvals/{id}", get(get_approval))
-            .route("/api/v1/approvals/{id}/approve", post(approve))
-            .route("/api/v1/approvals/{id}/reject", post(reject))
-            .route("/api/v1/audit", get(list_audit))
-            .route("/api/v1/audit/verify", get(verify_audit)),
+        ApiRouter::new()
+            .routes(routes!(create_org))
+            .routes(routes!(reseal_policies))
+            .routes(routes!(create_policy, list_policies))
+            .routes(routes!(get_policy, update_policy))
+            .routes(routes!(list_approvals))
+            .routes(routes!(get_approval))
+            .routes(routes!(approve))
+            .routes(routes!(reject))
+            .routes(routes!(list_audit))
+            .routes(routes!(verify_audit)),
     )
 }
 
-#[derive(Deserialize)]
+/// A policy as the API shows it.
+const POLICY: &str = "`{id, name, priority, rules: [PolicyRule], createdAt}`";
+
+/// An approval as the API shows it (`approvals::view`).
+const APPROVAL: &str = "`{id, requestId | operationId, action, resource, requestedBy, \
+    requestHash, required: {count, roles, requireMFA}, rule, approvals: [{identity, decision, \
+    mfa, at}], status, expiresAt, createdAt}`";
+
+/// The new org's name.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = OrgRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct OrgBody {
+    /// Unique among orgs.
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     name: String,
 }
 
+/// Create an org (platform admin).
+#[utoipa::path(post, path = "/api/v1/orgs", tag = "orgs",
+    request_body = OrgBody,
+    responses(
+        (status = 201, description = "`{id, name}`", body = Value),
+    ))]
 async fn create_org(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -85,12 +106,21 @@ async fn create_org(
     ))
 }
 
+/// Reseal an org's policies after a review (platform admin; the break-glass
+/// when its policy rows were changed behind the control plane's back).
+///
 /// Reseals an org's policies as they are now: the break-glass after the
 /// org's policy rows were changed behind the control plane's back (its
 /// policies then deny everything). A platform admin only, after reviewing
 /// the policies (`GET /api/v1/policies` as the org's admin shows them, or
 /// the database); not held by the org's policy, which denies everything at
 /// that point; audited in both orgs with the policies it sealed.
+#[utoipa::path(post, path = "/api/v1/orgs/{id}/policies/reseal", tag = "orgs",
+    params(("id" = String, Path, description = "The org's id")),
+    responses(
+        (status = 200, description = "`{org, resealed: true, policies: [{id, name, priority, \
+            rules}]}` (`rules`: how many)", body = Value),
+    ))]
 async fn reseal_policies(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -151,12 +181,21 @@ async fn reseal_policies(
     ))
 }
 
-#[derive(Deserialize)]
+/// A policy: its name, its place in the evaluation order and its rules.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = PolicyRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct PolicyBody {
+    /// Unique in the org (required on a replacement too, where it is not
+    /// changed).
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     name: String,
+    /// Lower is evaluated first; 100 when a new policy names none, kept
+    /// when a replacement names none.
     #[serde(default)]
     priority: Option<i64>,
+    /// The ordered rules.
+    #[schema(min_items = 1, max_items = 100)]
     rules: Vec<policy::Rule>,
 }
 
@@ -190,9 +229,17 @@ async fn change_policy(
     Ok(result)
 }
 
+/// Create a policy.
+///
 /// A policy change goes through `operations::gate`: by default it waits
 /// for one admin's approval (separation of duties: one admin alone cannot
 /// rewrite the rules that ask for approvals).
+#[utoipa::path(post, path = "/api/v1/policies", tag = "orgs",
+    request_body = PolicyBody,
+    responses(
+        (status = 201, description = POLICY, body = Value),
+        (status = 202, description = "Waits for an approval", body = Pending),
+    ))]
 async fn create_policy(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -226,6 +273,17 @@ async fn create_policy(
     }
 }
 
+/// Replace a policy's rules.
+///
+/// Like a creation, it goes through `operations::gate` (one admin's
+/// approval by default).
+#[utoipa::path(put, path = "/api/v1/policies/{id}", tag = "orgs",
+    request_body = PolicyBody,
+    params(("id" = String, Path, description = "The policy's id")),
+    responses(
+        (status = 200, description = POLICY, body = Value),
+        (status = 202, description = "Waits for an approval", body = Pending),
+    ))]
 async fn update_policy(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -267,6 +325,12 @@ async fn update_policy(
     }
 }
 
+/// List policies in evaluation order.
+#[utoipa::path(get, path = "/api/v1/policies", tag = "orgs",
+    responses(
+        (status = 200, description = "`{items: [policy]}`, a policy being `{id, name, priority, \
+            rules: [PolicyRule], createdAt}`", body = Value),
+    ))]
 async fn list_policies(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -277,6 +341,12 @@ async fn list_policies(
     Ok(Json(json!({"items": items})))
 }
 
+/// Get a policy.
+#[utoipa::path(get, path = "/api/v1/policies/{id}", tag = "orgs",
+    params(("id" = String, Path, description = "The policy's id")),
+    responses(
+        (status = 200, description = POLICY, body = Value),
+    ))]
 async fn get_policy(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -293,13 +363,31 @@ async fn get_policy(
     Ok(Json(found))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ApprovalQuery {
+    /// `pending`, `approved`, `rejected` or `expired`; every approval when
+    /// left out.
     #[serde(default)]
+    #[param(schema_with = approval_status_schema)]
     status: Option<String>,
 }
 
+/// The statuses `list_approvals` accepts.
+fn approval_status_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    super::openapi::schema_from(json!({
+        "type": "string",
+        "enum": ["pending", "approved", "rejected", "expired"],
+    }))
+}
+
+/// List approvals (?status=pending).
+#[utoipa::path(get, path = "/api/v1/approvals", tag = "approvals",
+    params(ApprovalQuery),
+    responses(
+        (status = 200, description = "`{items: [approval]}`", body = Value),
+    ))]
 async fn list_approvals(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -319,6 +407,12 @@ async fn list_approvals(
     Ok(Json(json!({"items": items})))
 }
 
+/// Get an approval.
+#[utoipa::path(get, path = "/api/v1/approvals/{id}", tag = "approvals",
+    params(("id" = String, Path, description = "The approval's id")),
+    responses(
+        (status = 200, description = APPROVAL, body = Value),
+    ))]
 async fn get_approval(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -329,11 +423,15 @@ async fn get_approval(
     Ok(Json(found))
 }
 
-#[derive(Deserialize, Default)]
+/// A vote's TOTP code and comment (the body may be left out).
+#[derive(Deserialize, Default, ToSchema)]
+#[schema(as = VoteRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct VoteBody {
+    /// A current TOTP code, when the rule requires MFA.
     #[serde(default)]
     totp: Option<String>,
+    /// At most 1000 bytes.
     #[serde(default)]
     comment: Option<String>,
 }
@@ -353,6 +451,14 @@ async fn vote_body(request: Request) -> AppResult<VoteBody> {
     Ok(body)
 }
 
+/// Approve (TOTP when the rule requires MFA).
+#[utoipa::path(post, path = "/api/v1/approvals/{id}/approve", tag = "approvals",
+    request_body(content = Option<VoteBody>, description = "Optional: an empty body votes \
+        without a code or comment"),
+    params(("id" = String, Path, description = "The approval's id")),
+    responses(
+        (status = 200, description = APPROVAL, body = Value),
+    ))]
 async fn approve(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -372,6 +478,14 @@ async fn approve(
     ))
 }
 
+/// Reject.
+#[utoipa::path(post, path = "/api/v1/approvals/{id}/reject", tag = "approvals",
+    request_body(content = Option<VoteBody>, description = "Optional: an empty body votes \
+        without a code or comment"),
+    params(("id" = String, Path, description = "The approval's id")),
+    responses(
+        (status = 200, description = APPROVAL, body = Value),
+    ))]
 async fn reject(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -391,21 +505,27 @@ async fn reject(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AuditQuery {
     /// One action (exact, `prefix*` or `*suffix`).
     #[serde(default)]
     action: Option<String>,
     /// Several, comma-separated: full actions, globs, or verbs alone
-    /// (`create,sign,rotate,access`; see [`action_pattern`]).
+    /// (`create,sign,rotate,access`: a verb matches that verb of every
+    /// kind, `access` the reads).
     #[serde(default)]
     actions: Option<String>,
+    /// A resource: exact, or a prefix ending in `*` (`wallet:*`); not with
+    /// `keyId`.
     #[serde(default)]
     resource: Option<String>,
-    /// A key of the registry: its records (`key:<its name>`).
+    /// A key of the registry: its records (`key:<its name>`); not with
+    /// `resource`.
     #[serde(default, rename = "keyId")]
     key_id: Option<String>,
+    /// An identity's id.
     #[serde(default)]
     identity: Option<String>,
     /// Unix ms, or an RFC 3339 date or time (`2025-01-01`).
@@ -414,8 +534,11 @@ struct AuditQuery {
     /// Unix ms, or an RFC 3339 date (the whole day is included) or time.
     #[serde(default)]
     to: Option<String>,
+    /// The `nextCursor` of the previous page.
     #[serde(default)]
     cursor: Option<String>,
+    /// Records per page: 1 to 1000 (values outside are clamped), 100 by
+    /// default.
     #[serde(default)]
     limit: Option<i64>,
 }
@@ -461,6 +584,14 @@ fn time_bound(text: &str, field: &'static str, upper: bool) -> AppResult<i64> {
     })
 }
 
+/// List audit records (filters, cursor).
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "`{items: [{seq, action, resource, identity, org, ip, \
+            approved, outcome, requestId, detail, timestamp, prevHash, hash}], nextCursor}` \
+            (`nextCursor` is null on the last page)", body = Value),
+    ))]
 async fn list_audit(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -529,6 +660,11 @@ async fn list_audit(
     Ok(Json(json!({"items": items, "nextCursor": next_cursor})))
 }
 
+/// Recompute the org's audit hash chain.
+#[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit",
+    responses(
+        (status = 200, description = "The verification's report", body = audit::VerifyReport),
+    ))]
 async fn verify_audit(
     State(state): State<Arc<AppState>>,
     caller: Caller,

@@ -15,13 +15,18 @@ use std::sync::Arc;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::openapi::schema::Schema;
+use utoipa::openapi::RefOr;
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
+use super::openapi::{schema_from, ErrorAnswer, Pending};
 use super::{
-    audit_event, audited_read, authorize, check_name, optional_body, record, ApiJson, Context,
+    audit_event, audited_read, authorize, check_name, optional_body, record, ApiJson, ApiRouter,
+    Context,
 };
 use crate::kernel::audit::{self, AuditEvent};
 use crate::kernel::auth::{self, Caller, Role};
@@ -31,29 +36,31 @@ use crate::kernel::operations::{self, Gate};
 use crate::kernel::state::AppState;
 
 /// The login and identity routes.
-pub(super) fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/api/v1/auth/token", post(token))
-        .route("/api/v1/identities", post(create).get(list))
-        .route(
-            "/api/v1/identities/{id}",
-            get(show).put(update).delete(remove),
-        )
-        .route("/api/v1/identities/{id}/disable", post(disable))
-        .route("/api/v1/identities/{id}/enable", post(enable))
-        .route("/api/v1/identities/{id}/rotate-secret", post(rotate_secret))
-        .route("/api/v1/identities/{id}/credentials", post(first_secret))
-        .route(
-            "/api/v1/identities/{id}/tokens",
-            get(list_tokens).delete(revoke_all),
-        )
-        .route(
-            "/api/v1/identities/{id}/tokens/{tokenId}",
-            delete(revoke_one),
-        )
-        .route("/api/v1/identities/{id}/mfa", post(enroll_mfa))
-        .route("/api/v1/identities/{id}/mfa/confirm", post(confirm_mfa))
-        .route("/api/v1/identities/{id}/mfa/reset", post(reset_mfa))
+pub(super) fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(token))
+        .routes(routes!(create, list))
+        .routes(routes!(show, update, remove))
+        .routes(routes!(disable))
+        .routes(routes!(enable))
+        .routes(routes!(rotate_secret))
+        .routes(routes!(first_secret))
+        .routes(routes!(list_tokens, revoke_all))
+        .routes(routes!(revoke_one))
+        .routes(routes!(enroll_mfa))
+        .routes(routes!(confirm_mfa))
+        .routes(routes!(reset_mfa))
+}
+
+/// An identity's answer after a change: its view.
+const IDENTITY_VIEW: &str =
+    "The identity: `{id, orgId, name, role, status, clientId, platformAdmin, mfa, mfaPending, createdBy, createdAt}`";
+
+/// `role`: a role's name ([`Role::parse`]).
+fn role_schema() -> RefOr<Schema> {
+    schema_from(
+        json!({"type": "string", "enum": ["admin", "operator", "approver", "service", "auditor"]}),
+    )
 }
 
 impl From<IdentityError> for AppError {
@@ -76,16 +83,28 @@ impl From<IdentityError> for AppError {
 
 // ---- Login ----
 
-#[derive(Deserialize)]
+/// Client credentials.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = TokenRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct TokenBody {
     client_id: String,
     client_secret: String,
 }
 
-/// Trades client credentials for a bearer token. A throttled or locked out
+/// Trade client credentials for a bearer token.
+///
+/// A throttled or locked out
 /// attempt answers `429` with `Retry-After` in seconds; a full Argon2
 /// budget `503 login_busy` with `Retry-After: 1`.
+#[utoipa::path(post, path = "/api/v1/auth/token", tag = "identities", request_body = TokenBody,
+    responses(
+        (status = 200, description = "`{accessToken, tokenType: \"Bearer\", expiresIn}` (seconds)", body = Value),
+        (status = 401, description = "`invalid_credentials`", body = ErrorAnswer),
+        (status = 403, description = "`identity_disabled`", body = ErrorAnswer),
+        (status = 429, description = "`login_throttled` or `locked_out`", body = ErrorAnswer,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ))]
 async fn token(
     State(state): State<Arc<AppState>>,
     context: Context,
@@ -224,10 +243,14 @@ async fn change(
     Ok((status, Json(answer)))
 }
 
-#[derive(Deserialize)]
+/// A new identity.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = IdentityRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct NewIdentityBody {
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     name: String,
+    #[schema(schema_with = role_schema)]
     role: String,
     /// Reserved: finer scopes within the role.
     #[serde(default)]
@@ -238,11 +261,18 @@ struct NewIdentityBody {
     org_id: Option<String>,
 }
 
+/// Create a machine identity (secret shown once; 202 when it waits for an approval).
+///
 /// Creates an identity (`identity.create`: one admin's approval by
 /// default, except for platform admins). At once: `201` with the secret,
 /// shown once. After an approval: the operation's result names the
 /// identity, and its creator asks for the secret once
 /// (`POST .../credentials`).
+#[utoipa::path(post, path = "/api/v1/identities", tag = "identities", request_body = NewIdentityBody,
+    responses(
+        (status = 201, description = "The identity with its `clientSecret`, shown once", body = Value),
+        (status = 202, description = "Waits for an approval", body = Pending),
+    ))]
 async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -273,6 +303,9 @@ async fn create(
     .await
 }
 
+/// List identities of the org.
+#[utoipa::path(get, path = "/api/v1/identities", tag = "identities",
+    responses((status = 200, description = "`{items}`: the org's identities", body = Value)))]
 async fn list(State(state): State<Arc<AppState>>, caller: Caller) -> AppResult<Json<Value>> {
     audited_read(&state, &caller, "identity.read", "identity:*").await?;
     let items = identities::list(&state.db, &caller.org).await?;
@@ -298,6 +331,10 @@ async fn read_of(state: &AppState, caller: &Caller, target: &Identity) -> AppRes
     }
 }
 
+/// Get an identity (status, role, MFA; never a secret).
+#[utoipa::path(get, path = "/api/v1/identities/{id}", tag = "identities",
+    params(("id" = String, Path, description = "The identity's id (`idn_…`)")),
+    responses((status = 200, description = "The identity", body = Identity)))]
 async fn show(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -308,9 +345,12 @@ async fn show(
     Ok(Json(found))
 }
 
-#[derive(Deserialize)]
+/// A new role.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = IdentityUpdateRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct UpdateBody {
+    #[schema(schema_with = role_schema)]
     role: String,
 }
 
@@ -330,8 +370,16 @@ async fn precheck(
     Ok(())
 }
 
+/// Change an identity's role (202 when it waits for an approval).
+///
 /// Changes an identity's role (`identity.update`: one admin's approval by
 /// default).
+#[utoipa::path(put, path = "/api/v1/identities/{id}", tag = "identities", request_body = UpdateBody,
+    params(("id" = String, Path, description = "The identity's id (`idn_…`)")),
+    responses(
+        (status = 200, description = IDENTITY_VIEW, body = Value),
+        (status = 202, description = "Waits for an approval", body = Pending),
+    ))]
 async fn update(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -345,8 +393,17 @@ async fn update(
     change(&state, &caller, requested, &resource(&found.name)).await
 }
 
+/// Disable an identity: no login, its tokens revoked at once.
+///
 /// Disables an identity at once by default (`identity.disable`): it can no
-/// longer log in, and its tokens are revoked in the same transaction.
+/// longer log in, and its tokens are revoked in the same transaction. An
+/// empty body, or `{}`.
+#[utoipa::path(post, path = "/api/v1/identities/{id}/disable", tag = "identities",
+    params(("id" = String, Path, description = "The identity's id (`idn_…`)")),
+    responses(
+        (status = 200, description = "The identity (`status: disabled`) and its `revokedTokens`", body = Value),
+        (status = 202, description = "Waits for an approval (when the org's policy asks for one)", body = Pending),
+    ))]
 async fn disable(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -360,8 +417,16 @@ async fn disable(
     change(&state, &caller, requested, &resource(&found.name)).await
 }
 
+/// Enable a disabled identity (202 when it waits for an approval).
+///
 /// Enables a disabled identity (`identity.update`: one admin's approval by
-/// default).
+/// default). An empty body, or `{}`.
+#[utoipa::path(post, path = "/api/v1/identities/{id}/enable", tag = "identities",
+    params(("id" = String, Path, description = "The identity's id (`idn_…`)")),
+    responses(
+        (status = 200, description = IDENTITY_VIEW, body = Value),
+        (status = 202, description = "Waits for an approval", body = Pending),
+    ))]
 async fn enable(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -375,8 +440,16 @@ async fn enable(
     change(&state, &caller, requested, &resource(&found.name)).await
 }
 
+/// Delete an identity and its tokens (202 when it waits for approvals).
+///
 /// Deletes an identity with its tokens (`identity.delete`: two approvals
 /// by default, as every `*.delete`).
+#[utoipa::path(delete, path = "/api/v1/identities/{id}", tag = "identities",
+    params(("id" = String, Path, description = "The identity's id (`idn_…`)")),
+    responses(
+        (status = 200, description = "`{id, name, deleted: true, revokedTokens}`", body = Value),
+        (status = 202, description = "Waits for approvals", body = Pending),
+    ))]
 async fn remove(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -388,7 +461,9 @@ async fn remove(
     change(&state, &caller, requested, &resource(&found.name)).await
 }
 
-#[derive(Deserialize)]
+/// The current secret (and a TOTP code with MFA).
+#[derive(Deserialize, ToSchema)]
+#[schema(as = RotateSecretRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RotateBody {
     /// The current secret.
@@ -398,12 +473,19 @@ struct RotateBody {
     totp: Option<String>,
 }
 
+/// Replace the caller's own client secret (new secret shown once; its tokens revoked).
+///
 /// An identity replaces its own client secret: with its current secret
 /// (and a TOTP code when it has MFA), so that a stolen short-lived token
 /// cannot buy a lasting credential. All its tokens are revoked; the new
 /// secret is in this answer only. No one sets another identity's secret:
 /// whoever could would log in, and vote, as that identity (an admin cuts
 /// a credential off by disabling the identity).
+#[utoipa::path(post, path = "/api/v1/identities/{id}/rotate-secret", tag = "identities",
+    request_body = RotateBody,
+    params(("id" = String, Path, description = "The identity's id (`idn_…`)")),
+    responses((status = 200, description = "`{id, clientId, clientSecret, revokedTokens}`: the new secret, shown once",
+        body = Value)))]
 async fn rotate_secret(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -464,8 +546,14 @@ async fn rotate_secret(
     })))
 }
 
+/// The first client secret of an identity created after an approval, once, to its creator.
+///
 /// The first secret of an identity created by an approved operation, to
-/// its creator, once (`409 credentials_issued` afterwards).
+/// its creator, once (`409 credentials_issued` afterwards). An empty
+/// body, or `{}`.
+#[utoipa::path(post, path = "/api/v1/identities/{id}/credentials", tag = "identities",
+    params(("id" = String, Path, description = "The identity's id (`idn_…`)")),
+    responses((status = 200, description = "`{id, clientId, clientSecret}`, shown once", body = Value)))]
 async fn first_secret(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -520,8 +608,14 @@ async fn first_secret(
 
 // ---- Tokens ----
 
+/// List an identity's active tokens (ids, times, addresses; never a token).
+///
 /// The identity's unexpired tokens (ids, times, addresses; never a
 /// token): to itself, or to whoever may read identities.
+#[utoipa::path(get, path = "/api/v1/identities/{id}/tokens", tag = "identities",
+    params(("id" = String, Path, description = "The identity's id (`idn_…`)")),
+    responses((status = 200, description = "`{items: [{id, createdAt, expiresAt, ip}]}`, oldest first",
+        body = Value)))]
 async fn list_tokens(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -568,6 +662,10 @@ async fn revoke(
     Ok(Json(json!({"revoked": hashes.len()})))
 }
 
+/// Revoke every token of an identity.
+#[utoipa::path(delete, path = "/api/v1/identities/{id}/tokens", tag = "identities",
+    params(("id" = String, Path, description = "The identity's id (`idn_…`)")),
+    responses((status = 200, description = "`{revoked}`: how many", body = Value)))]
 async fn revoke_all(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -577,6 +675,13 @@ async fn revoke_all(
     revoke(&state, &caller, &found, None).await
 }
 
+/// Revoke one token of an identity.
+#[utoipa::path(delete, path = "/api/v1/identities/{id}/tokens/{tokenId}", tag = "identities",
+    params(
+        ("id" = String, Path, description = "The identity's id (`idn_…`)"),
+        ("tokenId" = String, Path, description = "The token's id (`tok_…`)"),
+    ),
+    responses((status = 200, description = "`{revoked: 1}`", body = Value)))]
 async fn revoke_one(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -602,7 +707,9 @@ fn own_mfa(caller: &Caller, id: &str) -> AppResult<()> {
     }
 }
 
-#[derive(Deserialize, Default)]
+/// A re-enrolment's current code (the body may be empty).
+#[derive(Deserialize, Default, ToSchema)]
+#[schema(as = MfaEnrolRequest)]
 #[serde(deny_unknown_fields)]
 struct EnrolBody {
     /// A current code of the active secret, when re-enrolling (or
@@ -611,8 +718,15 @@ struct EnrolBody {
     totp: Option<String>,
 }
 
+/// Start a TOTP enrolment (pending until confirmed; a current code to re-enrol).
+///
 /// Starts a TOTP enrolment: `{otpauthUri}` of a pending secret, active
-/// once confirmed by a first code.
+/// once confirmed by a first code. The body may be empty.
+#[utoipa::path(post, path = "/api/v1/identities/{id}/mfa", tag = "identities",
+    request_body(content = EnrolBody,
+        description = "May be empty; the code may come as `X-Custos-TOTP` instead"),
+    params(("id" = String, Path, description = "The identity's id (`idn_…`)")),
+    responses((status = 200, description = "`{otpauthUri}` of the pending secret", body = Value)))]
 async fn enroll_mfa(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -639,15 +753,23 @@ async fn enroll_mfa(
     Ok(Json(json!({"otpauthUri": uri})))
 }
 
-#[derive(Deserialize)]
+/// The first code of a pending enrolment.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = MfaConfirmRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ConfirmBody {
     /// A code of the pending secret.
     code: String,
 }
 
+/// Confirm a TOTP enrolment with its first code.
+///
 /// Confirms a pending enrolment with its first code: from then on it is
 /// the identity's MFA.
+#[utoipa::path(post, path = "/api/v1/identities/{id}/mfa/confirm", tag = "identities",
+    request_body = ConfirmBody,
+    params(("id" = String, Path, description = "The identity's id (`idn_…`)")),
+    responses((status = 200, description = "`{id, mfa: true}`", body = Value)))]
 async fn confirm_mfa(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -672,8 +794,17 @@ async fn confirm_mfa(
     Ok(Json(json!({"id": id, "mfa": true})))
 }
 
+/// Remove an identity's MFA so it can enrol again (202 when it waits for an approval).
+///
 /// Removes an identity's MFA so that it can enrol again
-/// (`identity.mfa_reset`: one admin's approval by default).
+/// (`identity.mfa_reset`: one admin's approval by default). An empty body,
+/// or `{}`.
+#[utoipa::path(post, path = "/api/v1/identities/{id}/mfa/reset", tag = "identities",
+    params(("id" = String, Path, description = "The identity's id (`idn_…`)")),
+    responses(
+        (status = 200, description = IDENTITY_VIEW, body = Value),
+        (status = 202, description = "Waits for an approval", body = Pending),
+    ))]
 async fn reset_mfa(
     State(state): State<Arc<AppState>>,
     caller: Caller,

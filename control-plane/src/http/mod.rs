@@ -19,9 +19,8 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::{json, Value};
+use axum::Router;
+use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{
@@ -29,6 +28,8 @@ use tower_http::request_id::{
 };
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::routes;
 
 use crate::kernel::db::new_id;
 use crate::kernel::error::{AppError, ErrorBody, ErrorKind};
@@ -43,17 +44,25 @@ mod sys;
 pub(crate) use crate::kernel::guard::{audit_event, audited_read, authorize, check_name, record};
 pub use extract::ApiJson;
 pub(crate) use extract::{optional_body, Context};
+pub use openapi::ApiRouter;
 
-/// The router over `state`.
-pub fn app(state: Arc<AppState>) -> Router {
-    let body_limit = state.config.body_limit_bytes;
-    Router::new()
-        .route("/api/v1/openapi.json", get(openapi))
-        .route("/metrics", get(metrics_text))
+/// Every route with its documentation ([`openapi`]): the kernel's own
+/// and every engine's.
+pub fn api() -> ApiRouter {
+    ApiRouter::with_openapi(openapi::Base::openapi())
+        .routes(routes!(openapi_json))
+        .routes(routes!(metrics_text))
         .merge(sys::routes())
         .merge(identities::routes())
         .merge(admin::routes())
         .merge(crate::engines::routes())
+}
+
+/// The router over `state`.
+pub fn app(state: Arc<AppState>) -> Router {
+    let body_limit = state.config.body_limit_bytes;
+    let (router, _) = api().split_for_parts();
+    router
         .fallback(|| async { AppError::not_found("route") })
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -74,8 +83,8 @@ pub fn app(state: Arc<AppState>) -> Router {
 /// `router` with the API's timeout: `504` after 180 s (routes that wait on
 /// the nodes or the database; preparing a committee takes minutes and is
 /// not timed).
-pub(crate) fn timed<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
-    router.layer(TimeoutLayer::with_status_code(
+pub(crate) fn timed(router: impl Into<ApiRouter>) -> ApiRouter {
+    router.into().layer(TimeoutLayer::with_status_code(
         StatusCode::GATEWAY_TIMEOUT,
         Duration::from_secs(180),
     ))
@@ -194,13 +203,33 @@ async fn record_metrics(request: Request, next: Next) -> Response {
 
 // ---- System ----
 
-async fn openapi() -> Json<Value> {
-    Json(crate::http::openapi::document())
+/// This document: the OpenAPI 3.1 description of every route.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "sys",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Value)))]
+async fn openapi_json() -> Response {
+    static BODY: std::sync::OnceLock<axum::body::Bytes> = std::sync::OnceLock::new();
+    let body = BODY.get_or_init(|| openapi::document().to_string().into());
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.clone(),
+    )
+        .into_response()
 }
 
+/// Prometheus metrics, in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "sys",
+    responses((status = 200, description = "The metrics", body = String,
+        content_type = "text/plain")))]
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     match &state.metrics {
-        Some(handle) => handle.render().into_response(),
+        Some(handle) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            handle.render(),
+        )
+            .into_response(),
         None => {
             AppError::unavailable("metrics_disabled", "metrics are not enabled").into_response()
         }

@@ -12,12 +12,13 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
-use super::ApiJson;
+use super::{ApiJson, ApiRouter};
 use crate::kernel::audit::{self, AuditEvent};
 use crate::kernel::auth::{self, Caller};
 use crate::kernel::config::SealMode;
@@ -42,6 +43,8 @@ async fn start_coordinator(state: &AppState) -> AppResult<()> {
 
 /// The coordinator's public key, which signer nodes pin (`coordinator` in
 /// their configuration). Public; answers once unsealed.
+#[utoipa::path(get, path = "/api/v1/sys/coordinator-key", tag = "sys",
+    responses((status = 200, description = "`{publicKey}`: hex of the coordinator's Ed25519 key", body = Value)))]
 async fn coordinator_key(State(state): State<Arc<AppState>>) -> AppResult<Json<Value>> {
     let coordinator = state.coordinator()?;
     Ok(Json(
@@ -50,14 +53,14 @@ async fn coordinator_key(State(state): State<Arc<AppState>>) -> AppResult<Json<V
 }
 
 /// The sys routes.
-pub(super) fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/api/v1/sys/coordinator-key", get(coordinator_key))
-        .route("/api/v1/sys/health", get(health))
-        .route("/api/v1/sys/seal-status", get(seal_status))
-        .route("/api/v1/sys/init", post(init))
-        .route("/api/v1/sys/unseal", post(unseal))
-        .route("/api/v1/sys/seal", post(seal))
+pub(super) fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(coordinator_key))
+        .routes(routes!(health))
+        .routes(routes!(seal_status))
+        .routes(routes!(init))
+        .routes(routes!(unseal))
+        .routes(routes!(seal))
 }
 
 /// While sealed, only [`OPEN_WHILE_SEALED`] answer; everything else is
@@ -81,6 +84,9 @@ pub(super) async fn sealed_gate(
     next.run(request).await
 }
 
+/// Health (answers while sealed).
+#[utoipa::path(get, path = "/api/v1/sys/health", tag = "sys",
+    responses((status = 200, description = "`{status, sealed, initialized, version}`", body = Value)))]
 async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
     let status = state.keyring.status();
     Json(json!({
@@ -91,11 +97,17 @@ async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
     }))
 }
 
+/// Seal status: initialized, sealed, threshold, progress (answers while
+/// sealed).
+#[utoipa::path(get, path = "/api/v1/sys/seal-status", tag = "sys",
+    responses((status = 200, description = "The seal status", body = keyring::SealStatus)))]
 async fn seal_status(State(state): State<Arc<AppState>>) -> Json<keyring::SealStatus> {
     Json(state.keyring.status())
 }
 
-#[derive(Deserialize)]
+/// Shamir shares and threshold (defaults 5 and 3), or `hsm: true`.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = InitRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct InitBody {
     #[serde(default)]
@@ -106,6 +118,10 @@ struct InitBody {
     hsm: bool,
 }
 
+/// Initialize once: unseal shares (or HSM) and root credentials, shown
+/// once.
+#[utoipa::path(post, path = "/api/v1/sys/init", tag = "sys", request_body = InitBody,
+    responses((status = 200, description = "`{unsealShares, rootClientId, rootClientSecret, sealed}`", body = Value)))]
 async fn init(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<InitBody>,
@@ -162,7 +178,9 @@ async fn init(
     })))
 }
 
-#[derive(Deserialize)]
+/// One unseal share, or `reset: true`.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = UnsealRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct UnsealBody {
     #[serde(default)]
@@ -171,6 +189,9 @@ struct UnsealBody {
     reset: bool,
 }
 
+/// Give one unseal share (or reset the progress).
+#[utoipa::path(post, path = "/api/v1/sys/unseal", tag = "sys", request_body = UnsealBody,
+    responses((status = 200, description = "`{sealed, progress, threshold}`", body = Value)))]
 async fn unseal(
     State(state): State<Arc<AppState>>,
     ApiJson(body): ApiJson<UnsealBody>,
@@ -218,6 +239,9 @@ async fn unseal(
     })))
 }
 
+/// Seal: forget the master key (platform admin).
+#[utoipa::path(post, path = "/api/v1/sys/seal", tag = "sys",
+    responses((status = 200, description = "`{sealed: true}`", body = Value)))]
 async fn seal(State(state): State<Arc<AppState>>, caller: Caller) -> AppResult<Json<Value>> {
     if !caller.platform_admin {
         return Err(AppError::forbidden(

@@ -125,7 +125,7 @@ impl Actor {
 }
 
 /// An identity as the API shows it (never its secret or TOTP secret).
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Identity {
     /// `idn_…`.

@@ -12,36 +12,8 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List approvals (?status=pending) */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** List approvals (?status=pending). */
+        get: operations["approvalsListApprovals"];
         put?: never;
         post?: never;
         delete?: never;
@@ -57,38 +29,8 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Get an approval */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Get an approval. */
+        get: operations["approvalsGetApproval"];
         put?: never;
         post?: never;
         delete?: never;
@@ -106,42 +48,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Approve (TOTP when the rule requires MFA) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["VoteRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Approve (TOTP when the rule requires MFA). */
+        post: operations["approvalsApprove"];
         delete?: never;
         options?: never;
         head?: never;
@@ -157,42 +65,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Reject */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["VoteRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Reject. */
+        post: operations["approvalsReject"];
         delete?: never;
         options?: never;
         head?: never;
@@ -206,36 +80,8 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List audit records (filters, cursor) */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** List audit records (filters, cursor). */
+        get: operations["auditListAudit"];
         put?: never;
         post?: never;
         delete?: never;
@@ -251,36 +97,8 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Recompute the org's audit hash chain */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["VerifyReport"];
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Recompute the org's audit hash chain. */
+        get: operations["auditVerifyAudit"];
         put?: never;
         post?: never;
         delete?: never;
@@ -298,40 +116,13 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Trade client credentials for a bearer token */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["TokenRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /**
+         * Trade client credentials for a bearer token.
+         * @description A throttled or locked out
+         *     attempt answers `429` with `Retry-After` in seconds; a full Argon2
+         *     budget `503 login_busy` with `Retry-After: 1`.
+         */
+        post: operations["identitiesToken"];
         delete?: never;
         options?: never;
         head?: never;
@@ -345,71 +136,18 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List identities of the org */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** List identities of the org. */
+        get: operations["identitiesList"];
         put?: never;
-        /** Create a machine identity (secret shown once; 202 when it waits for an approval) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["IdentityRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                201: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /**
+         * Create a machine identity (secret shown once; 202 when it waits for an approval).
+         * @description Creates an identity (`identity.create`: one admin's approval by
+         *     default, except for platform admins). At once: `201` with the secret,
+         *     shown once. After an approval: the operation's result names the
+         *     identity, and its creator asks for the secret once
+         *     (`POST .../credentials`).
+         */
+        post: operations["identitiesCreate"];
         delete?: never;
         options?: never;
         head?: never;
@@ -423,107 +161,21 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Get an identity (status, role, MFA; never a secret) */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
-        /** Change an identity's role (202 when it waits for an approval) */
-        put: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["IdentityUpdateRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Get an identity (status, role, MFA; never a secret). */
+        get: operations["identitiesShow"];
+        /**
+         * Change an identity's role (202 when it waits for an approval).
+         * @description Changes an identity's role (`identity.update`: one admin's approval by
+         *     default).
+         */
+        put: operations["identitiesUpdate"];
         post?: never;
-        /** Delete an identity and its tokens (202 when it waits for approvals) */
-        delete: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /**
+         * Delete an identity and its tokens (202 when it waits for approvals).
+         * @description Deletes an identity with its tokens (`identity.delete`: two approvals
+         *     by default, as every `*.delete`).
+         */
+        delete: operations["identitiesRemove"];
         options?: never;
         head?: never;
         patch?: never;
@@ -538,38 +190,13 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** The first client secret of an identity created after an approval, once, to its creator */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /**
+         * The first client secret of an identity created after an approval, once, to its creator.
+         * @description The first secret of an identity created by an approved operation, to
+         *     its creator, once (`409 credentials_issued` afterwards). An empty
+         *     body, or `{}`.
+         */
+        post: operations["identitiesFirstSecret"];
         delete?: never;
         options?: never;
         head?: never;
@@ -585,38 +212,13 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Disable an identity: no login, its tokens revoked at once */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /**
+         * Disable an identity: no login, its tokens revoked at once.
+         * @description Disables an identity at once by default (`identity.disable`): it can no
+         *     longer log in, and its tokens are revoked in the same transaction. An
+         *     empty body, or `{}`.
+         */
+        post: operations["identitiesDisable"];
         delete?: never;
         options?: never;
         head?: never;
@@ -632,38 +234,12 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Enable a disabled identity (202 when it waits for an approval) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /**
+         * Enable a disabled identity (202 when it waits for an approval).
+         * @description Enables a disabled identity (`identity.update`: one admin's approval by
+         *     default). An empty body, or `{}`.
+         */
+        post: operations["identitiesEnable"];
         delete?: never;
         options?: never;
         head?: never;
@@ -679,38 +255,12 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Start a TOTP enrolment (pending until confirmed; a current code to re-enrol) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /**
+         * Start a TOTP enrolment (pending until confirmed; a current code to re-enrol).
+         * @description Starts a TOTP enrolment: `{otpauthUri}` of a pending secret, active
+         *     once confirmed by a first code. The body may be empty.
+         */
+        post: operations["identitiesEnrollMfa"];
         delete?: never;
         options?: never;
         head?: never;
@@ -726,42 +276,12 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Confirm a TOTP enrolment with its first code */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["MfaConfirmRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /**
+         * Confirm a TOTP enrolment with its first code.
+         * @description Confirms a pending enrolment with its first code: from then on it is
+         *     the identity's MFA.
+         */
+        post: operations["identitiesConfirmMfa"];
         delete?: never;
         options?: never;
         head?: never;
@@ -777,38 +297,13 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Remove an identity's MFA so it can enrol again (202 when it waits for an approval) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /**
+         * Remove an identity's MFA so it can enrol again (202 when it waits for an approval).
+         * @description Removes an identity's MFA so that it can enrol again
+         *     (`identity.mfa_reset`: one admin's approval by default). An empty body,
+         *     or `{}`.
+         */
+        post: operations["identitiesResetMfa"];
         delete?: never;
         options?: never;
         head?: never;
@@ -824,42 +319,16 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Replace the caller's own client secret (new secret shown once; its tokens revoked) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["RotateSecretRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /**
+         * Replace the caller's own client secret (new secret shown once; its tokens revoked).
+         * @description An identity replaces its own client secret: with its current secret
+         *     (and a TOTP code when it has MFA), so that a stolen short-lived token
+         *     cannot buy a lasting credential. All its tokens are revoked; the new
+         *     secret is in this answer only. No one sets another identity's secret:
+         *     whoever could would log in, and vote, as that identity (an admin cuts
+         *     a credential off by disabling the identity).
+         */
+        post: operations["identitiesRotateSecret"];
         delete?: never;
         options?: never;
         head?: never;
@@ -873,72 +342,16 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List an identity's active tokens (ids, times, addresses; never a token) */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /**
+         * List an identity's active tokens (ids, times, addresses; never a token).
+         * @description The identity's unexpired tokens (ids, times, addresses; never a
+         *     token): to itself, or to whoever may read identities.
+         */
+        get: operations["identitiesListTokens"];
         put?: never;
         post?: never;
-        /** Revoke every token of an identity */
-        delete: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Revoke every token of an identity. */
+        delete: operations["identitiesRevokeAll"];
         options?: never;
         head?: never;
         patch?: never;
@@ -954,39 +367,8 @@ export interface paths {
         get?: never;
         put?: never;
         post?: never;
-        /** Revoke one token of an identity */
-        delete: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                    tokenId: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Revoke one token of an identity. */
+        delete: operations["identitiesRevokeOne"];
         options?: never;
         head?: never;
         patch?: never;
@@ -999,71 +381,11 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The org's registry keys */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** The org's registry keys. */
+        get: operations["keysList"];
         put?: never;
-        /** Create a registry key (software or HSM; client-side encryption keys with a subject) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["KeyCreateRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                201: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Create a registry key (software or HSM; client-side encryption keys with a subject). */
+        post: operations["keysCreate"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1077,72 +399,12 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** A registry key (with its latest public key) */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** A registry key (with its latest public key). */
+        get: operations["keysRead"];
         put?: never;
         post?: never;
-        /** Destroy (crypto-shred) a key; 202 with an approval under the default policy */
-        delete: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                202: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Destroy (crypto-shred) a key; 202 with an approval under the default policy. */
+        delete: operations["keysDestroy"];
         options?: never;
         head?: never;
         patch?: never;
@@ -1157,42 +419,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Decrypt (also a client's RSA-OAEP ciphertext, bare base64) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["KeyDecryptRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Decrypt (also a client's RSA-OAEP ciphertext, bare base64). */
+        post: operations["keysDecrypt"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1208,42 +436,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Encrypt (custos:v<N>: ciphertexts) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["KeyEncryptRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Encrypt (custos:v<N>: ciphertexts). */
+        post: operations["keysEncrypt"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1257,38 +451,8 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** A version's public key (?version=), PEM and DER */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** A version's public key (?version=), PEM and DER. */
+        get: operations["keysPublicKey"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1306,38 +470,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Rotate: a new version (202 with an approval under the default policy) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Rotate: a new version (202 with an approval under the default policy). */
+        post: operations["keysRotate"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1353,42 +487,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Sign a message or a SHA-256 digest */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["KeySignRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Sign a message or a SHA-256 digest. */
+        post: operations["keysSign"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1404,42 +504,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Unwrap a data key */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["KeyUnwrapRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Unwrap a data key. */
+        post: operations["keysUnwrap"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1455,42 +521,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Verify a signature */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["KeySignRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Verify a signature. */
+        post: operations["keysVerify"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1506,42 +538,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Wrap a data key */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["KeyWrapRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Wrap a data key. */
+        post: operations["keysWrap"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1555,36 +553,8 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Signer nodes and their health */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Signer nodes and their health. */
+        get: operations["nodesListNodes"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1600,71 +570,19 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** ECDSA committees and their aux-info preparation: ready, runs tried, the last failure */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /**
+         * ECDSA committees and their aux-info preparation: ready, runs tried, the
+         *     last failure.
+         * @description Every committee with its aux-info preparation (ready, runs tried, the
+         *     last failure, since when it runs).
+         */
+        get: operations["nodesListCommittees"];
         put?: never;
-        /** Prepare ECDSA aux info for a committee (minutes; a failed run is tried again under a fresh run id) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["CommitteeRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /**
+         * Prepare ECDSA aux info for a committee (minutes; a failed run is tried
+         *     again under a fresh run id).
+         */
+        post: operations["nodesPrepareCommittee"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1678,36 +596,8 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** This document */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** This document: the OpenAPI 3.1 description of every route. */
+        get: operations["sysOpenapiJson"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1723,38 +613,8 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** An operation stored for approval: status, result or error */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** An operation stored for approval: status, result or error. */
+        get: operations["approvalsGetOperation"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1772,40 +632,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Create an org (platform admin) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["OrgRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                201: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Create an org (platform admin). */
+        post: operations["orgsCreateOrg"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1821,38 +649,17 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Reseal an org's policies after a review (platform admin; the break-glass when its policy rows were changed behind the control plane's back) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /**
+         * Reseal an org's policies after a review (platform admin; the break-glass
+         *     when its policy rows were changed behind the control plane's back).
+         * @description Reseals an org's policies as they are now: the break-glass after the
+         *     org's policy rows were changed behind the control plane's back (its
+         *     policies then deny everything). A platform admin only, after reviewing
+         *     the policies (`GET /api/v1/policies` as the org's admin shows them, or
+         *     the database); not held by the org's policy, which denies everything at
+         *     that point; audited in both orgs with the policies it sealed.
+         */
+        post: operations["orgsResealPolicies"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1866,71 +673,16 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List policies in evaluation order */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** List policies in evaluation order. */
+        get: operations["orgsListPolicies"];
         put?: never;
-        /** Create a policy */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["PolicyRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                201: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /**
+         * Create a policy.
+         * @description A policy change goes through `operations::gate`: by default it waits
+         *     for one admin's approval (separation of duties: one admin alone cannot
+         *     rewrite the rules that ask for approvals).
+         */
+        post: operations["orgsCreatePolicy"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1944,74 +696,14 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Get a policy */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
-        /** Replace a policy's rules */
-        put: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["PolicyRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Get a policy. */
+        get: operations["orgsGetPolicy"];
+        /**
+         * Replace a policy's rules.
+         * @description Like a creation, it goes through `operations::gate` (one admin's
+         *     approval by default).
+         */
+        put: operations["orgsUpdatePolicy"];
         post?: never;
         delete?: never;
         options?: never;
@@ -2026,71 +718,11 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Secrets by ?environment= and ?tags=a,b (metadata, never values) */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Secrets by ?environment= and ?tags=a,b (metadata, never values). */
+        get: operations["secretsList"];
         put?: never;
-        /** Create a secret (version 1) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["SecretCreateRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                201: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Create a secret (version 1). */
+        post: operations["secretsCreate"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2104,107 +736,13 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Read a secret's value (?environment=, ?version=) */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    name: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
-        /** Write a new version (cas: the version it replaces); 202 with an approval when the policy asks */
-        put: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    name: string;
-                };
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["SecretUpdateRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Read a secret's value (?environment=, ?version=). */
+        get: operations["secretsRead"];
+        /** Write a new version (cas: the version it replaces); 202 with an approval when the policy asks. */
+        put: operations["secretsUpdate"];
         post?: never;
-        /** Soft-delete a secret (?environment=); 202 with an approval under the default policy */
-        delete: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    name: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                202: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Soft-delete a secret (?environment=); 202 with an approval under the default policy. */
+        delete: operations["secretsDelete"];
         options?: never;
         head?: never;
         patch?: never;
@@ -2219,42 +757,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Destroy versions (or the whole secret) for good; 202 with an approval under the default policy */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    name: string;
-                };
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["SecretTargetRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                202: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Destroy versions (or the whole secret) for good; 202 with an approval under the default policy. */
+        post: operations["secretsDestroy"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2270,42 +774,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Undo a soft delete */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    name: string;
-                };
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["SecretTargetRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Undo a soft delete. */
+        post: operations["secretsRestore"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2321,42 +791,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Rotate: a new version, optionally announced to a signed webhook */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    name: string;
-                };
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["SecretRotateRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Rotate: a new version, optionally announced to a signed webhook. */
+        post: operations["secretsRotate"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2370,38 +806,8 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** A secret's versions (?environment=) */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    name: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** A secret's versions (?environment=). */
+        get: operations["secretsVersions"];
         put?: never;
         post?: never;
         delete?: never;
@@ -2417,38 +823,8 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** A signing request's progress */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** A signing request's progress. */
+        get: operations["walletsGetSigningRequest"];
         put?: never;
         post?: never;
         delete?: never;
@@ -2464,36 +840,11 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The coordinator's public key, which signer nodes pin (answers once unsealed) */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /**
+         * The coordinator's public key, which signer nodes pin (`coordinator` in
+         *     their configuration). Public; answers once unsealed.
+         */
+        get: operations["sysCoordinatorKey"];
         put?: never;
         post?: never;
         delete?: never;
@@ -2509,36 +860,8 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Health (answers while sealed) */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Health (answers while sealed). */
+        get: operations["sysHealth"];
         put?: never;
         post?: never;
         delete?: never;
@@ -2556,40 +879,11 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Initialize once: unseal shares (or HSM) and root credentials, shown once */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["InitRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /**
+         * Initialize once: unseal shares (or HSM) and root credentials, shown
+         *     once.
+         */
+        post: operations["sysInit"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2605,36 +899,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Seal: forget the master key (platform admin) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Seal: forget the master key (platform admin). */
+        post: operations["sysSeal"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2648,36 +914,11 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Seal status: initialized, sealed, threshold, progress (answers while sealed) */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /**
+         * Seal status: initialized, sealed, threshold, progress (answers while
+         *     sealed).
+         */
+        get: operations["sysSealStatus"];
         put?: never;
         post?: never;
         delete?: never;
@@ -2695,40 +936,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Give one unseal share (or reset the progress) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["UnsealRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Give one unseal share (or reset the progress). */
+        post: operations["sysUnseal"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2744,40 +953,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** A data key: plaintext and wrapped, or wrapped only (?wrappedOnly=true) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["TransitDatakeyRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** A data key: plaintext and wrapped, or wrapped only (?wrappedOnly=true). */
+        post: operations["transitDatakey"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2793,40 +970,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Decrypt one ciphertext or a batch */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["TransitDecryptRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Decrypt one ciphertext or a batch. */
+        post: operations["transitDecrypt"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2842,40 +987,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Encrypt one plaintext or a batch (vault:v<N>: ciphertexts) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["TransitEncryptRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Encrypt one plaintext or a batch (vault:v<N>: ciphertexts). */
+        post: operations["transitEncrypt"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2891,40 +1004,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** HMAC of base64 input */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["TransitHmacRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** HMAC of base64 input. */
+        post: operations["transitHmac"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2940,40 +1021,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Create a transit key (never exportable) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["TransitKeyRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                201: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Create a transit key (never exportable). */
+        post: operations["transitCreateKey"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2987,38 +1036,8 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** A transit key */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    name: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** A transit key. */
+        get: operations["transitReadKey"];
         put?: never;
         post?: never;
         delete?: never;
@@ -3036,42 +1055,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Set a transit key's minDecryptionVersion */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    name: string;
-                };
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["TransitConfigRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Set a transit key's minDecryptionVersion. */
+        post: operations["transitConfigure"];
         delete?: never;
         options?: never;
         head?: never;
@@ -3087,38 +1072,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Rotate a transit key (202 with an approval under the default policy) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    name: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Rotate a transit key (202 with an approval under the default policy). */
+        post: operations["transitRotateKey"];
         delete?: never;
         options?: never;
         head?: never;
@@ -3134,40 +1089,12 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Re-encrypt under the latest version (never returns plaintext) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["TransitRewrapRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /**
+         * Re-encrypt under the latest version (never returns plaintext).
+         * @description Decrypts and encrypts again under the latest version inside the server:
+         *     the plaintext never leaves, so rewrapping can be delegated.
+         */
+        post: operations["transitRewrap"];
         delete?: never;
         options?: never;
         head?: never;
@@ -3183,40 +1110,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Sign base64 input */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["TransitSignRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Sign base64 input. */
+        post: operations["transitSign"];
         delete?: never;
         options?: never;
         head?: never;
@@ -3232,40 +1127,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Verify a signature */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["TransitSignRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Verify a signature. */
+        post: operations["transitVerify"];
         delete?: never;
         options?: never;
         head?: never;
@@ -3279,71 +1142,11 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List wallets */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** List wallets. */
+        get: operations["walletsListWallets"];
         put?: never;
-        /** Create an MPC wallet (DKG) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["WalletRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                201: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Create an MPC wallet (DKG). */
+        post: operations["walletsCreateWallet"];
         delete?: never;
         options?: never;
         head?: never;
@@ -3357,38 +1160,8 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Get a wallet */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Get a wallet. */
+        get: operations["walletsGetWallet"];
         put?: never;
         post?: never;
         delete?: never;
@@ -3404,38 +1177,8 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Child address (?path=m/0/5, non-hardened) */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Child address (?path=m/0/5, non-hardened). */
+        get: operations["walletsWalletAddress"];
         put?: never;
         post?: never;
         delete?: never;
@@ -3451,75 +1194,14 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The wallet's share backups (metadata only) */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** The wallet's share backups (metadata only). */
+        get: operations["backupsList"];
         put?: never;
-        /** Back up the wallet's shares (sealed for the operators' recovery keys; the other half wrapped in the HSM) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["BackupRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                201: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /**
+         * Back up the wallet's shares (sealed for the operators' recovery keys;
+         *     the other half wrapped in the HSM).
+         */
+        post: operations["backupsCreate"];
         delete?: never;
         options?: never;
         head?: never;
@@ -3533,39 +1215,8 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** One share backup (metadata only) */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    backup: string;
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** One share backup (metadata only). */
+        get: operations["backupsRead"];
         put?: never;
         post?: never;
         delete?: never;
@@ -3583,43 +1234,11 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Restore a share into its node (202 with an approval under the default policy) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    backup: string;
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["RestoreRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                202: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /**
+         * Restore a share into its node (202 with an approval under the default
+         *     policy).
+         */
+        post: operations["backupsRestore"];
         delete?: never;
         options?: never;
         head?: never;
@@ -3635,42 +1254,15 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Freeze a wallet at once: it signs and reshares nothing, approved requests included */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["FreezeRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /**
+         * Freeze a wallet at once: it signs and reshares nothing, approved
+         *     requests included.
+         * @description Freezes a wallet at once (`wallet.freeze`, no approval by default: a
+         *     freeze only stops things). From then on the wallet signs and reshares
+         *     nothing, including requests approved or queued before: they are refused
+         *     when they would run.
+         */
+        post: operations["walletsFreezeWallet"];
         delete?: never;
         options?: never;
         head?: never;
@@ -3686,42 +1278,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Reshare to other nodes or threshold (approval) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["ReshareRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                202: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Reshare to other nodes or threshold (approval). */
+        post: operations["walletsReshare"];
         delete?: never;
         options?: never;
         head?: never;
@@ -3737,42 +1295,8 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Sign a transaction, message or digest under policy */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody: {
-                content: {
-                    "application/json": components["schemas"]["SignRequest"];
-                };
-            };
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Sign a transaction, message or digest under policy. */
+        post: operations["walletsSign"];
         delete?: never;
         options?: never;
         head?: never;
@@ -3788,38 +1312,13 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Unfreeze a wallet (202 with an approval under the default policy) */
-        post: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                202: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /**
+         * Unfreeze a wallet (202 with an approval under the default policy).
+         * @description Unfreezes a wallet (`wallet.unfreeze`: one admin's approval by
+         *     default, so that whoever froze a wallet in an incident is not the only
+         *     one who decides it is safe again).
+         */
+        post: operations["walletsUnfreezeWallet"];
         delete?: never;
         options?: never;
         head?: never;
@@ -3833,38 +1332,8 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** A webhook delivery: status and attempts */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path: {
-                    id: string;
-                };
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** A webhook delivery: status and attempts. */
+        get: operations["webhooksGetDelivery"];
         put?: never;
         post?: never;
         delete?: never;
@@ -3880,36 +1349,8 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The org's webhook signing secret (admin) */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** The org's webhook signing secret (admin). */
+        get: operations["webhooksWebhookSigningSecret"];
         put?: never;
         post?: never;
         delete?: never;
@@ -3925,38 +1366,239 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Prometheus metrics */
-        get: {
-            parameters: {
-                query?: never;
-                header?: never;
-                path?: never;
-                cookie?: never;
-            };
-            requestBody?: never;
-            responses: {
-                /** @description success */
-                200: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": Record<string, never>;
-                    };
-                };
-                /** @description error */
-                default: {
-                    headers: {
-                        [name: string]: unknown;
-                    };
-                    content: {
-                        "application/json": components["schemas"]["Error"];
-                    };
-                };
-            };
-        };
+        /** Prometheus metrics, in the text exposition format. */
+        get: operations["sysMetricsText"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/transit/datakey/{kind}/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * A data key, plaintext and wrapped or wrapped only (Vault dialect).
+         * @description `datakey/plaintext/{name}` answers the key in base64 and wrapped,
+         *     `datakey/wrapped/{name}` only wrapped. The body is optional.
+         */
+        post: operations["vaultTransitDatakey"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/transit/decrypt/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Decrypt to base64 plaintext, one or a batch (Vault dialect). */
+        post: operations["vaultTransitDecrypt"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/transit/encrypt/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Encrypt base64 plaintext, one or a batch (Vault dialect). */
+        post: operations["vaultTransitEncrypt"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/transit/hmac/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** HMAC of base64 input (Vault dialect). */
+        post: operations["vaultTransitHmac"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/transit/hmac/{name}/{algorithm}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** HMAC of base64 input, the algorithm in the path (Vault dialect). */
+        post: operations["vaultTransitHmacWithAlgorithm"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/transit/keys/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A transit key (Vault dialect). */
+        get: operations["vaultTransitReadKey"];
+        put?: never;
+        /** Create a transit key (Vault dialect; the body is optional). */
+        post: operations["vaultTransitCreateKey"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/transit/keys/{name}/config": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Set a transit key's min_decryption_version (Vault dialect). */
+        post: operations["vaultTransitConfigure"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/transit/keys/{name}/rotate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Rotate a transit key (Vault dialect; 202 with an approval by default).
+         * @description The default policy asks one admin to approve `transit.rotate`.
+         */
+        post: operations["vaultTransitRotateKey"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/transit/rewrap/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Re-encrypt under the latest version (Vault dialect; no plaintext out). */
+        post: operations["vaultTransitRewrap"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/transit/sign/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Sign base64 input (Vault dialect). */
+        post: operations["vaultTransitSign"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/transit/sign/{name}/{hash}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Sign base64 input, the hash algorithm in the path (Vault dialect). */
+        post: operations["vaultTransitSignWithHash"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/transit/verify/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Verify a signature (Vault dialect). */
+        post: operations["vaultTransitVerify"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/transit/verify/{name}/{hash}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Verify a signature, the hash algorithm in the path (Vault dialect). */
+        post: operations["vaultTransitVerifyWithHash"];
         delete?: never;
         options?: never;
         head?: never;
@@ -3967,291 +1609,5084 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** @description The holders to back up. */
         BackupRequest: {
-            nodes?: string[];
+            /** @description Node names; default: every holder of the wallet. */
+            nodes?: string[] | null;
         };
+        /** @description The nodes of an ECDSA committee. */
         CommitteeRequest: {
+            /** @description Node names, at least 2, each once. */
             nodes: string[];
         };
+        /** @description Every error answer: `{"error": {code, message, requestId}}`. */
         Error: {
-            error: {
-                code: string;
-                message: string;
-                requestId: string;
-            };
+            error: components["schemas"]["ErrorDetail"];
         };
+        ErrorDetail: {
+            /** @description Stable code (the responses of each status list theirs). */
+            code: string;
+            /** @description For people; may change between versions. */
+            message: string;
+            /** @description The request's id, also in the `x-request-id` header and the audit. */
+            requestId: string;
+        };
+        /**
+         * @description The JSON body of an EVM transaction as the HTTP API receives it:
+         *     camelCase keys, quantities as decimal strings, `data` as optional
+         *     `0x`-hex.
+         */
         EvmTransaction: {
+            /** @description EIP-155 chain id (decimal, >= 1, fits u64). */
             chainId: string;
-            data?: string;
+            /**
+             * @description Call data as `0x`-hex (even length, at most 128 KiB decoded); absent
+             *     or null means empty.
+             */
+            data?: string | null;
+            /** @description Gas limit (decimal, >= 21000, fits u64). */
             gasLimit: string;
+            /** @description Maximum total fee per gas in wei (decimal). */
             maxFeePerGas: string;
+            /** @description Maximum priority fee per gas in wei (decimal, <= maxFeePerGas). */
             maxPriorityFeePerGas: string;
+            /** @description Sender nonce (decimal, fits u64). */
             nonce: string;
+            /** @description Recipient address (`0x` + 40 hex digits; EIP-55 if mixed case). */
             to: string;
+            /** @description Value in wei (decimal, up to 2^256 - 1). */
             value: string;
         };
+        /** @description Why the wallet is frozen (the body may be left out). */
         FreezeRequest: {
-            reason?: string;
+            /** @description At most 1000 bytes. */
+            reason?: string | null;
         };
+        /** @description An identity as the API shows it (never its secret or TOTP secret). */
+        Identity: {
+            /** @description `cid_…`. */
+            clientId: string;
+            /**
+             * Format: int64
+             * @description Unix ms.
+             */
+            createdAt: number;
+            /** @description The identity that created it (`system` for the bootstrap root). */
+            createdBy: string;
+            /** @description `idn_…`. */
+            id: string;
+            /** @description Has an active TOTP secret. */
+            mfa: boolean;
+            /** @description Has an enrolment waiting for its first code. */
+            mfaPending: boolean;
+            /** @description Unique in the org. */
+            name: string;
+            /** @description Its org. */
+            orgId: string;
+            /** @description May manage orgs. */
+            platformAdmin: boolean;
+            /** @description Role name. */
+            role: string;
+            /** @description `active` or `disabled`. */
+            status: string;
+        };
+        /** @description A new identity. */
         IdentityRequest: {
             name: string;
-            orgId?: string;
+            /** @description Platform admins may create identities in another org. */
+            orgId?: string | null;
             /** @enum {string} */
             role: "admin" | "operator" | "approver" | "service" | "auditor";
-            scopes?: string[];
+            /** @description Reserved: finer scopes within the role. */
+            scopes?: string[] | null;
         };
+        /** @description A new role. */
         IdentityUpdateRequest: {
             /** @enum {string} */
             role: "admin" | "operator" | "approver" | "service" | "auditor";
         };
+        /** @description Shamir shares and threshold (defaults 5 and 3), or `hsm: true`. */
         InitRequest: {
             hsm?: boolean;
-            shares?: number;
-            threshold?: number;
+            /** Format: int32 */
+            shares?: number | null;
+            /** Format: int32 */
+            threshold?: number | null;
         };
         KeyCreateRequest: {
-            /** @enum {string} */
-            backend?: "software" | "hsm";
-            expiresInDays?: number;
-            name?: string;
-            /** @enum {string} */
-            purpose?: "client_side_encryption";
+            /** @enum {string|null} */
+            backend?: "software" | "hsm" | null;
+            /** Format: int64 */
+            expiresInDays?: number | null;
+            name?: string | null;
+            /** @enum {string|null} */
+            purpose?: "client_side_encryption" | null;
             rotation?: {
                 periodDays: number;
-            } | string;
-            subject?: string;
+            } | string | null;
+            subject?: string | null;
             /** @enum {string} */
             type: "AES_256" | "ECDSA_P256" | "ECDSA_SECP256K1" | "ED25519" | "RSA_2048" | "RSA_3072";
             usage: ("ENCRYPT_DECRYPT" | "SIGN_VERIFY" | "WRAP_UNWRAP") | ("encrypt" | "decrypt" | "sign" | "verify" | "wrap" | "unwrap")[];
         };
         KeyDecryptRequest: {
             ciphertext: string;
-            context?: string;
-            /** @enum {string} */
-            encoding?: "utf8" | "base64";
-            version?: number;
+            context?: string | null;
+            /** @enum {string|null} */
+            encoding?: "utf8" | "base64" | null;
+            /** Format: int64 */
+            version?: number | null;
         };
         KeyEncryptRequest: {
-            context?: string;
-            /** @enum {string} */
-            encoding?: "utf8" | "base64" | "hex";
+            context?: string | null;
+            /** @enum {string|null} */
+            encoding?: "utf8" | "base64" | "hex" | null;
             plaintext: string;
         };
+        /**
+         * @description A sign or a verify request: `message` or `digest` (one of them);
+         *     `signature` and `version` for verify only.
+         */
         KeySignRequest: {
-            /** @description the key's algorithm (ECDSA_SHA_256; ECDSA_SHA256 too): refused when the key signs another way */
-            algorithm?: string;
-            digest?: string;
-            /** @enum {string} */
-            encoding?: "utf8" | "base64" | "hex";
-            message?: string;
-            signature?: string;
-            version?: number;
-        };
+            /**
+             * @description The algorithm the caller expects (`ECDSA_SHA_256`; the seed SDKs
+             *     write `ECDSA_SHA256`): refused when the key signs another way.
+             */
+            algorithm?: string | null;
+            /** @description Hex of a SHA-256 digest (32 bytes), instead of a message. */
+            digest?: string | null;
+            /** @enum {string|null} */
+            encoding?: "utf8" | "base64" | "hex" | null;
+            /** @description The message, in `encoding` (UTF-8 text by default). */
+            message?: string | null;
+            /** @description Verify only: the signature, base64. */
+            signature?: string | null;
+            /**
+             * Format: int64
+             * @description Verify only: the version that signed (the latest when absent).
+             */
+            version?: number | null;
+        } & ({
+            message: unknown;
+        } | {
+            digest: unknown;
+        });
         KeyUnwrapRequest: {
-            context?: string;
+            context?: string | null;
             wrapped: string;
         };
         KeyWrapRequest: {
-            context?: string;
+            context?: string | null;
+            /**
+             * @description The data key: base64 of 16 to 64 bytes.
+             *     (Canonical padded base64 of 16 to 64 bytes: 18 to 63 bytes in whole
+             *     groups, or a one- or two-byte tail after 5 to 20 groups, or a
+             *     one-byte tail after 21.)
+             */
             key: string;
         };
+        /** @description The first code of a pending enrolment. */
         MfaConfirmRequest: {
+            /** @description A code of the pending secret. */
             code: string;
         };
+        /** @description A re-enrolment's current code (the body may be empty). */
+        MfaEnrolRequest: {
+            /**
+             * @description A current code of the active secret, when re-enrolling (or
+             *     `X-Custos-TOTP`).
+             */
+            totp?: string | null;
+        };
+        /** @description The new org's name. */
         OrgRequest: {
+            /** @description Unique among orgs. */
             name: string;
         };
+        /** @description The answer of a change that waits for an approval (`202`). */
+        Pending: {
+            /** @description The approval to vote on. */
+            approvalId: string;
+            /** @description `GET /api/v1/operations/{id}` follows it. */
+            operationId: string;
+            /** @description Always `pending_approval`. */
+            status: string;
+        };
+        /** @description A policy: its name, its place in the evaluation order and its rules. */
         PolicyRequest: {
+            /**
+             * @description Unique in the org (required on a replacement too, where it is not
+             *     changed).
+             */
             name: string;
-            priority?: number;
+            /**
+             * Format: int64
+             * @description Lower is evaluated first; 100 when a new policy names none, kept
+             *     when a replacement names none.
+             */
+            priority?: number | null;
+            /** @description The ordered rules. */
             rules: components["schemas"]["PolicyRule"][];
         };
+        /**
+         * @description One rule of a policy: `effect` applies to `action` on `resource` when the
+         *     `conditions` hold.
+         */
         PolicyRule: {
-            /** @description `<kind>.<verb>`, a glob, or a verb alone (`sign`), which takes the resource's kind */
+            /**
+             * @description Action glob: `*`, `<kind>.<verb>`, `<kind>.*` or `*.<verb>`, or a
+             *     verb alone, which takes the resource's kind.
+             */
             action: string;
+            /** @description How many approvals a `require_approval` rule needs and from which roles. */
             approvals?: {
+                /**
+                 * Format: int32
+                 * @description Number of distinct approvals needed (1 to 10).
+                 */
                 count: number;
-                roles: string[];
+                roles: ("admin" | "operator" | "approver" | "service" | "auditor")[];
             };
+            /** @description Conditions of a rule. All but `requireMFA` must hold for the rule to match. */
             conditions?: {
-                allowedIPs?: string[];
-                assets?: string[];
-                destinations?: string[];
-                maxAmount?: string | number;
-                minAmount?: string | number;
-                payloadKinds?: ("transaction" | "message" | "digest")[];
-                requireMFA?: boolean;
+                /** @description Client addresses allowed: CIDRs or bare addresses, IPv4 or IPv6. */
+                allowedIPs?: string[] | null;
+                /**
+                 * @description Assets allowed (`native` or a token contract, compared
+                 *     case-insensitively); also the scope of `maxAmount` and `minAmount`.
+                 */
+                assets?: string[] | null;
+                /** @description Destinations allowed (compared case-insensitively). */
+                destinations?: string[] | null;
+                /** @description Decimal base units as a string (up to 78 digits), or a whole JSON number from 0 to 2^53 - 1 */
+                maxAmount?: string | number | null;
+                /** @description Decimal base units as a string (up to 78 digits), or a whole JSON number from 0 to 2^53 - 1 */
+                minAmount?: string | number | null;
+                /** @description Payload kinds the rule applies to */
+                payloadKinds?: ("transaction" | "message" | "digest")[] | null;
+                /**
+                 * @description Whether the caller (and approvers) must have passed MFA; carried into
+                 *     the decision, not a matching condition.
+                 */
+                requireMFA?: boolean | null;
+                /** @description A daily UTC time window `[start, end)`, optionally restricted to some days. */
                 timeWindow?: {
-                    days?: string[];
+                    /** @description Days on which the window opens (`mon`..`sun`); `None` means every day. */
+                    days?: string[] | null;
+                    /**
+                     * @description Closing time, `HH:MM` UTC, exclusive; earlier than `start` means the
+                     *     window runs overnight.
+                     */
                     end: string;
+                    /** @description Opening time, `HH:MM` UTC. */
                     start: string;
                 };
             };
             /**
-             * @description allow when absent
-             * @enum {string}
+             * @description Effect of a matching rule.
+             * @enum {string|null}
              */
-            effect?: "allow" | "deny" | "require_approval";
+            effect?: "allow" | "deny" | "require_approval" | null;
+            /** @description Resource glob over `<kind>:<name>`, e.g. `wallet:*`. */
             resource: string;
         };
+        /** @description The new holders and threshold. */
         ReshareRequest: {
-            idempotencyKey?: string;
+            /** @description Same key, same request: the first result is returned. */
+            idempotencyKey?: string | null;
+            /** @description Node names of the new holders. */
             nodes: string[];
+            /**
+             * Format: int32
+             * @description Signers needed: 2 to the number of nodes.
+             */
             threshold: number;
         };
+        /** @description Where to restore the share. */
         RestoreRequest: {
-            node?: string;
+            /** @description The node to restore into; default: the node the backup came from. */
+            node?: string | null;
         };
+        /** @description The current secret (and a TOTP code with MFA). */
         RotateSecretRequest: {
+            /** @description The current secret. */
             clientSecret: string;
-            totp?: string;
+            /** @description A current TOTP code, when the identity has MFA (or `X-Custos-TOTP`). */
+            totp?: string | null;
         };
+        /** @description What `sys/seal-status` and `sys/health` show. */
+        SealStatus: {
+            /** @description Whether `sys/init` ran. */
+            initialized: boolean;
+            /** @description `shamir`, `hsm` or `env`. */
+            mode: string;
+            /**
+             * Format: int32
+             * @description Shares given so far towards the next unseal.
+             */
+            progress: number;
+            /** @description Whether the master key is unknown to this replica. */
+            sealed: boolean;
+            /**
+             * Format: int32
+             * @description Shares issued (0 when not Shamir).
+             */
+            shares: number;
+            /**
+             * Format: int32
+             * @description Shares needed to unseal (0 when not Shamir).
+             */
+            threshold: number;
+        };
+        /** @description A secret to create (its version 1). */
         SecretCreateRequest: {
+            /** @description 1 to 64 letters, digits, `_` and `-`. */
             environment: string;
+            /** @description 1 to 256 letters, digits, `_ - .` in `/`-separated segments. */
             name: string;
+            /** @description At most 32, each 1 to 64 letters, digits, `_ - . :`. */
             tags?: string[];
+            /** @description At most 64 KiB. */
             value: string;
         };
+        /** @description A rotation: a new version, optionally announced to a webhook. */
         SecretRotateRequest: {
-            cas?: number;
+            /**
+             * Format: int64
+             * @description Check-and-set: the version this rotation replaces.
+             */
+            cas?: number | null;
             environment: string;
+            /** @description At most 64 KiB. */
             newValue: string;
-            notifyWebhook?: string;
+            /** @description A URL to notify (`secret.rotated`, signed, never the value). */
+            notifyWebhook?: string | null;
         };
+        /** @description A secret's environment, and for destroy the versions. */
         SecretTargetRequest: {
             environment: string;
+            /** @description destroy: the versions to destroy (none: the whole secret); restore refuses any (`400 unexpected_versions`) */
             versions?: number[];
         };
+        /** @description A new version of a secret. */
         SecretUpdateRequest: {
-            cas?: number;
+            /**
+             * Format: int64
+             * @description Check-and-set: the version this write replaces.
+             */
+            cas?: number | null;
             environment: string;
-            tags?: string[];
+            /** @description Replaces the tags when given. */
+            tags?: string[] | null;
+            /** @description At most 64 KiB. */
             value: string;
         };
+        /**
+         * @description The body of `POST /api/v1/wallets/{id}/sign`: one of `transaction`,
+         *     `message` or `digest`.
+         */
         SignRequest: {
-            derivationPath?: string;
-            digest?: string;
-            /** @enum {string} */
-            encoding?: "utf8" | "hex" | "base64";
-            idempotencyKey?: string;
-            message?: string;
-            transaction?: components["schemas"]["EvmTransaction"];
-        };
+            /** @description Non-hardened HD path, `m/0/5`. */
+            derivationPath?: string | null;
+            /** @description A bare 32-byte digest, 0x-hex. */
+            digest?: string | null;
+            /**
+             * @description `utf8` (default), `hex` or `base64` (`utf-8` and `text` are `utf8`)
+             * @enum {string|null}
+             */
+            encoding?: "utf8" | "hex" | "base64" | "utf-8" | "text" | null;
+            /** @description Same key, same request: the first result is returned. */
+            idempotencyKey?: string | null;
+            /** @description A message: UTF-8 text unless `encoding` says hex or base64. */
+            message?: string | null;
+            transaction?: components["schemas"]["EvmTransaction"] | null;
+        } & ({
+            transaction: unknown;
+        } | {
+            message: unknown;
+        } | {
+            digest: unknown;
+        });
+        /** @description Client credentials. */
         TokenRequest: {
             clientId: string;
             clientSecret: string;
         };
+        /** @description A transit key's settings. */
         TransitConfigRequest: {
+            /**
+             * Format: int32
+             * @description The oldest version that still decrypts: 1 to the latest version.
+             */
             minDecryptionVersion: number;
         };
+        /** @description A data key to make under a transit key. */
         TransitDatakeyRequest: {
-            /** @enum {integer} */
-            bits?: 128 | 256 | 512;
-            context?: string;
+            /**
+             * @description the data key's size; 256 when absent
+             * @enum {integer|null}
+             */
+            bits?: 128 | 256 | 512 | null;
+            /** @description Text bound as associated data of the wrapped key. */
+            context?: string | null;
             keyName: string;
         };
+        /**
+         * @description Exactly one of `ciphertext` (with `context`) and `batch` (`422
+         *     invalid_request` otherwise).
+         */
         TransitDecryptRequest: {
+            /** @description 1 to 10000 items, answered in order. */
             batch?: {
+                /** @description A `vault:v<N>:` ciphertext. */
                 ciphertext: string;
-                context?: string;
-            }[];
-            ciphertext?: string;
-            context?: string;
-            /** @enum {string} */
-            encoding?: "utf8" | "base64";
+                /** @description The context it was encrypted with. */
+                context?: string | null;
+            }[] | null;
+            /** @description One `vault:v<N>:` ciphertext. */
+            ciphertext?: string | null;
+            /** @description The single `ciphertext`'s context (ignored with `batch`). */
+            context?: string | null;
+            /**
+             * @description how plaintexts are written: `utf8` text (when absent) or `base64`
+             * @enum {string|null}
+             */
+            encoding?: "utf8" | "base64" | null;
             keyName: string;
-        };
+        } & ({
+            ciphertext: unknown;
+        } | {
+            batch: unknown;
+        });
+        /**
+         * @description Exactly one of `plaintext` (with `context`) and `batch` (`422
+         *     invalid_request` otherwise).
+         */
         TransitEncryptRequest: {
+            /** @description 1 to 10000 items, answered in order. */
             batch?: {
-                context?: string;
+                /** @description Text bound as associated data (decrypting needs the same). */
+                context?: string | null;
+                /** @description The plaintext, as `encoding` says. */
                 plaintext: string;
-            }[];
-            context?: string;
-            /** @enum {string} */
-            encoding?: "utf8" | "base64";
+            }[] | null;
+            /**
+             * @description The single `plaintext`'s context: text bound as associated data
+             *     (ignored with `batch`).
+             */
+            context?: string | null;
+            /**
+             * @description how plaintexts are written: `utf8` text (when absent) or `base64`
+             * @enum {string|null}
+             */
+            encoding?: "utf8" | "base64" | null;
             keyName: string;
-            plaintext?: string;
-        };
+            /** @description One plaintext, as `encoding` says. */
+            plaintext?: string | null;
+        } & ({
+            plaintext: unknown;
+        } | {
+            batch: unknown;
+        });
+        /** @description An input to HMAC. */
         TransitHmacRequest: {
-            /** @enum {string} */
-            algorithm?: "sha2-256" | "sha2-384" | "sha2-512";
+            /**
+             * @description `sha2-256` when absent
+             * @enum {string|null}
+             */
+            algorithm?: "sha2-256" | "sha2-384" | "sha2-512" | null;
+            /** @description Base64 of the input. */
             input: string;
             keyName: string;
         };
+        /** @description A transit key to create. */
         TransitKeyRequest: {
+            /**
+             * @description `true` is refused (`403 export_blocked`): transit keys never leave
+             *     Custos.
+             */
             exportable?: boolean;
             name: string;
-            /** @enum {string} */
-            type?: "aes256-gcm96" | "chacha20-poly1305" | "hmac" | "ed25519" | "ecdsa-p256" | "ecdsa-secp256k1";
+            /**
+             * @description the key type; `aes256-gcm96` when absent
+             * @enum {string|null}
+             */
+            type?: "aes256-gcm96" | "chacha20-poly1305" | "hmac" | "ed25519" | "ecdsa-p256" | "ecdsa-secp256k1" | null;
         };
+        /** @description A ciphertext to re-encrypt. */
         TransitRewrapRequest: {
+            /** @description A `vault:v<N>:` ciphertext. */
             ciphertext: string;
-            context?: string;
+            /** @description The context it was encrypted with (kept for the new ciphertext). */
+            context?: string | null;
             keyName: string;
         };
+        /** @description An input to sign, or (with `signature`) to verify. */
         TransitSignRequest: {
-            /** @enum {string} */
-            hashAlgorithm?: "sha2-256" | "sha2-384" | "sha2-512" | "none";
+            /**
+             * @description `sha2-256` when absent; Ed25519 ignores it, ECDSA refuses `none`
+             * @enum {string|null}
+             */
+            hashAlgorithm?: "sha2-256" | "sha2-384" | "sha2-512" | "none" | null;
+            /** @description Base64 of the input. */
             input: string;
             keyName: string;
-            /** @enum {string} */
-            marshaling?: "asn1" | "jws";
+            /**
+             * @description `asn1` when absent (DER, standard base64); `jws`: fixed-width `r || s`, base64url
+             * @enum {string|null}
+             */
+            marshaling?: "asn1" | "jws" | null;
+            /**
+             * @description The input is already a digest made with `hashAlgorithm` (not for
+             *     Ed25519).
+             */
             prehashed?: boolean;
-            signature?: string;
+            /**
+             * @description Verify only, where it is required: the `vault:v<N>:` signature
+             *     (ignored by sign).
+             */
+            signature?: string | null;
         };
+        /** @description One unseal share, or `reset: true`. */
         UnsealRequest: {
             reset?: boolean;
-            share?: string;
+            share?: string | null;
         };
+        /**
+         * @description Vault's `keys/:name/config`: only `min_decryption_version` is
+         *     supported; settings that would weaken a key (`exportable`,
+         *     `allow_plaintext_backup`, `deletion_allowed`) are refused.
+         */
+        VaultTransitConfigRequest: {
+            /** @description `true` is refused (`403 export_blocked`). */
+            allow_plaintext_backup?: boolean | null;
+            /** @description `true` is refused (`422 unsupported_setting`). */
+            deletion_allowed?: boolean | null;
+            /** @description `true` is refused (`403 export_blocked`). */
+            exportable?: boolean | null;
+            /**
+             * Format: int32
+             * @description The oldest version that still decrypts (1 to the latest version);
+             *     when absent the key is answered unchanged.
+             */
+            min_decryption_version?: number | null;
+        };
+        /**
+         * @description Vault's `datakey/:type/:name` body (optional; other Vault fields are
+         *     ignored).
+         */
+        VaultTransitDatakeyRequest: {
+            /**
+             * @description the data key's size; 256 when absent
+             * @enum {integer|null}
+             */
+            bits?: 128 | 256 | 512 | null;
+            /** @description Base64 of the context, bound as associated data. */
+            context?: string | null;
+        };
+        /**
+         * @description Vault's `decrypt/:name` body: `ciphertext` (with `context`), or
+         *     `batch_input`, which wins when both are given. Other Vault fields are
+         *     ignored.
+         */
+        VaultTransitDecryptRequest: {
+            /** @description 1 to 10000 items, answered in order in `batch_results`. */
+            batch_input?: {
+                /** @description A `vault:v<N>:` ciphertext. */
+                ciphertext: string;
+                /** @description Base64 of the context it was encrypted with. */
+                context?: string | null;
+            }[] | null;
+            /**
+             * @description A `vault:v<N>:` ciphertext (one item; ignored when `batch_input` is
+             *     given).
+             */
+            ciphertext?: string | null;
+            /** @description Base64 of the context of the single `ciphertext`. */
+            context?: string | null;
+        } | {
+            ciphertext: unknown;
+        } | {
+            batch_input: unknown;
+        };
+        /**
+         * @description Vault's `encrypt/:name` body: `plaintext` (with `context`), or
+         *     `batch_input`, which wins when both are given. Other Vault fields are
+         *     ignored.
+         */
+        VaultTransitEncryptRequest: {
+            /** @description 1 to 10000 items, answered in order in `batch_results`. */
+            batch_input?: {
+                /** @description Base64 of the context, bound as associated data. */
+                context?: string | null;
+                /** @description Base64 of the plaintext. */
+                plaintext: string;
+            }[] | null;
+            /** @description Base64 of the context of the single `plaintext`. */
+            context?: string | null;
+            /**
+             * @description Base64 of the plaintext (one item; ignored when `batch_input` is
+             *     given).
+             */
+            plaintext?: string | null;
+        } | {
+            plaintext: unknown;
+        } | {
+            batch_input: unknown;
+        };
+        /**
+         * @description Vault's `hmac/:name` body (one input; no `batch_input`; other Vault
+         *     fields are ignored).
+         */
+        VaultTransitHmacRequest: {
+            /**
+             * @description `sha2-256` when absent
+             * @enum {string|null}
+             */
+            algorithm?: "sha2-256" | "sha2-384" | "sha2-512" | null;
+            /** @description Base64 of the input. */
+            input: string;
+        };
+        /** @description Vault's `keys/:name` body (optional; other Vault fields are ignored). */
+        VaultTransitKeyRequest: {
+            /** @description `true` is refused (`403 export_blocked`). */
+            allow_plaintext_backup?: boolean | null;
+            /** @description `true` is refused (`400 unsupported_option`). */
+            convergent_encryption?: boolean | null;
+            /**
+             * @description `true` is refused (`400 unsupported_option`): Custos binds the
+             *     context as associated data instead.
+             */
+            derived?: boolean | null;
+            /** @description `true` is refused (`403 export_blocked`): transit keys never leave Custos. */
+            exportable?: boolean | null;
+            /**
+             * @description the key type; `aes256-gcm96` when absent
+             * @enum {string|null}
+             */
+            type?: "aes256-gcm96" | "chacha20-poly1305" | "hmac" | "ed25519" | "ecdsa-p256" | "ecdsa-secp256k1" | null;
+        };
+        /**
+         * @description Vault's `rewrap/:name` body (one ciphertext; no `batch_input`; other
+         *     Vault fields are ignored).
+         */
+        VaultTransitRewrapRequest: {
+            /** @description A `vault:v<N>:` ciphertext. */
+            ciphertext: string;
+            /** @description Base64 of the context it was encrypted with. */
+            context?: string | null;
+        };
+        /**
+         * @description Vault's `sign/:name` and `verify/:name` body (one input; no
+         *     `batch_input`; other Vault fields are ignored).
+         */
+        VaultTransitSignRequest: {
+            /**
+             * @description `sha2-256` when absent; Ed25519 ignores it, ECDSA refuses `none`
+             * @enum {string|null}
+             */
+            hash_algorithm?: "sha2-256" | "sha2-384" | "sha2-512" | "none" | null;
+            /** @description Base64 of the input (of its digest when `prehashed`). */
+            input: string;
+            /**
+             * @description `asn1` when absent (DER, standard base64); `jws`: fixed-width `r || s`, base64url
+             * @enum {string|null}
+             */
+            marshaling_algorithm?: "asn1" | "jws" | null;
+            /**
+             * @description The input is already a digest made with the hash algorithm (not for
+             *     Ed25519).
+             */
+            prehashed?: boolean | null;
+            /** @description `verify` only, where it is required: the `vault:v<N>:` signature. */
+            signature?: string | null;
+            /**
+             * @description RSA padding in Vault; accepted and without effect (no RSA transit keys); any other value is refused
+             * @enum {string|null}
+             */
+            signature_algorithm?: "pkcs1v15" | "pss" | null;
+        };
+        /** @description The outcome of a chain verification. */
         VerifyReport: {
+            /**
+             * @description Hex of the public key checkpoint signatures were checked under
+             *     (`null` when none was at hand).
+             */
             checkpointKey: string | null;
+            /**
+             * Format: int64
+             * @description Checkpoints checked.
+             */
             checkpoints: number;
+            /**
+             * Format: int64
+             * @description Records checked.
+             */
             entries: number;
+            /** @description Where a chain breaks. */
             firstBroken?: {
+                /** @description A checkpoint as the verify report shows it. */
                 checkpoint?: {
+                    /**
+                     * Format: int64
+                     * @description Unix milliseconds.
+                     */
                     createdAt: number;
+                    /**
+                     * Format: int64
+                     * @description Its number in the org's checkpoints.
+                     */
                     number: number;
-                    /** @enum {string} */
+                    /**
+                     * @description Why it was made: `interval` or `seal`
+                     * @enum {string}
+                     */
                     reason: "interval" | "seal";
+                    /**
+                     * Format: int64
+                     * @description The record it covers.
+                     */
                     seq: number;
                 };
+                /** @description The same in a sentence, with the numbers. */
                 message: string;
+                /** @description The org. */
                 org: string;
-                /** @enum {string} */
+                /**
+                 * @description What is wrong, stable
+                 * @enum {string}
+                 */
                 reason: "seq_gap" | "prev_hash_mismatch" | "hash_mismatch" | "head_mismatch" | "truncated" | "checkpoint_mismatch" | "checkpoint_signature_invalid" | "checkpoint_missing" | "checkpoint_link_broken" | "checkpoint_replaced" | "checkpoint_key_missing";
+                /**
+                 * Format: int64
+                 * @description The record's seq (for `truncated`: the first one missing).
+                 */
                 seq: number;
             };
+            /** @description Hex hash of the last record (of the last org when several). */
             headHash: string;
+            /** @description A checkpoint as the verify report shows it. */
             lastCheckpoint?: {
+                /**
+                 * Format: int64
+                 * @description Unix milliseconds.
+                 */
                 createdAt: number;
+                /**
+                 * Format: int64
+                 * @description Its number in the org's checkpoints.
+                 */
                 number: number;
-                /** @enum {string} */
+                /**
+                 * @description Why it was made: `interval` or `seal`
+                 * @enum {string}
+                 */
                 reason: "interval" | "seal";
+                /**
+                 * Format: int64
+                 * @description The record it covers.
+                 */
                 seq: number;
             };
+            /**
+             * @description Whether checkpoint signatures were checked (the command line without
+             *     the keyring or `--checkpoint-key` cannot).
+             */
             signaturesChecked: boolean;
+            /**
+             * @description Every record matches its hash and links to its predecessor, every
+             *     checkpoint is whole, and the chain still holds what they cover.
+             */
             valid: boolean;
         };
+        /** @description A vote's TOTP code and comment (the body may be left out). */
         VoteRequest: {
-            comment?: string;
-            totp?: string;
+            /** @description At most 1000 bytes. */
+            comment?: string | null;
+            /** @description A current TOTP code, when the rule requires MFA. */
+            totp?: string | null;
         };
-        WalletRequest: {
-            /** @enum {string} */
-            chain?: "ethereum" | "polygon" | "bitcoin" | "bitcoin-testnet" | "solana";
+        /** @description A wallet as the API shows it. */
+        Wallet: {
+            /** @description The chain address. */
+            address: string;
+            /** @description Chain. */
+            chain: string;
+            /**
+             * Format: int64
+             * @description Unix ms.
+             */
+            createdAt: number;
+            /** @description Curve. */
+            curve: string;
+            /** @description Whether the wallet is frozen. */
+            frozen: boolean;
+            /**
+             * Format: int32
+             * @description Key generation (resharing increments it).
+             */
+            generation: number;
+            /** @description Id. */
+            id: string;
+            /** @description Name. */
             name: string;
-            nodes?: string[];
-            parties?: number;
-            /** @enum {string} */
+            /** @description Node names. */
+            nodes: string[];
+            /** @description Holders. */
+            parties: number;
+            /** @description Protocol. */
+            protocol: string;
+            /** @description Hex of the key the chain sees. */
+            publicKey: string;
+            /**
+             * Format: int32
+             * @description Signers needed.
+             */
+            threshold: number;
+        };
+        /** @description A new wallet: its protocol, threshold and holders. */
+        WalletRequest: {
+            /**
+             * @description The chain whose addresses and transactions it makes; default: the protocol's own
+             * @enum {string|null}
+             */
+            chain?: "ethereum" | "polygon" | "bitcoin" | "bitcoin-testnet" | "solana" | null;
+            /** @description The wallet's name, unique in the org. */
+            name: string;
+            /** @description Node names of the holders. */
+            nodes?: string[] | null;
+            /**
+             * Format: int32
+             * @description Holders; without `nodes`, that many registered nodes (healthy ones
+             *     first).
+             */
+            parties?: number | null;
+            /**
+             * @description cggmp21 (ECDSA), frost-taproot or frost-ed25519
+             * @enum {string}
+             */
             protocol: "cggmp21" | "frost-taproot" | "frost-ed25519";
+            /**
+             * Format: int32
+             * @description Signers needed: 2 to the number of holders.
+             */
             threshold: number;
         };
     };
-    responses: never;
+    responses: {
+        /** @description The signer nodes answered with a failure. Stable codes: `invalid_signature`, `signing_failed`. */
+        BadGateway: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["Error"] & {
+                    error?: {
+                        /**
+                         * @example invalid_signature
+                         * @example signing_failed
+                         */
+                        code?: string;
+                    };
+                };
+            };
+        };
+        /** @description The request cannot be read. Stable codes: `bad_body`, `bad_request`, `ciphertext_truncated`, `crypto_error`, `decrypt_failed`, `decryption_failed`, `digest_not_supported`, `hsm_ambiguous`, `hsm_error`, `hsm_invalid_response`, `hsm_login_failed`, `hsm_not_logged_in`, `hsm_token_not_found`, `invalid_ciphertext`, `invalid_ciphertext_encoding`, `invalid_ciphertext_prefix`, `invalid_data_key`, `invalid_digest`, `invalid_encoding`, `invalid_input`, `invalid_key`, `invalid_key_id`, `invalid_key_material`, `invalid_key_version`, `invalid_label`, `invalid_public_key`, `invalid_request`, `invalid_signature`, `invalid_signature_encoding`, `invalid_unseal_share`, `invalid_version`, `key_kind_mismatch`, `key_material_unusable`, `key_not_found`, `key_version_too_new`, `key_version_too_old`, `malformed_json`, `missing_environment`, `no_public_key`, `not_utf8`, `plaintext_not_utf8`, `plaintext_too_large`, `seal_mode_mismatch`, `unexpected_versions`, `unseal_failed`, `unsupported_key_size`, `unsupported_key_type`, `unsupported_mechanism`, `unsupported_operation`, `unsupported_option`, `usage_not_allowed`. */
+        BadRequest: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["Error"] & {
+                    error?: {
+                        /**
+                         * @example bad_body
+                         * @example bad_request
+                         * @example ciphertext_truncated
+                         * @example crypto_error
+                         * @example decrypt_failed
+                         * @example decryption_failed
+                         * @example digest_not_supported
+                         * @example hsm_ambiguous
+                         * @example hsm_error
+                         * @example hsm_invalid_response
+                         * @example hsm_login_failed
+                         * @example hsm_not_logged_in
+                         * @example hsm_token_not_found
+                         * @example invalid_ciphertext
+                         * @example invalid_ciphertext_encoding
+                         * @example invalid_ciphertext_prefix
+                         * @example invalid_data_key
+                         * @example invalid_digest
+                         * @example invalid_encoding
+                         * @example invalid_input
+                         * @example invalid_key
+                         * @example invalid_key_id
+                         * @example invalid_key_material
+                         * @example invalid_key_version
+                         * @example invalid_label
+                         * @example invalid_public_key
+                         * @example invalid_request
+                         * @example invalid_signature
+                         * @example invalid_signature_encoding
+                         * @example invalid_unseal_share
+                         * @example invalid_version
+                         * @example key_kind_mismatch
+                         * @example key_material_unusable
+                         * @example key_not_found
+                         * @example key_version_too_new
+                         * @example key_version_too_old
+                         * @example malformed_json
+                         * @example missing_environment
+                         * @example no_public_key
+                         * @example not_utf8
+                         * @example plaintext_not_utf8
+                         * @example plaintext_too_large
+                         * @example seal_mode_mismatch
+                         * @example unexpected_versions
+                         * @example unseal_failed
+                         * @example unsupported_key_size
+                         * @example unsupported_key_type
+                         * @example unsupported_mechanism
+                         * @example unsupported_operation
+                         * @example unsupported_option
+                         * @example usage_not_allowed
+                         */
+                        code?: string;
+                    };
+                };
+            };
+        };
+        /** @description The state does not allow it now. Stable codes: `already_exists`, `already_initialized`, `already_voted`, `approval_expired`, `approval_not_pending`, `backup_stale`, `cas_mismatch`, `credentials_issued`, `duplicate_unseal_share`, `ecdsa_committee_not_ready`, `encryption_budget_exhausted`, `hsm_not_configured`, `idempotency_conflict`, `key_exists`, `last_platform_admin`, `mfa_not_pending`, `not_initialized`, `requester_inactive`, `restore_failed`, `restore_party_mismatch`, `secret_exists`, `wallet_frozen`. */
+        Conflict: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["Error"] & {
+                    error?: {
+                        /**
+                         * @example already_exists
+                         * @example already_initialized
+                         * @example already_voted
+                         * @example approval_expired
+                         * @example approval_not_pending
+                         * @example backup_stale
+                         * @example cas_mismatch
+                         * @example credentials_issued
+                         * @example duplicate_unseal_share
+                         * @example ecdsa_committee_not_ready
+                         * @example encryption_budget_exhausted
+                         * @example hsm_not_configured
+                         * @example idempotency_conflict
+                         * @example key_exists
+                         * @example last_platform_admin
+                         * @example mfa_not_pending
+                         * @example not_initialized
+                         * @example requester_inactive
+                         * @example restore_failed
+                         * @example restore_party_mismatch
+                         * @example secret_exists
+                         * @example wallet_frozen
+                         */
+                        code?: string;
+                    };
+                };
+            };
+        };
+        /** @description Role, policy, MFA or separation of duties refuses it. Stable codes: `approval_required`, `approver_not_independent`, `export_blocked`, `forbidden`, `identity_disabled`, `identity_invalid`, `invalid_credentials`, `invalid_totp`, `mfa_locked`, `mfa_not_enrolled`, `mfa_required`, `platform_admin_protected`, `policy_denied`, `role_not_allowed`, `self_approval`. */
+        Forbidden: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["Error"] & {
+                    error?: {
+                        /**
+                         * @example approval_required
+                         * @example approver_not_independent
+                         * @example export_blocked
+                         * @example forbidden
+                         * @example identity_disabled
+                         * @example identity_invalid
+                         * @example invalid_credentials
+                         * @example invalid_totp
+                         * @example mfa_locked
+                         * @example mfa_not_enrolled
+                         * @example mfa_required
+                         * @example platform_admin_protected
+                         * @example policy_denied
+                         * @example role_not_allowed
+                         * @example self_approval
+                         */
+                        code?: string;
+                    };
+                };
+            };
+        };
+        /** @description Deleted, destroyed or deprecated. Stable codes: `key_deprecated`, `key_destroyed`, `secret_deleted`, `secret_version_destroyed`. */
+        Gone: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["Error"] & {
+                    error?: {
+                        /**
+                         * @example key_deprecated
+                         * @example key_destroyed
+                         * @example secret_deleted
+                         * @example secret_version_destroyed
+                         */
+                        code?: string;
+                    };
+                };
+            };
+        };
+        /** @description Nothing of that name or id in the caller's org. Stable codes: `not_found`, `secret_not_found`, `secret_version_not_found`. */
+        NotFound: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["Error"] & {
+                    error?: {
+                        /**
+                         * @example not_found
+                         * @example secret_not_found
+                         * @example secret_version_not_found
+                         */
+                        code?: string;
+                    };
+                };
+            };
+        };
+        /** @description The body or a value is over its limit. Stable codes: `ciphertext_too_large`, `payload_too_large`, `value_too_large`. */
+        PayloadTooLarge: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["Error"] & {
+                    error?: {
+                        /**
+                         * @example ciphertext_too_large
+                         * @example payload_too_large
+                         * @example value_too_large
+                         */
+                        code?: string;
+                    };
+                };
+            };
+        };
+        /** @description The request took too long. Stable codes: `timeout`. */
+        Timeout: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["Error"] & {
+                    error?: {
+                        /** @example timeout */
+                        code?: string;
+                    };
+                };
+            };
+        };
+        /** @description Over a rate limit; `Retry-After` says when to try again. Stable codes: `key_generation_limited`, `locked_out`, `login_throttled`, `rate_limited`. */
+        TooManyRequests: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["Error"] & {
+                    error?: {
+                        /**
+                         * @example key_generation_limited
+                         * @example locked_out
+                         * @example login_throttled
+                         * @example rate_limited
+                         */
+                        code?: string;
+                    };
+                };
+            };
+        };
+        /** @description No token, or a token that is invalid or expired. Stable codes: `conflicting_tokens`, `invalid_credentials`, `invalid_token`, `token_expired`, `unauthenticated`. */
+        Unauthorized: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["Error"] & {
+                    error?: {
+                        /**
+                         * @example conflicting_tokens
+                         * @example invalid_credentials
+                         * @example invalid_token
+                         * @example token_expired
+                         * @example unauthenticated
+                         */
+                        code?: string;
+                    };
+                };
+            };
+        };
+        /** @description Sealed, or a dependency (nodes, HSM) is not available. Stable codes: `aux_info_failed`, `backup_failed`, `crypto_error`, `decrypt_failed`, `hsm_ambiguous`, `hsm_error`, `hsm_invalid_response`, `hsm_locked`, `hsm_login_failed`, `hsm_not_logged_in`, `hsm_token_not_found`, `hsm_unavailable`, `invalid_data_key`, `invalid_digest`, `invalid_key_id`, `invalid_label`, `key_kind_mismatch`, `key_not_found`, `keygen_failed`, `login_busy`, `metrics_disabled`, `node_unavailable`, `not_initialized`, `plaintext_too_large`, `restore_failed`, `sealed`, `unsupported_key_type`, `unsupported_mechanism`, `unsupported_operation`. */
+        Unavailable: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["Error"] & {
+                    error?: {
+                        /**
+                         * @example aux_info_failed
+                         * @example backup_failed
+                         * @example crypto_error
+                         * @example decrypt_failed
+                         * @example hsm_ambiguous
+                         * @example hsm_error
+                         * @example hsm_invalid_response
+                         * @example hsm_locked
+                         * @example hsm_login_failed
+                         * @example hsm_not_logged_in
+                         * @example hsm_token_not_found
+                         * @example hsm_unavailable
+                         * @example invalid_data_key
+                         * @example invalid_digest
+                         * @example invalid_key_id
+                         * @example invalid_label
+                         * @example key_kind_mismatch
+                         * @example key_not_found
+                         * @example keygen_failed
+                         * @example login_busy
+                         * @example metrics_disabled
+                         * @example node_unavailable
+                         * @example not_initialized
+                         * @example plaintext_too_large
+                         * @example restore_failed
+                         * @example sealed
+                         * @example unsupported_key_type
+                         * @example unsupported_mechanism
+                         * @example unsupported_operation
+                         */
+                        code?: string;
+                    };
+                };
+            };
+        };
+        /** @description The request is read but a value is not valid. Stable codes: `data_too_large`, `duplicate_node`, `hsm_mechanism_unsupported`, `invalid_address`, `invalid_algorithm`, `invalid_backend`, `invalid_batch`, `invalid_body`, `invalid_committee`, `invalid_cursor`, `invalid_derivation_path`, `invalid_digest`, `invalid_encoding`, `invalid_environment`, `invalid_expiry`, `invalid_hex`, `invalid_idempotency_key`, `invalid_key_type`, `invalid_message`, `invalid_min_decryption_version`, `invalid_name`, `invalid_nodes`, `invalid_parties`, `invalid_policy`, `invalid_public_key`, `invalid_purpose`, `invalid_quantity`, `invalid_query`, `invalid_request`, `invalid_role`, `invalid_rotation`, `invalid_seal_parameters`, `invalid_tags`, `invalid_threshold`, `invalid_usage`, `invalid_webhook_url`, `message_too_large`, `missing_subject`, `not_a_holder`, `unknown_node`, `unsupported_chain`, `unsupported_payload`, `unsupported_protocol`, `unsupported_setting`. */
+        Unprocessable: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["Error"] & {
+                    error?: {
+                        /**
+                         * @example data_too_large
+                         * @example duplicate_node
+                         * @example hsm_mechanism_unsupported
+                         * @example invalid_address
+                         * @example invalid_algorithm
+                         * @example invalid_backend
+                         * @example invalid_batch
+                         * @example invalid_body
+                         * @example invalid_committee
+                         * @example invalid_cursor
+                         * @example invalid_derivation_path
+                         * @example invalid_digest
+                         * @example invalid_encoding
+                         * @example invalid_environment
+                         * @example invalid_expiry
+                         * @example invalid_hex
+                         * @example invalid_idempotency_key
+                         * @example invalid_key_type
+                         * @example invalid_message
+                         * @example invalid_min_decryption_version
+                         * @example invalid_name
+                         * @example invalid_nodes
+                         * @example invalid_parties
+                         * @example invalid_policy
+                         * @example invalid_public_key
+                         * @example invalid_purpose
+                         * @example invalid_quantity
+                         * @example invalid_query
+                         * @example invalid_request
+                         * @example invalid_role
+                         * @example invalid_rotation
+                         * @example invalid_seal_parameters
+                         * @example invalid_tags
+                         * @example invalid_threshold
+                         * @example invalid_usage
+                         * @example invalid_webhook_url
+                         * @example message_too_large
+                         * @example missing_subject
+                         * @example not_a_holder
+                         * @example unknown_node
+                         * @example unsupported_chain
+                         * @example unsupported_payload
+                         * @example unsupported_protocol
+                         * @example unsupported_setting
+                         */
+                        code?: string;
+                    };
+                };
+            };
+        };
+        /** @description Send JSON with content-type application/json. Stable codes: `unsupported_media_type`. */
+        UnsupportedMediaType: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["Error"] & {
+                    error?: {
+                        /** @example unsupported_media_type */
+                        code?: string;
+                    };
+                };
+            };
+        };
+    };
     parameters: never;
     requestBodies: never;
     headers: never;
     pathItems: never;
 }
 export type $defs = Record<string, never>;
-export type operations = Record<string, never>;
+export interface operations {
+    approvalsListApprovals: {
+        parameters: {
+            query?: {
+                status?: "pending" | "approved" | "rejected" | "expired";
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{items: [approval]}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    approvalsGetApproval: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The approval's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{id, requestId | operationId, action, resource, requestedBy, requestHash, required: {count, roles, requireMFA}, rule, approvals: [{identity, decision, mfa, at}], status, expiresAt, createdAt}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    approvalsApprove: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The approval's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        /** @description Optional: an empty body votes without a code or comment */
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["VoteRequest"] | null;
+            };
+        };
+        responses: {
+            /** @description `{id, requestId | operationId, action, resource, requestedBy, requestHash, required: {count, roles, requireMFA}, rule, approvals: [{identity, decision, mfa, at}], status, expiresAt, createdAt}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    approvalsReject: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The approval's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        /** @description Optional: an empty body votes without a code or comment */
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["VoteRequest"] | null;
+            };
+        };
+        responses: {
+            /** @description `{id, requestId | operationId, action, resource, requestedBy, requestHash, required: {count, roles, requireMFA}, rule, approvals: [{identity, decision, mfa, at}], status, expiresAt, createdAt}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    auditListAudit: {
+        parameters: {
+            query?: {
+                /** @description One action (exact, `prefix*` or `*suffix`). */
+                action?: string;
+                /**
+                 * @description Several, comma-separated: full actions, globs, or verbs alone
+                 *     (`create,sign,rotate,access`: a verb matches that verb of every
+                 *     kind, `access` the reads).
+                 */
+                actions?: string;
+                /** @description The `nextCursor` of the previous page. */
+                cursor?: string;
+                /** @description Unix ms, or an RFC 3339 date or time (`2025-01-01`). */
+                from?: string;
+                /** @description An identity's id. */
+                identity?: string;
+                /**
+                 * @description A key of the registry: its records (`key:<its name>`); not with
+                 *     `resource`.
+                 */
+                keyId?: string;
+                /**
+                 * @description Records per page: 1 to 1000 (values outside are clamped), 100 by
+                 *     default.
+                 */
+                limit?: number;
+                /**
+                 * @description A resource: exact, or a prefix ending in `*` (`wallet:*`); not with
+                 *     `keyId`.
+                 */
+                resource?: string;
+                /** @description Unix ms, or an RFC 3339 date (the whole day is included) or time. */
+                to?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{items: [{seq, action, resource, identity, org, ip, approved, outcome, requestId, detail, timestamp, prevHash, hash}], nextCursor}` (`nextCursor` is null on the last page) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    auditVerifyAudit: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The verification's report */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VerifyReport"];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    identitiesToken: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TokenRequest"];
+            };
+        };
+        responses: {
+            /** @description `{accessToken, tokenType: "Bearer", expiresIn}` (seconds) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            /** @description `invalid_credentials` */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `identity_disabled` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            /** @description `login_throttled` or `locked_out` */
+            429: {
+                headers: {
+                    /** @description Seconds to wait */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    identitiesList: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{items}`: the org's identities */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    identitiesCreate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["IdentityRequest"];
+            };
+        };
+        responses: {
+            /** @description The identity with its `clientSecret`, shown once */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Waits for an approval */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pending"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    identitiesShow: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The identity's id (`idn_…`) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The identity */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Identity"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    identitiesUpdate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The identity's id (`idn_…`) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["IdentityUpdateRequest"];
+            };
+        };
+        responses: {
+            /** @description The identity: `{id, orgId, name, role, status, clientId, platformAdmin, mfa, mfaPending, createdBy, createdAt}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Waits for an approval */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pending"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    identitiesRemove: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The identity's id (`idn_…`) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{id, name, deleted: true, revokedTokens}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Waits for approvals */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pending"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    identitiesFirstSecret: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The identity's id (`idn_…`) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{id, clientId, clientSecret}`, shown once */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    identitiesDisable: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The identity's id (`idn_…`) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The identity (`status: disabled`) and its `revokedTokens` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Waits for an approval (when the org's policy asks for one) */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pending"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    identitiesEnable: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The identity's id (`idn_…`) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The identity: `{id, orgId, name, role, status, clientId, platformAdmin, mfa, mfaPending, createdBy, createdAt}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Waits for an approval */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pending"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    identitiesEnrollMfa: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The identity's id (`idn_…`) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        /** @description May be empty; the code may come as `X-Custos-TOTP` instead */
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MfaEnrolRequest"];
+            };
+        };
+        responses: {
+            /** @description `{otpauthUri}` of the pending secret */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    identitiesConfirmMfa: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The identity's id (`idn_…`) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MfaConfirmRequest"];
+            };
+        };
+        responses: {
+            /** @description `{id, mfa: true}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    identitiesResetMfa: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The identity's id (`idn_…`) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The identity: `{id, orgId, name, role, status, clientId, platformAdmin, mfa, mfaPending, createdBy, createdAt}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Waits for an approval */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pending"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    identitiesRotateSecret: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The identity's id (`idn_…`) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RotateSecretRequest"];
+            };
+        };
+        responses: {
+            /** @description `{id, clientId, clientSecret, revokedTokens}`: the new secret, shown once */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    identitiesListTokens: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The identity's id (`idn_…`) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{items: [{id, createdAt, expiresAt, ip}]}`, oldest first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    identitiesRevokeAll: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The identity's id (`idn_…`) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{revoked}`: how many */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    identitiesRevokeOne: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The identity's id (`idn_…`) */
+                id: string;
+                /** @description The token's id (`tok_…`) */
+                tokenId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{revoked: 1}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    keysList: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{items}`: every key of the org (no public keys) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    keysCreate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["KeyCreateRequest"];
+            };
+        };
+        responses: {
+            /** @description The key: `{id, name, type, usage, backend, state, version, createdAt}`, with `publicKey` (PEM, asymmetric keys), `rotation: {periodDays}`, `nextRotationAt`, `purpose`, `subject`, `expiresAt` and `destroyAt` when they apply */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    keysRead: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's id (`key_…`) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The key: `{id, name, type, usage, backend, state, version, createdAt}`, with `publicKey` (PEM, asymmetric keys), `rotation: {periodDays}`, `nextRotationAt`, `purpose`, `subject`, `expiresAt` and `destroyAt` when they apply */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    keysDestroy: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's id (`key_…`) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The key, `state: destroyed`, its material gone */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Waits for approvals */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pending"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    keysDecrypt: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's id (`key_…`) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["KeyDecryptRequest"];
+            };
+        };
+        responses: {
+            /** @description `{plaintext}`: UTF-8 text, or base64 when asked */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    keysEncrypt: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's id (`key_…`) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["KeyEncryptRequest"];
+            };
+        };
+        responses: {
+            /** @description `{ciphertext, version}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    keysPublicKey: {
+        parameters: {
+            query?: {
+                /** @description The version (the latest when absent). */
+                version?: number;
+            };
+            header?: never;
+            path: {
+                /** @description The key's id (`key_…`) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{id, version, type, algorithm, publicKey, publicKeyDer}`: PEM, and base64 of the DER */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    keysRotate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's id (`key_…`) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The key: `{id, name, type, usage, backend, state, version, createdAt}`, with `publicKey` (PEM, asymmetric keys), `rotation: {periodDays}`, `nextRotationAt`, `purpose`, `subject`, `expiresAt` and `destroyAt` when they apply */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Waits for an approval */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pending"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    keysSign: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's id (`key_…`) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["KeySignRequest"];
+            };
+        };
+        responses: {
+            /** @description `{signature, version, algorithm}`: base64 (DER for ECDSA) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    keysUnwrap: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's id (`key_…`) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["KeyUnwrapRequest"];
+            };
+        };
+        responses: {
+            /** @description `{key}`: base64 of the data key */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    keysVerify: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's id (`key_…`) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["KeySignRequest"] & {
+                    signature: string;
+                };
+            };
+        };
+        responses: {
+            /** @description `{valid, version}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    keysWrap: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's id (`key_…`) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["KeyWrapRequest"];
+            };
+        };
+        responses: {
+            /** @description `{wrapped, version}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    nodesListNodes: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{items: [{id, name, peerId, address, status, lastSeen}]}`; status is `healthy`, `unreachable` or `unknown` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    nodesListCommittees: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{items: [{nodes, ready, runs, lastError, preparingSince, updatedAt}]}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    nodesPrepareCommittee: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CommitteeRequest"];
+            };
+        };
+        responses: {
+            /** @description `{nodes, ready: true}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    sysOpenapiJson: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The OpenAPI 3.1 document */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    approvalsGetOperation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The operation's id (`operationId` of a `202`) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{id, action, resource, requestedBy, requestHash, status, approvalId, createdAt, updatedAt, result?, error?}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    orgsCreateOrg: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["OrgRequest"];
+            };
+        };
+        responses: {
+            /** @description `{id, name}` */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    orgsResealPolicies: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The org's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{org, resealed: true, policies: [{id, name, priority, rules}]}` (`rules`: how many) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    orgsListPolicies: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{items: [policy]}`, a policy being `{id, name, priority, rules: [PolicyRule], createdAt}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    orgsCreatePolicy: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PolicyRequest"];
+            };
+        };
+        responses: {
+            /** @description `{id, name, priority, rules: [PolicyRule], createdAt}` */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Waits for an approval */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pending"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    orgsGetPolicy: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The policy's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{id, name, priority, rules: [PolicyRule], createdAt}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    orgsUpdatePolicy: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The policy's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PolicyRequest"];
+            };
+        };
+        responses: {
+            /** @description `{id, name, priority, rules: [PolicyRule], createdAt}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Waits for an approval */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pending"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    secretsList: {
+        parameters: {
+            query?: {
+                /** @description Only this environment's secrets. */
+                environment?: string;
+                /** @description Soft-deleted secrets too (they carry `deletedAt`). */
+                includeDeleted?: boolean;
+                /** @description Comma-separated tags (`a,b`): only secrets carrying every one. */
+                tags?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{items: [{name, environment, version, tags, createdAt, updatedAt, deletedAt?}]}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    secretsCreate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SecretCreateRequest"];
+            };
+        };
+        responses: {
+            /** @description `{name, environment, version, tags, createdAt, updatedAt}` (the new version's metadata) */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Waits for an approval (when the policy asks for one) */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pending"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    secretsRead: {
+        parameters: {
+            query: {
+                /**
+                 * @description The secret's environment (required: `400 missing_environment`
+                 *     without it).
+                 */
+                environment: string;
+                /** @description The version to read (from 1); the current one when absent. */
+                version?: number;
+            };
+            header?: never;
+            path: {
+                /** @description The secret's name (`/` percent-encoded) */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{name, environment, version, latestVersion, tags, createdAt, updatedAt, value}`: `createdAt` is the version's */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    secretsUpdate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The secret's name (`/` percent-encoded) */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SecretUpdateRequest"];
+            };
+        };
+        responses: {
+            /** @description `{name, environment, version, tags, createdAt, updatedAt}` (the new version's metadata) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Waits for an approval */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pending"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    secretsDelete: {
+        parameters: {
+            query: {
+                /**
+                 * @description The secret's environment (required: `400 missing_environment`
+                 *     without it).
+                 */
+                environment: string;
+            };
+            header?: never;
+            path: {
+                /** @description The secret's name (`/` percent-encoded) */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{name, environment, deleted: true}` (when the policy allows it at once) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Waits for an approval */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pending"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    secretsDestroy: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The secret's name (`/` percent-encoded) */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SecretTargetRequest"];
+            };
+        };
+        responses: {
+            /** @description `{name, environment, destroyed}`: `"all"` or the versions (when the policy allows it at once) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Waits for an approval */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pending"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    secretsRestore: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The secret's name (`/` percent-encoded) */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SecretTargetRequest"];
+            };
+        };
+        responses: {
+            /** @description `{name, environment, version, tags, createdAt, updatedAt}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Waits for an approval (when the policy asks for one) */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pending"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    secretsRotate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The secret's name (`/` percent-encoded) */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SecretRotateRequest"];
+            };
+        };
+        responses: {
+            /** @description `{name, environment, version, tags, createdAt, updatedAt, webhookDelivery?}` (the new version's metadata; `webhookDelivery` with `notifyWebhook`) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Waits for an approval (when the policy asks for one) */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pending"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    secretsVersions: {
+        parameters: {
+            query: {
+                /**
+                 * @description The secret's environment (required: `400 missing_environment`
+                 *     without it).
+                 */
+                environment: string;
+            };
+            header?: never;
+            path: {
+                /** @description The secret's name (`/` percent-encoded) */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The secret's metadata with `versions: [{version, createdBy, createdAt, destroyedAt}]` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    walletsGetSigningRequest: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The signing request's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The request: `{requestId, kind, walletId, status, approvalId?, error?, createdAt, updatedAt}` and, once signed, the result's fields (`signature`, `digest`, `rawTransaction`...) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    sysCoordinatorKey: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{publicKey}`: hex of the coordinator's Ed25519 key */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    sysHealth: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{status, sealed, initialized, version}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    sysInit: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["InitRequest"];
+            };
+        };
+        responses: {
+            /** @description `{unsealShares, rootClientId, rootClientSecret, sealed}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    sysSeal: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{sealed: true}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    sysSealStatus: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The seal status */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SealStatus"];
+                };
+            };
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    sysUnseal: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UnsealRequest"];
+            };
+        };
+        responses: {
+            /** @description `{sealed, progress, threshold}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    transitDatakey: {
+        parameters: {
+            query?: {
+                /** @description `true`: answer the wrapped key only, without its plaintext. */
+                wrappedOnly?: boolean;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TransitDatakeyRequest"];
+            };
+        };
+        responses: {
+            /** @description `{ciphertext, keyVersion, plaintext?}`: the data key wrapped, and in base64 unless `wrappedOnly` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    transitDecrypt: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TransitDecryptRequest"];
+            };
+        };
+        responses: {
+            /** @description `{plaintext}`, or for a batch `{batch: [{plaintext} | {error: {code, message}}]}` in order */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    transitEncrypt: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TransitEncryptRequest"];
+            };
+        };
+        responses: {
+            /** @description `{ciphertext, keyVersion}`, or for a batch `{batch: [{ciphertext, keyVersion} | {error: {code, message}}]}` in order */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    transitHmac: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TransitHmacRequest"];
+            };
+        };
+        responses: {
+            /** @description `{hmac}`: `vault:v<N>:` and base64 */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    transitCreateKey: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TransitKeyRequest"];
+            };
+        };
+        responses: {
+            /** @description `{name, type, latestVersion, minDecryptionVersion, publicKeys: [{version, publicKey}], exportable: false, createdAt}` */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    transitReadKey: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{name, type, latestVersion, minDecryptionVersion, publicKeys: [{version, publicKey}], exportable: false, createdAt}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    transitConfigure: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TransitConfigRequest"];
+            };
+        };
+        responses: {
+            /** @description `{name, type, latestVersion, minDecryptionVersion, publicKeys: [{version, publicKey}], exportable: false, createdAt}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Waits for an approval (when the policy asks for one) */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pending"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    transitRotateKey: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{name, type, latestVersion, minDecryptionVersion, publicKeys: [{version, publicKey}], exportable: false, createdAt}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Waits for an approval */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pending"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    transitRewrap: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TransitRewrapRequest"];
+            };
+        };
+        responses: {
+            /** @description `{ciphertext, keyVersion}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    transitSign: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TransitSignRequest"];
+            };
+        };
+        responses: {
+            /** @description `{signature, keyVersion}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    transitVerify: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TransitSignRequest"] & {
+                    signature: string;
+                };
+            };
+        };
+        responses: {
+            /** @description `{valid}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    walletsListWallets: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{items: [Wallet]}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    walletsCreateWallet: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WalletRequest"];
+            };
+        };
+        responses: {
+            /** @description The new wallet */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Wallet"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    walletsGetWallet: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The wallet's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The wallet */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Wallet"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    walletsWalletAddress: {
+        parameters: {
+            query?: {
+                /**
+                 * @description Non-hardened derivation path, `m/0/5`; default `m` (the wallet's
+                 *     own key).
+                 */
+                path?: string;
+            };
+            header?: never;
+            path: {
+                /** @description The wallet's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{path, publicKey, address}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    backupsList: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The wallet's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{items: [{id, walletId, node, party, curve, generation, metaDigest, sealedBytes, createdBy, createdAt, restoredAt}]}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    backupsCreate: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The wallet's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["BackupRequest"];
+            };
+        };
+        responses: {
+            /** @description `{backups: [{id, walletId, node, party, curve, generation, metaDigest, sealedBytes, createdBy, createdAt, restoredAt}], failed: [{node, code, message}]}`: at least one backup was made */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    backupsRead: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The backup's id */
+                backup: string;
+                /** @description The wallet's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{id, walletId, node, party, curve, generation, metaDigest, sealedBytes, createdBy, createdAt, restoredAt}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    backupsRestore: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The backup's id */
+                backup: string;
+                /** @description The wallet's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RestoreRequest"];
+            };
+        };
+        responses: {
+            /** @description Restored at once: `{restored: true, backupId, walletId, node, generation}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Waits for an approval */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pending"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    walletsFreezeWallet: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The wallet's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        /** @description Optional: an empty body freezes without a reason */
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["FreezeRequest"] | null;
+            };
+        };
+        responses: {
+            /** @description `{walletId, frozen: true, freeze: {at, by, reason?}}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    walletsReshare: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The wallet's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ReshareRequest"];
+            };
+        };
+        responses: {
+            /** @description The request: `{requestId, kind, walletId, status, approvalId?, error?, createdAt, updatedAt}` and, once signed, the result's fields (`signature`, `digest`, `rawTransaction`...) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Not done yet (`status` `pending_approval` with its `approvalId`, or `queued` / `signing`): the same shape; follow it at `GET /api/v1/signing-requests/{id}` */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    walletsSign: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The wallet's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SignRequest"];
+            };
+        };
+        responses: {
+            /** @description The request: `{requestId, kind, walletId, status, approvalId?, error?, createdAt, updatedAt}` and, once signed, the result's fields (`signature`, `digest`, `rawTransaction`...) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Not signed yet (`status` `pending_approval` with its `approvalId`, or `queued` / `signing`): the same shape; follow it at `GET /api/v1/signing-requests/{id}` */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    walletsUnfreezeWallet: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The wallet's id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Unfrozen at once: `{walletId, frozen: false}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Waits for an approval */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pending"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            502: components["responses"]["BadGateway"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    webhooksGetDelivery: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The delivery's id (`webhookDelivery` of a rotation) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{id, url, event, status, attempts, lastError, createdAt, updatedAt}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    webhooksWebhookSigningSecret: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{signingSecret, algorithm: "HMAC-SHA256", signatureHeader, signedContent}`: hex secret; the signature covers `<x-custos-timestamp>.<body>` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    sysMetricsText: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The metrics */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/plain": string;
+                };
+            };
+            503: components["responses"]["Unavailable"];
+        };
+    };
+    vaultTransitDatakey: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description `plaintext` (the answer holds the key in base64 too) or `wrapped` (only its ciphertext); anything else is refused (`422`) */
+                kind: "plaintext" | "wrapped";
+                /** @description The key's name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["VaultTransitDatakeyRequest"] | null;
+            };
+        };
+        responses: {
+            /** @description `{data: {ciphertext, key_version, plaintext?}}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    vaultTransitDecrypt: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VaultTransitDecryptRequest"];
+            };
+        };
+        responses: {
+            /** @description `{data: {plaintext}}` (base64), or for `batch_input` `{data: {batch_results: [{plaintext} | {error, code}]}}` in order */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    vaultTransitEncrypt: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VaultTransitEncryptRequest"];
+            };
+        };
+        responses: {
+            /** @description `{data: {ciphertext, key_version}}`, or for `batch_input` `{data: {batch_results: [{ciphertext, key_version} | {error, code}]}}` in order */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    vaultTransitHmac: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VaultTransitHmacRequest"];
+            };
+        };
+        responses: {
+            /** @description `{data: {hmac}}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    vaultTransitHmacWithAlgorithm: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The HMAC's hash (`sha2-256`, `sha2-384`, `sha2-512`); wins over `algorithm` in the body */
+                algorithm: "sha2-256" | "sha2-384" | "sha2-512";
+                /** @description The key's name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @description Not read: the path names it (and wins). */
+                    algorithm?: unknown;
+                    /** @description Base64 of the input. */
+                    input: string;
+                };
+            };
+        };
+        responses: {
+            /** @description `{data: {hmac}}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    vaultTransitReadKey: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{data: {name, type, latest_version, min_decryption_version, min_encryption_version, deletion_allowed, exportable, allow_plaintext_backup, derived, supports_encryption, supports_decryption, supports_signing, keys}}`; `keys` maps each version still decrypting to its creation time (seconds) or `{public_key}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    vaultTransitCreateKey: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["VaultTransitKeyRequest"] | null;
+            };
+        };
+        responses: {
+            /** @description `{data: {name, type, latest_version, min_decryption_version, min_encryption_version, deletion_allowed, exportable, allow_plaintext_backup, derived, supports_encryption, supports_decryption, supports_signing, keys}}`; `keys` maps each version still decrypting to its creation time (seconds) or `{public_key}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    vaultTransitConfigure: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VaultTransitConfigRequest"];
+            };
+        };
+        responses: {
+            /** @description `{data: {name, type, latest_version, min_decryption_version, min_encryption_version, deletion_allowed, exportable, allow_plaintext_backup, derived, supports_encryption, supports_decryption, supports_signing, keys}}`; `keys` maps each version still decrypting to its creation time (seconds) or `{public_key}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Waits for an approval (when the policy asks for one) */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pending"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    vaultTransitRotateKey: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `{data: {name, type, latest_version, min_decryption_version, min_encryption_version, deletion_allowed, exportable, allow_plaintext_backup, derived, supports_encryption, supports_decryption, supports_signing, keys}}`; `keys` maps each version still decrypting to its creation time (seconds) or `{public_key}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Waits for an approval */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Pending"];
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    vaultTransitRewrap: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VaultTransitRewrapRequest"];
+            };
+        };
+        responses: {
+            /** @description `{data: {ciphertext, key_version}}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    vaultTransitSign: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VaultTransitSignRequest"];
+            };
+        };
+        responses: {
+            /** @description `{data: {signature, key_version}}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    vaultTransitSignWithHash: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The hash algorithm (`sha2-256`, `sha2-384`, `sha2-512`, `none`); wins over `hash_algorithm` */
+                hash: "sha2-256" | "sha2-384" | "sha2-512" | "none";
+                /** @description The key's name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @description Not read: the path names it (and wins). */
+                    hash_algorithm?: unknown;
+                    /** @description Base64 of the input (of its digest when `prehashed`). */
+                    input: string;
+                    /**
+                     * @description `asn1` when absent (DER, standard base64); `jws`: fixed-width `r || s`, base64url
+                     * @enum {string}
+                     */
+                    marshaling_algorithm?: "asn1" | "jws";
+                    /**
+                     * @description The input is already a digest made with the hash algorithm (not for
+                     *     Ed25519).
+                     */
+                    prehashed?: boolean | null;
+                    /** @description `verify` only, where it is required: the `vault:v<N>:` signature. */
+                    signature?: string | null;
+                    /**
+                     * @description RSA padding in Vault; accepted and without effect (no RSA transit keys); any other value is refused
+                     * @enum {string}
+                     */
+                    signature_algorithm?: "pkcs1v15" | "pss";
+                };
+            };
+        };
+        responses: {
+            /** @description `{data: {signature, key_version}}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    vaultTransitVerify: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VaultTransitSignRequest"] & {
+                    signature: string;
+                };
+            };
+        };
+        responses: {
+            /** @description `{data: {valid}}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+    vaultTransitVerifyWithHash: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The hash algorithm (`sha2-256`, `sha2-384`, `sha2-512`, `none`); wins over `hash_algorithm` */
+                hash: "sha2-256" | "sha2-384" | "sha2-512" | "none";
+                /** @description The key's name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @description Not read: the path names it (and wins). */
+                    hash_algorithm?: unknown;
+                    /** @description Base64 of the input (of its digest when `prehashed`). */
+                    input: string;
+                    /**
+                     * @description `asn1` when absent (DER, standard base64); `jws`: fixed-width `r || s`, base64url
+                     * @enum {string}
+                     */
+                    marshaling_algorithm?: "asn1" | "jws";
+                    /**
+                     * @description The input is already a digest made with the hash algorithm (not for
+                     *     Ed25519).
+                     */
+                    prehashed?: boolean | null;
+                    /** @description `verify` only, where it is required: the `vault:v<N>:` signature. */
+                    signature?: string | null;
+                    /**
+                     * @description RSA padding in Vault; accepted and without effect (no RSA transit keys); any other value is refused
+                     * @enum {string}
+                     */
+                    signature_algorithm?: "pkcs1v15" | "pss";
+                } & {
+                    signature: string;
+                };
+            };
+        };
+        responses: {
+            /** @description `{data: {valid}}` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            400: components["responses"]["BadRequest"];
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["NotFound"];
+            409: components["responses"]["Conflict"];
+            410: components["responses"]["Gone"];
+            413: components["responses"]["PayloadTooLarge"];
+            415: components["responses"]["UnsupportedMediaType"];
+            422: components["responses"]["Unprocessable"];
+            429: components["responses"]["TooManyRequests"];
+            503: components["responses"]["Unavailable"];
+            504: components["responses"]["Timeout"];
+        };
+    };
+}

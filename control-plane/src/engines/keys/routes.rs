@@ -11,35 +11,88 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::openapi::schema::Schema;
+use utoipa::openapi::RefOr;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 use zeroize::Zeroizing;
 
 use crate::engines::keys::engine::{KeyType, Signed, Usage};
 use crate::engines::keys::{self, KeyRow, NewKey};
-use crate::http::{authorize, record, ApiJson};
+use crate::http::openapi::{schema_from, Pending};
+use crate::http::{authorize, record, ApiJson, ApiRouter};
 use crate::kernel::auth::Caller;
 use crate::kernel::error::{AppError, AppResult, ErrorKind};
 use crate::kernel::operations::{self, Gate};
 use crate::kernel::state::AppState;
 
 /// The key registry's routes.
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/api/v1/keys", post(create).get(list))
-        .route("/api/v1/keys/{id}", get(read).delete(destroy))
-        .route("/api/v1/keys/{id}/public-key", get(public_key))
-        .route("/api/v1/keys/{id}/rotate", post(rotate))
-        .route("/api/v1/keys/{id}/sign", post(sign))
-        .route("/api/v1/keys/{id}/verify", post(verify))
-        .route("/api/v1/keys/{id}/encrypt", post(encrypt))
-        .route("/api/v1/keys/{id}/decrypt", post(decrypt))
-        .route("/api/v1/keys/{id}/wrap", post(wrap))
-        .route("/api/v1/keys/{id}/unwrap", post(unwrap))
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(read, destroy))
+        .routes(routes!(public_key))
+        .routes(routes!(rotate))
+        .routes(routes!(sign))
+        .routes(routes!(verify))
+        .routes(routes!(encrypt))
+        .routes(routes!(decrypt))
+        .routes(routes!(wrap))
+        .routes(routes!(unwrap))
+}
+
+/// A key's view, as the registry answers it.
+const KEY_VIEW: &str = "The key: `{id, name, type, usage, backend, state, version, createdAt}`, \
+    with `publicKey` (PEM, asymmetric keys), `rotation: {periodDays}`, `nextRotationAt`, \
+    `purpose`, `subject`, `expiresAt` and `destroyAt` when they apply";
+
+/// `usage`: a usage's name, or the seed SDKs' list of one pair's
+/// operations ([`UsageField`]).
+fn usage_schema() -> RefOr<Schema> {
+    schema_from(json!({"oneOf": [
+        {"type": "string", "enum": ["ENCRYPT_DECRYPT", "SIGN_VERIFY", "WRAP_UNWRAP"]},
+        {"type": "array", "minItems": 1, "items": {"type": "string", "enum": ["encrypt", "decrypt", "sign", "verify", "wrap", "unwrap"]}, "description": "one pair's operations"},
+    ]}))
+}
+
+/// `rotation`: `{periodDays}` or a duration of whole days ([`Rotation`]).
+fn rotation_schema() -> RefOr<Schema> {
+    schema_from(json!({"oneOf": [
+        {"type": "object", "additionalProperties": false, "required": ["periodDays"],
+            "properties": {"periodDays": {"type": "integer", "minimum": 1, "maximum": 3650}}},
+        {"type": "string", "description": "a duration of whole days: 90d, 2w, 720h"},
+    ]}))
+}
+
+/// `type`: one of [`KeyType::ALL`].
+fn key_type_schema() -> RefOr<Schema> {
+    schema_from(json!({"type": "string", "enum": KeyType::ALL.map(KeyType::as_str)}))
+}
+
+/// `backend`: software (the default) or hsm.
+fn backend_schema() -> RefOr<Schema> {
+    schema_from(json!({"type": "string", "enum": ["software", "hsm"]}))
+}
+
+/// `purpose`: only client-side encryption (or absent).
+fn purpose_schema() -> RefOr<Schema> {
+    schema_from(json!({"type": "string", "enum": [keys::CLIENT_SIDE_ENCRYPTION]}))
+}
+
+/// The encoding of a message or plaintext given to sign or encrypt
+/// ([`decode`]).
+fn input_encoding_schema() -> RefOr<Schema> {
+    schema_from(json!({"type": "string", "enum": ["utf8", "base64", "hex"]}))
+}
+
+/// The encoding of a decrypted plaintext.
+fn output_encoding_schema() -> RefOr<Schema> {
+    schema_from(json!({"type": "string", "enum": ["utf8", "base64"]}))
 }
 
 #[derive(Deserialize)]
@@ -127,23 +180,30 @@ impl UsageField {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = KeyCreateRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CreateRequest {
     #[serde(default)]
     name: Option<String>,
     #[serde(rename = "type")]
+    #[schema(schema_with = key_type_schema)]
     key_type: String,
+    #[schema(schema_with = usage_schema)]
     usage: UsageField,
     #[serde(default)]
+    #[schema(schema_with = rotation_schema)]
     rotation: Option<Rotation>,
     #[serde(default)]
+    #[schema(schema_with = backend_schema)]
     backend: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = purpose_schema)]
     purpose: Option<String>,
     #[serde(default)]
     subject: Option<String>,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 365)]
     expires_in_days: Option<i64>,
 }
 
@@ -254,6 +314,9 @@ fn new_key(request: CreateRequest) -> AppResult<NewKey> {
     })
 }
 
+/// Create a registry key (software or HSM; client-side encryption keys with a subject).
+#[utoipa::path(post, path = "/api/v1/keys", tag = "keys", request_body = CreateRequest,
+    responses((status = 201, description = KEY_VIEW, body = Value)))]
 async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -279,6 +342,9 @@ async fn create(
     Ok((StatusCode::CREATED, Json(key.to_json(public.as_deref()))))
 }
 
+/// The org's registry keys.
+#[utoipa::path(get, path = "/api/v1/keys", tag = "keys",
+    responses((status = 200, description = "`{items}`: every key of the org (no public keys)", body = Value)))]
 async fn list(State(state): State<Arc<AppState>>, caller: Caller) -> AppResult<Json<Value>> {
     crate::http::audited_read(&state, &caller, "key.read", "key:*").await?;
     let items: Vec<Value> = keys::list(&state.db, &caller.org)
@@ -329,6 +395,10 @@ async fn finish(
     Ok(())
 }
 
+/// A registry key (with its latest public key).
+#[utoipa::path(get, path = "/api/v1/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "The key's id (`key_…`)")),
+    responses((status = 200, description = KEY_VIEW, body = Value)))]
 async fn read(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -340,13 +410,22 @@ async fn read(
     Ok(Json(key.to_json(public.as_deref())))
 }
 
-#[derive(Deserialize)]
+/// `?version=`: a version of the key (its latest when absent).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct VersionQuery {
+    /// The version (the latest when absent).
     #[serde(default)]
     version: Option<i64>,
 }
 
+/// A version's public key (?version=), PEM and DER.
+#[utoipa::path(get, path = "/api/v1/keys/{id}/public-key", tag = "keys",
+    params(("id" = String, Path, description = "The key's id (`key_…`)"), VersionQuery),
+    responses((status = 200,
+        description = "`{id, version, type, algorithm, publicKey, publicKeyDer}`: PEM, and base64 of the DER",
+        body = Value)))]
 async fn public_key(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -411,17 +490,26 @@ fn digest(text: &str) -> AppResult<[u8; 32]> {
         .ok_or_else(|| AppError::bad_request("invalid_digest", "digest is hex of 32 bytes"))
 }
 
-#[derive(Deserialize)]
+/// A sign or a verify request: `message` or `digest` (one of them);
+/// `signature` and `version` for verify only.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = KeySignRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct SignRequest {
+    /// The message, in `encoding` (UTF-8 text by default).
     #[serde(default)]
     message: Option<String>,
+    /// Hex of a SHA-256 digest (32 bytes), instead of a message.
     #[serde(default)]
+    #[schema(pattern = r"^(?:0x)*[0-9a-fA-F]{64}$")]
     digest: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = input_encoding_schema)]
     encoding: Option<String>,
+    /// Verify only: the signature, base64.
     #[serde(default)]
     signature: Option<String>,
+    /// Verify only: the version that signed (the latest when absent).
     #[serde(default)]
     version: Option<i64>,
     /// The algorithm the caller expects (`ECDSA_SHA_256`; the seed SDKs
@@ -467,6 +555,10 @@ fn signed_input(request: &SignRequest) -> AppResult<Signed> {
     }
 }
 
+/// Sign a message or a SHA-256 digest.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/sign", tag = "keys", request_body = SignRequest,
+    params(("id" = String, Path, description = "The key's id (`key_…`)")),
+    responses((status = 200, description = "`{signature, version, algorithm}`: base64 (DER for ECDSA)", body = Value)))]
 async fn sign(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -499,6 +591,10 @@ async fn sign(
     })))
 }
 
+/// Verify a signature.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/verify", tag = "keys", request_body = SignRequest,
+    params(("id" = String, Path, description = "The key's id (`key_…`)")),
+    responses((status = 200, description = "`{valid, version}`", body = Value)))]
 async fn verify(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -527,16 +623,22 @@ async fn verify(
     Ok(Json(json!({"valid": valid, "version": version})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = KeyEncryptRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct EncryptRequest {
     plaintext: String,
     #[serde(default)]
+    #[schema(schema_with = input_encoding_schema)]
     encoding: Option<String>,
     #[serde(default)]
     context: Option<String>,
 }
 
+/// Encrypt (custos:v<N>: ciphertexts).
+#[utoipa::path(post, path = "/api/v1/keys/{id}/encrypt", tag = "keys", request_body = EncryptRequest,
+    params(("id" = String, Path, description = "The key's id (`key_…`)")),
+    responses((status = 200, description = "`{ciphertext, version}`", body = Value)))]
 async fn encrypt(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -552,11 +654,13 @@ async fn encrypt(
     Ok(Json(json!({"ciphertext": ciphertext, "version": version})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = KeyDecryptRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct DecryptRequest {
     ciphertext: String,
     #[serde(default)]
+    #[schema(schema_with = output_encoding_schema)]
     encoding: Option<String>,
     #[serde(default)]
     context: Option<String>,
@@ -564,6 +668,10 @@ struct DecryptRequest {
     version: Option<i64>,
 }
 
+/// Decrypt (also a client's RSA-OAEP ciphertext, bare base64).
+#[utoipa::path(post, path = "/api/v1/keys/{id}/decrypt", tag = "keys", request_body = DecryptRequest,
+    params(("id" = String, Path, description = "The key's id (`key_…`)")),
+    responses((status = 200, description = "`{plaintext}`: UTF-8 text, or base64 when asked", body = Value)))]
 async fn decrypt(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -601,14 +709,26 @@ async fn decrypt(
     Ok(Json(json!({ "plaintext": text })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = KeyWrapRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct WrapRequest {
+    /// The data key: base64 of 16 to 64 bytes.
+    /// (Canonical padded base64 of 16 to 64 bytes: 18 to 63 bytes in whole
+    /// groups, or a one- or two-byte tail after 5 to 20 groups, or a
+    /// one-byte tail after 21.)
+    #[schema(
+        pattern = r"^(?:(?:[A-Za-z0-9+/]{4}){6,21}|(?:[A-Za-z0-9+/]{4}){5,20}(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)|(?:[A-Za-z0-9+/]{4}){21}[A-Za-z0-9+/][AQgw]==)$"
+    )]
     key: String,
     #[serde(default)]
     context: Option<String>,
 }
 
+/// Wrap a data key.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/wrap", tag = "keys", request_body = WrapRequest,
+    params(("id" = String, Path, description = "The key's id (`key_…`)")),
+    responses((status = 200, description = "`{wrapped, version}`", body = Value)))]
 async fn wrap(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -628,7 +748,8 @@ async fn wrap(
     Ok(Json(json!({"wrapped": wrapped, "version": version})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[schema(as = KeyUnwrapRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct UnwrapRequest {
     wrapped: String,
@@ -636,6 +757,10 @@ struct UnwrapRequest {
     context: Option<String>,
 }
 
+/// Unwrap a data key.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/unwrap", tag = "keys", request_body = UnwrapRequest,
+    params(("id" = String, Path, description = "The key's id (`key_…`)")),
+    responses((status = 200, description = "`{key}`: base64 of the data key", body = Value)))]
 async fn unwrap(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -712,6 +837,13 @@ async fn gated(
     }
 }
 
+/// Rotate: a new version (202 with an approval under the default policy).
+#[utoipa::path(post, path = "/api/v1/keys/{id}/rotate", tag = "keys",
+    params(("id" = String, Path, description = "The key's id (`key_…`)")),
+    responses(
+        (status = 200, description = KEY_VIEW, body = Value),
+        (status = 202, description = "Waits for an approval", body = Pending),
+    ))]
 async fn rotate(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -720,6 +852,13 @@ async fn rotate(
     gated(&state, &caller, &id, "key.rotate").await
 }
 
+/// Destroy (crypto-shred) a key; 202 with an approval under the default policy.
+#[utoipa::path(delete, path = "/api/v1/keys/{id}", tag = "keys",
+    params(("id" = String, Path, description = "The key's id (`key_…`)")),
+    responses(
+        (status = 200, description = "The key, `state: destroyed`, its material gone", body = Value),
+        (status = 202, description = "Waits for approvals", body = Pending),
+    ))]
 async fn destroy(
     State(state): State<Arc<AppState>>,
     caller: Caller,

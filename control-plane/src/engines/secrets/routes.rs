@@ -13,13 +13,15 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 
 use crate::engines::secrets::{self, Actor, CreateBody, TargetBody, WriteBody};
-use crate::http::{audited_read, authorize, record, ApiJson};
+use crate::http::openapi::Pending;
+use crate::http::{audited_read, authorize, record, ApiJson, ApiRouter};
 use crate::kernel::auth::Caller;
 use crate::kernel::error::{AppError, AppResult, ErrorKind};
 use crate::kernel::operations::{self, Gate};
@@ -27,24 +29,22 @@ use crate::kernel::state::AppState;
 use crate::kernel::webhooks;
 
 /// The secrets, operations and webhook routes.
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/api/v1/secrets", post(create).get(list))
-        .route(
-            "/api/v1/secrets/{name}",
-            get(read).put(update).delete(delete),
-        )
-        .route("/api/v1/secrets/{name}/versions", get(versions))
-        .route("/api/v1/secrets/{name}/rotate", post(rotate))
-        .route("/api/v1/secrets/{name}/restore", post(restore))
-        .route("/api/v1/secrets/{name}/destroy", post(destroy))
-        .route("/api/v1/operations/{id}", get(get_operation))
-        .route(
-            "/api/v1/webhooks/signing-secret",
-            get(webhook_signing_secret),
-        )
-        .route("/api/v1/webhooks/deliveries/{id}", get(get_delivery))
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(read, update, delete))
+        .routes(routes!(versions))
+        .routes(routes!(rotate))
+        .routes(routes!(restore))
+        .routes(routes!(destroy))
+        .routes(routes!(get_operation))
+        .routes(routes!(webhook_signing_secret))
+        .routes(routes!(get_delivery))
 }
+
+/// What a secret's metadata shows (never its value).
+const SECRET_ANSWER: &str =
+    "`{name, environment, version, tags, createdAt, updatedAt}` (the new version's metadata)";
 
 fn body_json(body: &impl serde::Serialize) -> AppResult<Value> {
     serde_json::to_value(body).map_err(|_| AppError::internal("secrets", "request body"))
@@ -84,16 +84,35 @@ async fn change(
     }
 }
 
-#[derive(Deserialize)]
+/// A secret to create (its version 1).
+#[derive(Deserialize, ToSchema)]
+#[schema(as = SecretCreateRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CreateRequest {
+    /// 1 to 256 letters, digits, `_ - .` in `/`-separated segments.
+    #[schema(
+        pattern = r"^(?:(?!\.\.?(?:/|$))[A-Za-z0-9._-]+)(?:/(?!\.\.?(?:/|$))[A-Za-z0-9._-]+)*$",
+        max_length = 256
+    )]
     name: String,
+    /// At most 64 KiB.
     value: String,
+    /// 1 to 64 letters, digits, `_` and `-`.
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     environment: String,
+    /// At most 32, each 1 to 64 letters, digits, `_ - . :`.
     #[serde(default)]
     tags: Vec<String>,
 }
 
+/// Create a secret (version 1).
+#[utoipa::path(post, path = "/api/v1/secrets", tag = "secrets",
+    request_body = CreateRequest,
+    responses(
+        (status = 201, description = SECRET_ANSWER, body = Value),
+        (status = 202, description = "Waits for an approval (when the policy asks for one)",
+            body = Pending),
+    ))]
 async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -127,17 +146,28 @@ async fn create(
     .await
 }
 
-#[derive(Deserialize)]
+/// `?environment=&tags=&includeDeleted=`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ListQuery {
+    /// Only this environment's secrets.
     #[serde(default)]
+    #[param(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     environment: Option<String>,
+    /// Comma-separated tags (`a,b`): only secrets carrying every one.
     #[serde(default)]
     tags: Option<String>,
+    /// Soft-deleted secrets too (they carry `deletedAt`).
     #[serde(default)]
     include_deleted: Option<bool>,
 }
 
+/// Secrets by ?environment= and ?tags=a,b (metadata, never values).
+#[utoipa::path(get, path = "/api/v1/secrets", tag = "secrets",
+    params(ListQuery),
+    responses((status = 200, description = "`{items: [{name, environment, version, tags, \
+        createdAt, updatedAt, deletedAt?}]}`", body = Value)))]
 async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -171,11 +201,18 @@ async fn list(
     Ok(Json(json!({ "items": items })))
 }
 
-#[derive(Deserialize)]
+/// `?environment=&version=`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ReadQuery {
+    /// The secret's environment (required: `400 missing_environment`
+    /// without it).
+    #[param(required = true, pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     environment: Option<String>,
+    /// The version to read (from 1); the current one when absent.
     #[serde(default)]
+    #[param(minimum = 1)]
     version: Option<i64>,
 }
 
@@ -187,6 +224,14 @@ fn environment_of(environment: Option<String>) -> AppResult<String> {
     Ok(environment)
 }
 
+/// Read a secret's value (?environment=, ?version=).
+#[utoipa::path(get, path = "/api/v1/secrets/{name}", tag = "secrets",
+    params(
+        ("name" = String, Path, description = "The secret's name (`/` percent-encoded)"),
+        ReadQuery,
+    ),
+    responses((status = 200, description = "`{name, environment, version, latestVersion, tags, \
+        createdAt, updatedAt, value}`: `createdAt` is the version's", body = Value)))]
 async fn read(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -233,12 +278,25 @@ async fn read(
     Ok(Json(answer))
 }
 
-#[derive(Deserialize)]
+/// `?environment=`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct EnvironmentQuery {
+    /// The secret's environment (required: `400 missing_environment`
+    /// without it).
+    #[param(required = true, pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     environment: Option<String>,
 }
 
+/// A secret's versions (?environment=).
+#[utoipa::path(get, path = "/api/v1/secrets/{name}/versions", tag = "secrets",
+    params(
+        ("name" = String, Path, description = "The secret's name (`/` percent-encoded)"),
+        EnvironmentQuery,
+    ),
+    responses((status = 200, description = "The secret's metadata with `versions: [{version, \
+        createdBy, createdAt, destroyedAt}]`", body = Value)))]
 async fn versions(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -254,14 +312,20 @@ async fn versions(
     ))
 }
 
-#[derive(Deserialize)]
+/// A new version of a secret.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = SecretUpdateRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct UpdateRequest {
+    /// At most 64 KiB.
     value: String,
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     environment: String,
     /// Check-and-set: the version this write replaces.
     #[serde(default)]
+    #[schema(minimum = 1)]
     cas: Option<i64>,
+    /// Replaces the tags when given.
     #[serde(default)]
     tags: Option<Vec<String>>,
 }
@@ -285,6 +349,14 @@ async fn expected_version(
     }
 }
 
+/// Write a new version (cas: the version it replaces); 202 with an approval when the policy asks.
+#[utoipa::path(put, path = "/api/v1/secrets/{name}", tag = "secrets",
+    request_body = UpdateRequest,
+    params(("name" = String, Path, description = "The secret's name (`/` percent-encoded)")),
+    responses(
+        (status = 200, description = SECRET_ANSWER, body = Value),
+        (status = 202, description = "Waits for an approval", body = Pending),
+    ))]
 async fn update(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -322,17 +394,35 @@ async fn update(
     .await
 }
 
-#[derive(Deserialize)]
+/// A rotation: a new version, optionally announced to a webhook.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = SecretRotateRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RotateRequest {
+    /// At most 64 KiB.
     new_value: String,
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     environment: String,
+    /// A URL to notify (`secret.rotated`, signed, never the value).
     #[serde(default)]
     notify_webhook: Option<String>,
+    /// Check-and-set: the version this rotation replaces.
     #[serde(default)]
+    #[schema(minimum = 1)]
     cas: Option<i64>,
 }
 
+/// Rotate: a new version, optionally announced to a signed webhook.
+#[utoipa::path(post, path = "/api/v1/secrets/{name}/rotate", tag = "secrets",
+    request_body = RotateRequest,
+    params(("name" = String, Path, description = "The secret's name (`/` percent-encoded)")),
+    responses(
+        (status = 200, description = "`{name, environment, version, tags, createdAt, updatedAt, \
+            webhookDelivery?}` (the new version's metadata; `webhookDelivery` with \
+            `notifyWebhook`)", body = Value),
+        (status = 202, description = "Waits for an approval (when the policy asks for one)",
+            body = Pending),
+    ))]
 async fn rotate(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -402,6 +492,17 @@ async fn target_change(
     change(state, caller, action, &resource, body, StatusCode::OK).await
 }
 
+/// Soft-delete a secret (?environment=); 202 with an approval under the default policy.
+#[utoipa::path(delete, path = "/api/v1/secrets/{name}", tag = "secrets",
+    params(
+        ("name" = String, Path, description = "The secret's name (`/` percent-encoded)"),
+        EnvironmentQuery,
+    ),
+    responses(
+        (status = 200, description = "`{name, environment, deleted: true}` (when the policy \
+            allows it at once)", body = Value),
+        (status = 202, description = "Waits for an approval", body = Pending),
+    ))]
 async fn delete(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -419,14 +520,39 @@ async fn delete(
     .await
 }
 
-#[derive(Deserialize)]
+/// A secret's environment, and for destroy the versions.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = SecretTargetRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct TargetRequest {
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     environment: String,
+    /// Destroy: the versions to destroy; none = the whole secret. Restore
+    /// refuses any (`400 unexpected_versions`).
     #[serde(default)]
+    #[schema(schema_with = versions_schema)]
     versions: Vec<i64>,
 }
 
+/// Versions from 1.
+fn versions_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    crate::http::openapi::schema_from(json!({
+        "type": "array",
+        "items": {"type": "integer", "format": "int64", "minimum": 1},
+        "description": "destroy: the versions to destroy (none: the whole secret); restore refuses any (`400 unexpected_versions`)",
+    }))
+}
+
+/// Undo a soft delete.
+#[utoipa::path(post, path = "/api/v1/secrets/{name}/restore", tag = "secrets",
+    request_body = TargetRequest,
+    params(("name" = String, Path, description = "The secret's name (`/` percent-encoded)")),
+    responses(
+        (status = 200, description = "`{name, environment, version, tags, createdAt, updatedAt}`",
+            body = Value),
+        (status = 202, description = "Waits for an approval (when the policy asks for one)",
+            body = Pending),
+    ))]
 async fn restore(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -450,6 +576,15 @@ async fn restore(
     .await
 }
 
+/// Destroy versions (or the whole secret) for good; 202 with an approval under the default policy.
+#[utoipa::path(post, path = "/api/v1/secrets/{name}/destroy", tag = "secrets",
+    request_body = TargetRequest,
+    params(("name" = String, Path, description = "The secret's name (`/` percent-encoded)")),
+    responses(
+        (status = 200, description = "`{name, environment, destroyed}`: `\"all\"` or the versions \
+            (when the policy allows it at once)", body = Value),
+        (status = 202, description = "Waits for an approval", body = Pending),
+    ))]
 async fn destroy(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -467,6 +602,11 @@ async fn destroy(
     .await
 }
 
+/// An operation stored for approval: status, result or error.
+#[utoipa::path(get, path = "/api/v1/operations/{id}", tag = "approvals",
+    params(("id" = String, Path, description = "The operation's id (`operationId` of a `202`)")),
+    responses((status = 200, description = "`{id, action, resource, requestedBy, requestHash, \
+        status, approvalId, createdAt, updatedAt, result?, error?}`", body = Value)))]
 async fn get_operation(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -483,6 +623,11 @@ async fn get_operation(
     Ok(Json(view))
 }
 
+/// The org's webhook signing secret (admin).
+#[utoipa::path(get, path = "/api/v1/webhooks/signing-secret", tag = "webhooks",
+    responses((status = 200, description = "`{signingSecret, algorithm: \"HMAC-SHA256\", \
+        signatureHeader, signedContent}`: hex secret; the signature covers \
+        `<x-custos-timestamp>.<body>`", body = Value)))]
 async fn webhook_signing_secret(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -511,6 +656,11 @@ async fn webhook_signing_secret(
     })))
 }
 
+/// A webhook delivery: status and attempts.
+#[utoipa::path(get, path = "/api/v1/webhooks/deliveries/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = "The delivery's id (`webhookDelivery` of a rotation)")),
+    responses((status = 200, description = "`{id, url, event, status, attempts, lastError, \
+        createdAt, updatedAt}`", body = Value)))]
 async fn get_delivery(
     State(state): State<Arc<AppState>>,
     caller: Caller,

@@ -11,31 +11,31 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use crate::engines::wallets;
 use crate::engines::wallets::backups::{self, Requester, RestoreBody, RESTORE_ACTION};
-use crate::http::{authorize, record, ApiJson};
+use crate::http::{authorize, record, ApiJson, ApiRouter};
 use crate::kernel::auth::Caller;
 use crate::kernel::error::{AppError, AppResult};
 use crate::kernel::operations::{self, Gate};
 use crate::kernel::state::AppState;
 
 /// The backup routes.
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/api/v1/wallets/{id}/backups", post(create).get(list))
-        .route("/api/v1/wallets/{id}/backups/{backup}", get(read))
-        .route(
-            "/api/v1/wallets/{id}/backups/{backup}/restore",
-            post(restore),
-        )
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(read))
+        .routes(routes!(restore))
 }
 
-#[derive(Deserialize, Default)]
+/// The holders to back up.
+#[derive(Deserialize, Default, ToSchema)]
+#[schema(as = BackupRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CreateRequest {
     /// Node names; default: every holder of the wallet.
@@ -43,7 +43,9 @@ struct CreateRequest {
     nodes: Option<Vec<String>>,
 }
 
-#[derive(Deserialize, Default)]
+/// Where to restore the share.
+#[derive(Deserialize, Default, ToSchema)]
+#[schema(as = RestoreRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RestoreRequest {
     /// The node to restore into; default: the node the backup came from.
@@ -51,6 +53,16 @@ struct RestoreRequest {
     node: Option<String>,
 }
 
+/// Back up the wallet's shares (sealed for the operators' recovery keys;
+/// the other half wrapped in the HSM).
+#[utoipa::path(post, path = "/api/v1/wallets/{id}/backups", tag = "backups",
+    request_body = CreateRequest,
+    params(("id" = String, Path, description = "The wallet's id")),
+    responses(
+        (status = 201, description = "`{backups: [{id, walletId, node, party, curve, generation, \
+            metaDigest, sealedBytes, createdBy, createdAt, restoredAt}], failed: [{node, code, \
+            message}]}`: at least one backup was made", body = Value),
+    ))]
 async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -138,6 +150,13 @@ async fn readable_wallet(
     Ok(wallet)
 }
 
+/// The wallet's share backups (metadata only).
+#[utoipa::path(get, path = "/api/v1/wallets/{id}/backups", tag = "backups",
+    params(("id" = String, Path, description = "The wallet's id")),
+    responses(
+        (status = 200, description = "`{items: [{id, walletId, node, party, curve, generation, \
+            metaDigest, sealedBytes, createdBy, createdAt, restoredAt}]}`", body = Value),
+    ))]
 async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -150,6 +169,16 @@ async fn list(
     })))
 }
 
+/// One share backup (metadata only).
+#[utoipa::path(get, path = "/api/v1/wallets/{id}/backups/{backup}", tag = "backups",
+    params(
+        ("id" = String, Path, description = "The wallet's id"),
+        ("backup" = String, Path, description = "The backup's id"),
+    ),
+    responses(
+        (status = 200, description = "`{id, walletId, node, party, curve, generation, metaDigest, \
+            sealedBytes, createdBy, createdAt, restoredAt}`", body = Value),
+    ))]
 async fn read(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -160,6 +189,19 @@ async fn read(
     Ok(Json(row.view()))
 }
 
+/// Restore a share into its node (202 with an approval under the default
+/// policy).
+#[utoipa::path(post, path = "/api/v1/wallets/{id}/backups/{backup}/restore", tag = "backups",
+    request_body = RestoreRequest,
+    params(
+        ("id" = String, Path, description = "The wallet's id"),
+        ("backup" = String, Path, description = "The backup's id"),
+    ),
+    responses(
+        (status = 200, description = "Restored at once: `{restored: true, backupId, walletId, \
+            node, generation}`", body = Value),
+        (status = 202, description = "Waits for an approval", body = crate::http::openapi::Pending),
+    ))]
 async fn restore(
     State(state): State<Arc<AppState>>,
     caller: Caller,

@@ -351,7 +351,8 @@ pub fn eip191_digest(message: &[u8]) -> [u8; 32] {
 /// The JSON body of an EVM transaction as the HTTP API receives it:
 /// camelCase keys, quantities as decimal strings, `data` as optional
 /// `0x`-hex.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = EvmTransaction)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EvmTransactionInput {
     /// EIP-155 chain id (decimal, >= 1, fits u64).

@@ -233,7 +233,8 @@ pub struct FrozenView {
 }
 
 /// A wallet as the API shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Wallet)]
 #[serde(rename_all = "camelCase")]
 pub struct WalletView {
     /// Id.

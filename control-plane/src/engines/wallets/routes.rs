@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 
 use crate::engines::wallets::signing::{self, SignInput};
 use crate::engines::wallets::{self, Protocol, Wallet};
@@ -18,35 +19,45 @@ use crate::kernel::error::{AppError, AppResult, ErrorKind};
 use crate::kernel::gate;
 use crate::kernel::state::AppState;
 
+use crate::http::openapi::{schema_from, Pending};
 use crate::http::{
     audit_event, audited_read, authorize, check_name, optional_body, record, timed, ApiJson,
+    ApiRouter,
 };
 
 /// The wallets engine's routes: nodes, wallets, signing requests,
 /// freezing, and share backups (`backup_routes`).
-pub fn routes() -> Router<Arc<AppState>> {
+pub fn routes() -> ApiRouter {
     let timed_routes = timed(
-        Router::new()
-            .route("/api/v1/nodes", get(list_nodes))
-            .route("/api/v1/wallets", post(create_wallet).get(list_wallets))
-            .route("/api/v1/wallets/{id}", get(get_wallet))
-            .route("/api/v1/wallets/{id}/address", get(wallet_address))
-            .route("/api/v1/wallets/{id}/sign", post(sign))
-            .route("/api/v1/wallets/{id}/reshare", post(reshare))
-            .route("/api/v1/wallets/{id}/freeze", post(freeze_wallet))
-            .route("/api/v1/wallets/{id}/unfreeze", post(unfreeze_wallet))
-            .route("/api/v1/signing-requests/{id}", get(get_signing_request)),
+        ApiRouter::new()
+            .routes(routes!(list_nodes))
+            .routes(routes!(create_wallet, list_wallets))
+            .routes(routes!(get_wallet))
+            .routes(routes!(wallet_address))
+            .routes(routes!(sign))
+            .routes(routes!(reshare))
+            .routes(routes!(freeze_wallet))
+            .routes(routes!(unfreeze_wallet))
+            .routes(routes!(get_signing_request)),
     );
     // Preparing an ECDSA committee generates Paillier keys: minutes.
-    let slow = Router::new().route(
-        "/api/v1/nodes/committees",
-        post(prepare_committee).get(list_committees),
-    );
+    let slow = ApiRouter::new().routes(routes!(prepare_committee, list_committees));
     timed_routes
         .merge(slow)
         .merge(super::backup_routes::routes())
 }
 
+/// What a signing or resharing request answers (`request_answer`).
+const REQUEST_ANSWER: &str = "The request: `{requestId, kind, walletId, status, approvalId?, \
+    error?, createdAt, updatedAt}` and, once signed, the result's fields (`signature`, \
+    `digest`, `rawTransaction`...)";
+
+/// Signer nodes and their health.
+#[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes",
+    responses(
+        (status = 200, description = "`{items: [{id, name, peerId, address, status, lastSeen}]}`; \
+            status is `healthy`, `unreachable` or `unknown`", body = Value),
+    ))]
 async fn list_nodes(State(state): State<Arc<AppState>>, caller: Caller) -> AppResult<Json<Value>> {
     audited_read(&state, &caller, "node.read", "node:*").await?;
     Ok(Json(
@@ -54,8 +65,16 @@ async fn list_nodes(State(state): State<Arc<AppState>>, caller: Caller) -> AppRe
     ))
 }
 
-/// `GET /api/v1/nodes/committees`: every committee with its aux-info
-/// preparation (ready, runs tried, the last failure, since when it runs).
+/// ECDSA committees and their aux-info preparation: ready, runs tried, the
+/// last failure.
+///
+/// Every committee with its aux-info preparation (ready, runs tried, the
+/// last failure, since when it runs).
+#[utoipa::path(get, path = "/api/v1/nodes/committees", tag = "nodes",
+    responses(
+        (status = 200, description = "`{items: [{nodes, ready, runs, lastError, preparingSince, \
+            updatedAt}]}`", body = Value),
+    ))]
 async fn list_committees(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -66,9 +85,12 @@ async fn list_committees(
     ))
 }
 
-#[derive(Deserialize)]
+/// The nodes of an ECDSA committee.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = CommitteeRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CommitteeBody {
+    /// Node names, at least 2, each once.
     nodes: Vec<String>,
 }
 
@@ -91,6 +113,13 @@ fn resolve_nodes(state: &AppState, names: &[String]) -> AppResult<Vec<custos_pro
     Ok(parties)
 }
 
+/// Prepare ECDSA aux info for a committee (minutes; a failed run is tried
+/// again under a fresh run id).
+#[utoipa::path(post, path = "/api/v1/nodes/committees", tag = "nodes",
+    request_body = CommitteeBody,
+    responses(
+        (status = 200, description = "`{nodes, ready: true}`", body = Value),
+    ))]
 async fn prepare_committee(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -128,20 +157,57 @@ async fn prepare_committee(
 
 // ---- Wallets ----
 
-#[derive(Deserialize)]
+/// A new wallet: its protocol, threshold and holders.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = WalletRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct WalletBody {
+    /// The wallet's name, unique in the org.
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     name: String,
+    #[schema(schema_with = protocol_schema)]
     protocol: String,
     #[serde(default)]
+    #[schema(schema_with = chain_schema)]
     chain: Option<String>,
+    /// Signers needed: 2 to the number of holders.
+    #[schema(minimum = 2, maximum = 65535)]
     threshold: u16,
+    /// Holders; without `nodes`, that many registered nodes (healthy ones
+    /// first).
     #[serde(default)]
+    #[schema(minimum = 2, maximum = 65535)]
     parties: Option<u16>,
+    /// Node names of the holders.
     #[serde(default)]
     nodes: Option<Vec<String>>,
 }
 
+/// The protocols `Protocol::parse` knows.
+fn protocol_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    schema_from(json!({
+        "type": "string",
+        "enum": ["cggmp21", "frost-taproot", "frost-ed25519"],
+        "description": "cggmp21 (ECDSA), frost-taproot or frost-ed25519",
+    }))
+}
+
+/// The chains `Chain::parse` knows.
+fn chain_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    schema_from(json!({
+        "type": ["string", "null"],
+        "enum": ["ethereum", "polygon", "bitcoin", "bitcoin-testnet", "solana", null],
+        "description": "The chain whose addresses and transactions it makes; default: the \
+            protocol's own",
+    }))
+}
+
+/// Create an MPC wallet (DKG).
+#[utoipa::path(post, path = "/api/v1/wallets", tag = "wallets",
+    request_body = WalletBody,
+    responses(
+        (status = 201, description = "The new wallet", body = wallets::WalletView),
+    ))]
 async fn create_wallet(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -307,6 +373,11 @@ async fn create_wallet(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+/// List wallets.
+#[utoipa::path(get, path = "/api/v1/wallets", tag = "wallets",
+    responses(
+        (status = 200, description = "`{items: [Wallet]}`", body = Value),
+    ))]
 async fn list_wallets(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -319,6 +390,12 @@ async fn list_wallets(
     Ok(Json(json!({"items": items})))
 }
 
+/// Get a wallet.
+#[utoipa::path(get, path = "/api/v1/wallets/{id}", tag = "wallets",
+    params(("id" = String, Path, description = "The wallet's id")),
+    responses(
+        (status = 200, description = "The wallet", body = wallets::WalletView),
+    ))]
 async fn get_wallet(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -335,13 +412,22 @@ async fn get_wallet(
     Ok(Json(wallet.view(&state.registry)?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AddressQuery {
+    /// Non-hardened derivation path, `m/0/5`; default `m` (the wallet's
+    /// own key).
     #[serde(default)]
     path: Option<String>,
 }
 
+/// Child address (?path=m/0/5, non-hardened).
+#[utoipa::path(get, path = "/api/v1/wallets/{id}/address", tag = "wallets",
+    params(("id" = String, Path, description = "The wallet's id"), AddressQuery),
+    responses(
+        (status = 200, description = "`{path, publicKey, address}`", body = Value),
+    ))]
 async fn wallet_address(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -377,6 +463,16 @@ fn request_answer(view: &signing::RequestView) -> (StatusCode, Json<Value>) {
     (status, Json(body))
 }
 
+/// Sign a transaction, message or digest under policy.
+#[utoipa::path(post, path = "/api/v1/wallets/{id}/sign", tag = "wallets",
+    request_body = SignInput,
+    params(("id" = String, Path, description = "The wallet's id")),
+    responses(
+        (status = 200, description = REQUEST_ANSWER, body = Value),
+        (status = 202, description = "Not signed yet (`status` `pending_approval` with its \
+            `approvalId`, or `queued` / `signing`): the same shape; follow it at \
+            `GET /api/v1/signing-requests/{id}`", body = Value),
+    ))]
 async fn sign(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -425,15 +521,31 @@ async fn finish_request(
     Ok(request_answer(&view))
 }
 
-#[derive(Deserialize)]
+/// The new holders and threshold.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = ReshareRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ReshareBody {
+    /// Signers needed: 2 to the number of nodes.
+    #[schema(minimum = 2, maximum = 65535)]
     threshold: u16,
+    /// Node names of the new holders.
     nodes: Vec<String>,
+    /// Same key, same request: the first result is returned.
     #[serde(default)]
     idempotency_key: Option<String>,
 }
 
+/// Reshare to other nodes or threshold (approval).
+#[utoipa::path(post, path = "/api/v1/wallets/{id}/reshare", tag = "wallets",
+    request_body = ReshareBody,
+    params(("id" = String, Path, description = "The wallet's id")),
+    responses(
+        (status = 200, description = REQUEST_ANSWER, body = Value),
+        (status = 202, description = "Not done yet (`status` `pending_approval` with its \
+            `approvalId`, or `queued` / `signing`): the same shape; follow it at \
+            `GET /api/v1/signing-requests/{id}`", body = Value),
+    ))]
 async fn reshare(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -475,6 +587,12 @@ async fn reshare(
     finish_request(&state, &caller, submitted).await
 }
 
+/// A signing request's progress.
+#[utoipa::path(get, path = "/api/v1/signing-requests/{id}", tag = "wallets",
+    params(("id" = String, Path, description = "The signing request's id")),
+    responses(
+        (status = 200, description = REQUEST_ANSWER, body = Value),
+    ))]
 async fn get_signing_request(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -491,17 +609,31 @@ async fn get_signing_request(
     Ok(Json(serde_json::to_value(view).unwrap_or(Value::Null)))
 }
 
-#[derive(Deserialize, Default)]
+/// Why the wallet is frozen (the body may be left out).
+#[derive(Deserialize, Default, ToSchema)]
+#[schema(as = FreezeRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct FreezeBody {
+    /// At most 1000 bytes.
     #[serde(default)]
     reason: Option<String>,
 }
 
+/// Freeze a wallet at once: it signs and reshares nothing, approved
+/// requests included.
+///
 /// Freezes a wallet at once (`wallet.freeze`, no approval by default: a
 /// freeze only stops things). From then on the wallet signs and reshares
 /// nothing, including requests approved or queued before: they are refused
 /// when they would run.
+#[utoipa::path(post, path = "/api/v1/wallets/{id}/freeze", tag = "wallets",
+    request_body(content = Option<FreezeBody>, description = "Optional: an empty body freezes \
+        without a reason"),
+    params(("id" = String, Path, description = "The wallet's id")),
+    responses(
+        (status = 200, description = "`{walletId, frozen: true, freeze: {at, by, reason?}}`",
+            body = Value),
+    ))]
 async fn freeze_wallet(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -552,9 +684,17 @@ async fn freeze_wallet(
     ))
 }
 
+/// Unfreeze a wallet (202 with an approval under the default policy).
+///
 /// Unfreezes a wallet (`wallet.unfreeze`: one admin's approval by
 /// default, so that whoever froze a wallet in an incident is not the only
 /// one who decides it is safe again).
+#[utoipa::path(post, path = "/api/v1/wallets/{id}/unfreeze", tag = "wallets",
+    params(("id" = String, Path, description = "The wallet's id")),
+    responses(
+        (status = 200, description = "Unfrozen at once: `{walletId, frozen: false}`", body = Value),
+        (status = 202, description = "Waits for an approval", body = Pending),
+    ))]
 async fn unfreeze_wallet(
     State(state): State<Arc<AppState>>,
     caller: Caller,

@@ -65,8 +65,10 @@ pub fn retry_delay_ms(claims: i64) -> i64 {
     1000 * (1i64 << claims.clamp(1, 6)).min(60)
 }
 
-/// The body of `POST /api/v1/wallets/{id}/sign`.
-#[derive(Clone, Debug, Deserialize)]
+/// The body of `POST /api/v1/wallets/{id}/sign`: one of `transaction`,
+/// `message` or `digest`.
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = SignRequest)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SignInput {
     /// An EVM EIP-1559 transaction.
@@ -77,9 +79,11 @@ pub struct SignInput {
     pub message: Option<String>,
     /// `utf8` (default), `hex` or `base64`.
     #[serde(default)]
+    #[schema(schema_with = message_encoding_schema)]
     pub encoding: Option<String>,
     /// A bare 32-byte digest, 0x-hex.
     #[serde(default)]
+    #[schema(pattern = r"^(?:0x)?[0-9a-fA-F]{64}$")]
     pub digest: Option<String>,
     /// Non-hardened HD path, `m/0/5`.
     #[serde(default)]
@@ -87,6 +91,16 @@ pub struct SignInput {
     /// Same key, same request: the first result is returned.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+}
+
+/// The names `encoding` takes (`decode_message`; `utf-8` and `text` are
+/// `utf8`), for the OpenAPI document.
+fn message_encoding_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    crate::http::openapi::schema_from(json!({
+        "type": ["string", "null"],
+        "enum": ["utf8", "hex", "base64", "utf-8", "text", null],
+        "description": "`utf8` (default), `hex` or `base64` (`utf-8` and `text` are `utf8`)",
+    }))
 }
 
 /// The fields of an EVM transaction a client must give: Custos reads no

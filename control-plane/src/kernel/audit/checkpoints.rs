@@ -146,7 +146,7 @@ impl Checkpoint {
 }
 
 /// A checkpoint as the verify report shows it.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckpointSummary {
     /// Its number in the org's checkpoints.
@@ -156,7 +156,18 @@ pub struct CheckpointSummary {
     /// Unix milliseconds.
     pub created_at: i64,
     /// `interval` or `seal`.
+    #[schema(schema_with = checkpoint_reason_schema)]
     pub reason: String,
+}
+
+/// The OpenAPI schema of [`CheckpointSummary::reason`].
+fn checkpoint_reason_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    serde_json::from_value(serde_json::json!({
+        "type": "string",
+        "enum": [REASON_INTERVAL, REASON_SEAL],
+        "description": "Why it was made: `interval` or `seal`",
+    }))
+    .expect("a valid schema literal")
 }
 
 /// What is wrong with a checkpoint on its own or after its predecessor.

@@ -428,7 +428,7 @@ pub async fn list(
 }
 
 /// The outcome of a chain verification.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VerifyReport {
     /// Every record matches its hash and links to its predecessor, every
@@ -440,14 +440,17 @@ pub struct VerifyReport {
     pub head_hash: String,
     /// The first problem: `{org, seq, reason, message, checkpoint?}`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = broken_record_schema)]
     pub first_broken: Option<BrokenRecord>,
     /// Checkpoints checked.
     pub checkpoints: i64,
     /// The newest checkpoint checked (of the last org that has one).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = checkpoint_summary_schema)]
     pub last_checkpoint: Option<CheckpointSummary>,
     /// Hex of the public key checkpoint signatures were checked under
     /// (`null` when none was at hand).
+    #[schema(required = true)]
     pub checkpoint_key: Option<String>,
     /// Whether checkpoint signatures were checked (the command line without
     /// the keyring or `--checkpoint-key` cannot).
@@ -455,7 +458,7 @@ pub struct VerifyReport {
 }
 
 /// Where a chain breaks.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BrokenRecord {
     /// The org.
@@ -467,12 +470,40 @@ pub struct BrokenRecord {
     /// `checkpoint_mismatch`, `checkpoint_signature_invalid`,
     /// `checkpoint_missing`, `checkpoint_link_broken`,
     /// `checkpoint_replaced`, `checkpoint_key_missing`.
+    #[schema(schema_with = broken_reason_schema)]
     pub reason: String,
     /// The same in a sentence, with the numbers.
     pub message: String,
     /// The checkpoint concerned, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = checkpoint_summary_schema)]
     pub checkpoint: Option<CheckpointSummary>,
+}
+
+/// [`BrokenRecord`]'s OpenAPI schema, inline and not nullable: the field
+/// is left out when there is none, never `null`.
+fn broken_record_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    <BrokenRecord as utoipa::PartialSchema>::schema()
+}
+
+/// [`CheckpointSummary`]'s OpenAPI schema, inline and not nullable (as
+/// [`broken_record_schema`]).
+fn checkpoint_summary_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    <CheckpointSummary as utoipa::PartialSchema>::schema()
+}
+
+/// The OpenAPI schema of [`BrokenRecord::reason`]: its stable values.
+fn broken_reason_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    serde_json::from_value(serde_json::json!({
+        "type": "string",
+        "enum": [
+            "seq_gap", "prev_hash_mismatch", "hash_mismatch", "head_mismatch", "truncated",
+            "checkpoint_mismatch", "checkpoint_signature_invalid", "checkpoint_missing",
+            "checkpoint_link_broken", "checkpoint_replaced", "checkpoint_key_missing",
+        ],
+        "description": "What is wrong, stable",
+    }))
+    .expect("a valid schema literal")
 }
 
 /// Why one org's verification stopped.

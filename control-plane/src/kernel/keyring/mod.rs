@@ -110,7 +110,7 @@ pub enum KeyringError {
 }
 
 /// What `sys/seal-status` and `sys/health` show.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SealStatus {
     /// Whether `sys/init` ran.

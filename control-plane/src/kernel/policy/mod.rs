@@ -142,27 +142,37 @@ pub const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun
 
 /// One rule of a policy: `effect` applies to `action` on `resource` when the
 /// `conditions` hold.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = PolicyRule)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rule {
-    /// Action glob: `*`, `<kind>.<verb>`, `<kind>.*` or `*.<verb>`.
+    /// Action glob: `*`, `<kind>.<verb>`, `<kind>.*` or `*.<verb>`, or a
+    /// verb alone, which takes the resource's kind.
+    #[schema(
+        pattern = r"^(\*|(\*|[a-z0-9_-]+)\.(\*|[a-z0-9_-]+)|[a-z0-9_-]+)$",
+        max_length = 128
+    )]
     pub action: String,
     /// Resource glob over `<kind>:<name>`, e.g. `wallet:*`.
+    #[schema(pattern = r"^[A-Za-z0-9_./:*?-]+$", max_length = 256)]
     pub resource: String,
     /// Extra conditions; `None` means none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = inline_schema::<Conditions>)]
     pub conditions: Option<Conditions>,
     /// What happens when the rule matches; `allow` when not given (the
     /// seed SDKs' rules name no effect).
     #[serde(default = "allow")]
+    #[schema(schema_with = inline_schema::<Effect>)]
     pub effect: Effect,
     /// Approvals needed; present iff `effect` is `require_approval`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = inline_schema::<ApprovalRequirement>)]
     pub approvals: Option<ApprovalRequirement>,
 }
 
 /// Conditions of a rule. All but `requireMFA` must hold for the rule to match.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Conditions {
     /// Largest amount, decimal in base units (up to 78 digits). A JSON
@@ -172,6 +182,7 @@ pub struct Conditions {
         deserialize_with = "amount",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(schema_with = amount_schema)]
     pub max_amount: Option<String>,
     /// Client addresses allowed: CIDRs or bare addresses, IPv4 or IPv6.
     #[serde(
@@ -179,6 +190,7 @@ pub struct Conditions {
         rename = "allowedIPs",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(min_items = 1, max_items = 1000)]
     pub allowed_ips: Option<Vec<String>>,
     /// Whether the caller (and approvers) must have passed MFA; carried into
     /// the decision, not a matching condition.
@@ -190,9 +202,11 @@ pub struct Conditions {
     pub require_mfa: Option<bool>,
     /// UTC time window in which the rule applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = inline_schema::<TimeWindow>)]
     pub time_window: Option<TimeWindow>,
     /// Destinations allowed (compared case-insensitively).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_items = 1, max_items = 1000)]
     pub destinations: Option<Vec<String>>,
     /// Smallest total amount, decimal in base units: the condition holds
     /// when some in-scope asset moves at least this much. A JSON number is
@@ -202,14 +216,66 @@ pub struct Conditions {
         deserialize_with = "amount",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(schema_with = amount_schema)]
     pub min_amount: Option<String>,
     /// Assets allowed (`native` or a token contract, compared
     /// case-insensitively); also the scope of `maxAmount` and `minAmount`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_items = 1, max_items = 1000)]
     pub assets: Option<Vec<String>>,
     /// Payload kinds the rule applies to: `transaction`, `message`, `digest`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = payload_kinds_schema)]
     pub payload_kinds: Option<Vec<String>>,
+}
+
+/// The OpenAPI schema of `maxAmount` and `minAmount` ([`amount`]): decimal
+/// base units as a string, or a whole JSON number below 2^53.
+/// `roles` of an approval requirement: one or more of [`APPROVAL_ROLES`].
+fn approval_roles_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    schema_from(serde_json::json!({
+        "type": "array", "minItems": 1, "maxItems": MAX_LIST_LEN, "uniqueItems": true,
+        "items": {"type": "string", "enum": APPROVAL_ROLES},
+    }))
+}
+
+fn amount_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    schema_from(serde_json::json!({
+        "oneOf": [
+            {"type": "string", "pattern": "^[0-9]{1,78}$"},
+            {"type": "integer", "minimum": 0, "maximum": MAX_SAFE_INTEGER},
+            {"type": "null"},
+        ],
+        "description": "Decimal base units as a string (up to 78 digits), or a whole JSON \
+            number from 0 to 2^53 - 1",
+    }))
+}
+
+/// The OpenAPI schema of `payloadKinds` ([`PAYLOAD_KINDS`]).
+fn payload_kinds_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    schema_from(serde_json::json!({
+        "type": ["array", "null"],
+        "items": {"type": "string", "enum": PAYLOAD_KINDS},
+        "description": "Payload kinds the rule applies to",
+    }))
+}
+
+/// `T`'s OpenAPI schema written out where a rule uses it (as the rule's
+/// parts have no names of their own in the document), without `null`.
+fn inline_schema<T: utoipa::PartialSchema>(
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    T::schema()
+}
+
+/// A schema written as JSON (the kernel does not name the HTTP layer's
+/// helper of the same name).
+// A JSON literal of this file: a wrong one is a programming error that the
+// OpenAPI document's unit test (`http::openapi::tests`) meets at once.
+#[allow(clippy::expect_used)]
+fn schema_from(
+    value: serde_json::Value,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    serde_json::from_value(value).expect("a valid schema literal")
 }
 
 /// The effect of a rule that names none.
@@ -269,21 +335,24 @@ pub fn normalize_rules(rules: &mut [Rule]) {
 }
 
 /// A daily UTC time window `[start, end)`, optionally restricted to some days.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TimeWindow {
     /// Days on which the window opens (`mon`..`sun`); `None` means every day.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_items = 1, max_items = 1000)]
     pub days: Option<Vec<String>>,
     /// Opening time, `HH:MM` UTC.
+    #[schema(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
     pub start: String,
     /// Closing time, `HH:MM` UTC, exclusive; earlier than `start` means the
     /// window runs overnight.
+    #[schema(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
     pub end: String,
 }
 
 /// Effect of a matching rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Effect {
     /// The action is allowed.
@@ -295,12 +364,14 @@ pub enum Effect {
 }
 
 /// How many approvals a `require_approval` rule needs and from which roles.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApprovalRequirement {
     /// Number of distinct approvals needed (1 to 10).
+    #[schema(minimum = 1, maximum = 10)]
     pub count: u32,
     /// Roles whose holders may approve.
+    #[schema(schema_with = approval_roles_schema)]
     pub roles: Vec<String>,
 }
 
